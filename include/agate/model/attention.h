@@ -1,0 +1,26 @@
+// Causal grouped-query attention with per-KV-head key visibility: the one attention kernel
+// that the base model, the gates and every KV cache share.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace agate {
+
+// q: [B, H, Tq, hd]; k, v: [B, Hkv, Tk, hd], H = Hkv * G (query head h reads KV head h / G, as
+// HF's repeat_kv does; K/V are never repeated in memory).
+// q_pos: [Tq], k_pos: [Tk] absolute int64 positions.
+// key_keep: [B, Tk, Hkv] or undefined (= all kept). Values are 0/1 flags (possibly carrying a
+//   straight-through gradient) or soft keep probabilities in (0, 1].
+// Visibility M[i, j] at KV head g: 0 unless k_pos[j] <= q_pos[i] (causal) and, with a window,
+//   q_pos[i] - k_pos[j] < sliding_window; then 1 if k_pos[j] == q_pos[i] (a token always sees
+//   itself), else key_keep[j, g].
+// Attention: A_ij = e_ij M_ij / sum_k e_ik M_ik with e = exp(score - max over visible keys),
+//   score = q.k / sqrt(hd), computed in float32. With 0/1 flags the forward equals a hard mask
+//   and the gradient reaches key_keep through M; with probabilities p it equals
+//   softmax(score + log p) (the "soft" relaxation).
+// Returns [B, H, Tq, hd] in q's dtype.
+at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const at::Tensor& q_pos, const at::Tensor& k_pos,
+                            const at::Tensor& key_keep, int64_t sliding_window = 0);
+
+}  // namespace agate

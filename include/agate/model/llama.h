@@ -1,0 +1,96 @@
+// The Llama-family decoder (Llama 2/3, Mistral, Qwen2) as plain tensors with HF names.
+//
+// Embedding -> L x [RMSNorm -> GQA attention (RoPE) -> residual -> RMSNorm -> SwiGLU -> residual]
+// -> RMSNorm -> LM head (tied or not). Two hooks reach into attention: a KeyVisibility (which
+// keys each KV head keeps: the gates) and a KVCache (inference).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "agate/io/safetensors.h"
+#include "agate/model/config.h"
+#include "agate/model/rope.h"
+
+namespace agate {
+
+class KVCache;
+
+// Decides, per layer, which keys stay visible to later queries at each KV head.
+class KeyVisibility {
+ public:
+  virtual ~KeyVisibility() = default;
+  // x: [B, T, D] the normalised hidden states that feed layer `layer`'s q/k/v;
+  // positions: [T] int64. Returns keep [B, T, Hkv] (see masked_attention), or an undefined
+  // tensor to keep everything.
+  virtual at::Tensor key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions) = 0;
+};
+
+struct ForwardOptions {
+  KeyVisibility* visibility = nullptr;  // not owned
+  KVCache* cache = nullptr;             // not owned; positions continue from cache->length()
+};
+
+struct LayerWeights {
+  at::Tensor input_norm, q_proj, k_proj, v_proj, o_proj;  // [D], [H*hd, D], [Hkv*hd, D] x2, [D, H*hd]
+  at::Tensor q_bias, k_bias, v_bias, o_bias;              // undefined unless the config has them
+  at::Tensor post_norm, gate_proj, up_proj, down_proj;    // [D], [I, D], [I, D], [D, I]
+};
+
+class LlamaModel {
+ public:
+  // Builds a model from HF-named tensors, checking that every expected tensor is there with the
+  // expected shape; converts to `dtype` (float32 or bfloat16) into memory the model owns.
+  // `source` names where the tensors came from, for errors.
+  LlamaModel(ModelConfig config, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+             c10::ScalarType dtype, const std::string& source);
+
+  // Loads `dir/config.json` and the weights (single file or sharded) from a HF model folder.
+  static LlamaModel load(const std::string& dir, c10::ScalarType dtype);
+  // Random initialisation as HF does it (normal(0, initializer_range), norms 1, biases 0).
+  static LlamaModel init_random(const ModelConfig& config, uint64_t seed, c10::ScalarType dtype);
+
+  // Writes `dir/config.json` and the weights in HF layout (sharded above max_shard_bytes > 0).
+  void save(const std::string& dir, uint64_t max_shard_bytes = 0) const;
+
+  const ModelConfig& config() const { return config_; }
+  c10::ScalarType dtype() const { return dtype_; }
+  const Rope& rope() const { return rope_; }
+  // Every parameter under its HF name, in a fixed order (tensors shared with the model).
+  const NamedTensors& parameters() const { return params_; }
+  void set_requires_grad(bool on);
+
+  // tokens: [B, T] int64 -> logits [B, T, V] in the model's dtype.
+  at::Tensor forward(const at::Tensor& tokens, const ForwardOptions& options = {}) const;
+
+  // The pieces of forward, for trainers that run layers one at a time.
+  at::Tensor embed(const at::Tensor& tokens) const;  // [B, T] -> [B, T, D]
+  // h: [B, T, D]; positions: [T] int64 -> [B, T, D]
+  at::Tensor layer_forward(int64_t i, const at::Tensor& h, const at::Tensor& positions,
+                           const ForwardOptions& options) const;
+  at::Tensor head(const at::Tensor& h) const;  // final norm + LM head: [B, T, D] -> [B, T, V]
+  // x: [B, T, D] -> RMSNorm(x) * weight, normalised in float32 as HF does.
+  at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight) const;
+  const LayerWeights& layer(int64_t i) const { return layers_[static_cast<size_t>(i)]; }
+
+ private:
+  ModelConfig config_;
+  c10::ScalarType dtype_;
+  Rope rope_;
+  at::Tensor embed_tokens_, final_norm_, lm_head_;  // lm_head_ aliases embed_tokens_ when tied
+  std::vector<LayerWeights> layers_;
+  NamedTensors params_;
+};
+
+// The names and shapes a config implies, in the order the model stores them.
+std::vector<std::pair<std::string, std::vector<int64_t>>> expected_weight_shapes(const ModelConfig& config);
+
+// Parses "float32" / "fp32" / "bfloat16" / "bf16" (what recipes and flags accept).
+c10::ScalarType parse_compute_dtype(const std::string& name);
+
+}  // namespace agate

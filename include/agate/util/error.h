@@ -1,0 +1,34 @@
+// Errors that tell the user what was expected, what was found, and what to do.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace agate {
+
+// Every error agate reports to a user. `kind` decides the CLI's exit status:
+// Usage and Input -> 2 (fix the command, the config or the data), Runtime -> 1.
+class Error : public std::runtime_error {
+ public:
+  enum class Kind { Usage, Input, Runtime };
+
+  Error(Kind kind, const std::string& message, const std::string& hint = "");
+
+  Kind kind() const { return kind_; }
+  const std::string& message() const { return message_; }
+  const std::string& hint() const { return hint_; }
+  int exit_code() const { return kind_ == Kind::Runtime ? 1 : 2; }
+
+ private:
+  Kind kind_;
+  std::string message_;
+  std::string hint_;
+};
+
+// Shorthands. `where` is usually a file path (prefixed to the message as "where: ").
+[[noreturn]] void throw_usage(const std::string& message, const std::string& hint = "");
+[[noreturn]] void throw_input(const std::string& where, const std::string& message,
+                              const std::string& hint = "");
+[[noreturn]] void throw_runtime(const std::string& message, const std::string& hint = "");
+
+}  // namespace agate

@@ -1,0 +1,10 @@
+// Intra-op thread configuration (LibTorch defaults to 1 thread on this platform).
+#pragma once
+
+namespace agate {
+
+// Sets LibTorch's intra-op threads. `requested` <= 0 means all cores divided by the number of
+// local ranks (LOCAL_WORLD_SIZE, default 1), at least 1. Returns the number set.
+int configure_threads(int requested = 0);
+
+}  // namespace agate

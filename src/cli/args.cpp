@@ -1,0 +1,130 @@
+#include "args.h"
+
+#include <iostream>
+#include <sstream>
+
+#include "agate/util/error.h"
+
+namespace agate::cli {
+
+Args::Args(std::string command, std::string synopsis, std::string description, std::vector<Option> options)
+    : command_(std::move(command)), synopsis_(std::move(synopsis)), description_(std::move(description)),
+      options_(std::move(options)) {}
+
+const Option* Args::find(const std::string& name) const {
+  for (const auto& o : options_)
+    if (o.name == name) return &o;
+  return nullptr;
+}
+
+std::string Args::usage() const { return "usage: agate " + command_ + " " + synopsis_; }
+
+std::string Args::help() const {
+  std::ostringstream s;
+  s << usage() << "\n\n" << description_ << "\n\noptions:\n";
+  for (const auto& o : options_) {
+    std::string left = "  --" + o.name + (o.value_name.empty() ? "" : " " + o.value_name);
+    s << left << std::string(left.size() < 28 ? 28 - left.size() : 1, ' ') << o.help;
+    if (!o.default_value.empty()) s << " (default: " << o.default_value << ")";
+    s << "\n";
+  }
+  s << "  --help                    show this help\n";
+  return s.str();
+}
+
+bool Args::parse(const std::vector<std::string>& argv) {
+  for (size_t i = 0; i < argv.size(); ++i) {
+    const std::string& a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::cout << help();
+      return false;
+    }
+    if (a.rfind("--", 0) == 0 && a.size() > 2) {
+      std::string name = a.substr(2), value;
+      bool inline_value = false;
+      if (auto eq = name.find('='); eq != std::string::npos) {
+        value = name.substr(eq + 1);
+        name = name.substr(0, eq);
+        inline_value = true;
+      }
+      const Option* o = find(name);
+      if (!o) throw_usage("unknown option '--" + name + "' for 'agate " + command_ + "'\n" + usage(),
+                          "run 'agate " + command_ + " --help'");
+      if (o->value_name.empty()) {
+        if (inline_value) throw_usage("option '--" + name + "' takes no value\n" + usage());
+        values_[name] = "1";
+      } else {
+        if (!inline_value) {
+          if (i + 1 >= argv.size()) throw_usage("option '--" + name + "' needs a value " + o->value_name + "\n" + usage());
+          value = argv[++i];
+        }
+        values_[name] = value;
+      }
+    } else {
+      positionals_.push_back(a);
+    }
+  }
+  return true;
+}
+
+void Args::expect_positionals(size_t n, const std::string& what) const {
+  if (positionals_.size() == n) return;
+  if (positionals_.size() > n) throw_usage("unexpected argument '" + positionals_[n] + "'\n" + usage());
+  throw_usage("missing " + what + "\n" + usage(), "run 'agate " + command_ + " --help'");
+}
+
+bool Args::has(const std::string& name) const { return values_.count(name) > 0; }
+
+std::string Args::get(const std::string& name) const {
+  auto it = values_.find(name);
+  if (it != values_.end()) return it->second;
+  const Option* o = find(name);
+  if (o && !o->default_value.empty()) return o->default_value;
+  throw_usage("'agate " + command_ + "' needs --" + name + "\n" + usage(), "run 'agate " + command_ + " --help'");
+}
+
+std::string Args::get_or(const std::string& name, const std::string& fallback) const {
+  auto it = values_.find(name);
+  return it != values_.end() ? it->second : fallback;
+}
+
+long long Args::get_int(const std::string& name) const {
+  const std::string v = get(name);
+  try {
+    size_t used = 0;
+    long long x = std::stoll(v, &used);
+    if (used == v.size()) return x;
+  } catch (const std::exception&) {
+  }
+  throw_usage("--" + name + " expects an integer, got '" + v + "'");
+}
+
+double Args::get_double(const std::string& name) const {
+  const std::string v = get(name);
+  try {
+    size_t used = 0;
+    double x = std::stod(v, &used);
+    if (used == v.size()) return x;
+  } catch (const std::exception&) {
+  }
+  throw_usage("--" + name + " expects a number, got '" + v + "'");
+}
+
+std::vector<long long> parse_int_list(const std::string& text, const std::string& what) {
+  std::vector<long long> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    try {
+      size_t used = 0;
+      long long x = std::stoll(item, &used);
+      if (used != item.size()) throw std::invalid_argument(item);
+      out.push_back(x);
+    } catch (const std::exception&) {
+      throw_usage(what + " must be comma-separated integers, got '" + item + "'", "e.g. 1,2,3");
+    }
+  }
+  return out;
+}
+
+}  // namespace agate::cli

@@ -1,0 +1,50 @@
+// Minimal, strict command-line parsing shared by the subcommands (cli-internal header).
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace agate::cli {
+
+struct Option {
+  std::string name;          // without dashes: "model" for --model
+  std::string value_name;    // empty for a boolean switch
+  std::string help;
+  std::string default_value; // shown in help; empty = required or none
+};
+
+// Parsed arguments. Unknown options, missing values and (optionally) stray positionals throw
+// agate::Error(Usage) whose text includes the command's usage line.
+class Args {
+ public:
+  Args(std::string command, std::string synopsis, std::string description, std::vector<Option> options);
+
+  // Returns false when --help was given (help already printed to stdout).
+  bool parse(const std::vector<std::string>& argv);
+
+  bool has(const std::string& name) const;
+  std::string get(const std::string& name) const;             // value or default; throws if required and absent
+  std::string get_or(const std::string& name, const std::string& fallback) const;
+  long long get_int(const std::string& name) const;
+  double get_double(const std::string& name) const;
+  bool flag(const std::string& name) const { return has(name); }
+  const std::vector<std::string>& positionals() const { return positionals_; }
+  // Throws a usage error unless exactly `n` positional arguments were given.
+  void expect_positionals(size_t n, const std::string& what = "") const;
+
+  std::string help() const;
+  std::string usage() const;
+
+ private:
+  const Option* find(const std::string& name) const;
+  std::string command_, synopsis_, description_;
+  std::vector<Option> options_;
+  std::map<std::string, std::string> values_;
+  std::vector<std::string> positionals_;
+};
+
+// Splits "1,2,3" into integers; throws a usage error naming `what` on bad input.
+std::vector<long long> parse_int_list(const std::string& text, const std::string& what);
+
+}  // namespace agate::cli

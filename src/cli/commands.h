@@ -1,0 +1,15 @@
+// One function per subcommand; each returns the process exit status (cli-internal header).
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace agate::cli {
+
+using Argv = std::vector<std::string>;
+
+int cmd_score(const Argv& argv);
+int cmd_init_model(const Argv& argv);
+int cmd_inspect(const Argv& argv);
+
+}  // namespace agate::cli

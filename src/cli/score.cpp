@@ -1,0 +1,32 @@
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "agate/model/llama.h"
+#include "agate/model/score.h"
+#include "agate/util/threads.h"
+#include "args.h"
+#include "commands.h"
+
+namespace agate::cli {
+
+int cmd_score(const Argv& argv) {
+  Args args("score", "--model DIR --tokens 1,2,3 [--dtype float32|bfloat16]",
+            "Runs the model over the tokens and prints, as JSON, log p(token[t+1] | token[..t]) for each t\n"
+            "and their sum.",
+            {{"model", "DIR", "Hugging Face model folder (config.json + *.safetensors)", ""},
+             {"tokens", "LIST", "comma-separated token ids (at least 2)", ""},
+             {"dtype", "NAME", "compute dtype: float32 or bfloat16", "float32"},
+             {"threads", "N", "intra-op threads (0 = all cores)", "0"}});
+  if (!args.parse(argv)) return 0;
+  args.expect_positionals(0);
+  configure_threads(static_cast<int>(args.get_int("threads")));
+  LlamaModel model = LlamaModel::load(args.get("model"), parse_compute_dtype(args.get("dtype")));
+  std::vector<int64_t> tokens;
+  for (long long t : parse_int_list(args.get("tokens"), "--tokens")) tokens.push_back(t);
+  TokenScores s = score_tokens(model, tokens);
+  nlohmann::json j = {{"tokens", s.tokens}, {"logprobs", s.logprobs}, {"total", s.total}};
+  std::cout << j.dump() << "\n";
+  return 0;
+}
+
+}  // namespace agate::cli

@@ -1,0 +1,217 @@
+#include "agate/model/llama.h"
+
+#include <ATen/ATen.h>
+
+#include <filesystem>
+#include <map>
+
+#include "agate/model/attention.h"
+#include "agate/model/kv_cache.h"
+#include "agate/util/error.h"
+#include "agate/util/fs.h"
+
+namespace fs = std::filesystem;
+
+namespace agate {
+
+namespace {
+
+std::string layer_prefix(int64_t i) { return "model.layers." + std::to_string(i) + "."; }
+
+std::string shape_text(at::IntArrayRef shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+}  // namespace
+
+c10::ScalarType parse_compute_dtype(const std::string& name) {
+  if (name == "float32" || name == "fp32" || name == "f32") return at::kFloat;
+  if (name == "bfloat16" || name == "bf16") return at::kBFloat16;
+  throw_usage("unknown compute dtype '" + name + "'", "use float32 or bfloat16");
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> expected_weight_shapes(const ModelConfig& c) {
+  const int64_t D = c.hidden_size, I = c.intermediate_size, hd = c.head_dim;
+  const int64_t Hq = c.num_attention_heads * hd, Hk = c.num_key_value_heads * hd;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> out;
+  out.push_back({"model.embed_tokens.weight", {c.vocab_size, D}});
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const std::string p = layer_prefix(i);
+    out.push_back({p + "input_layernorm.weight", {D}});
+    out.push_back({p + "self_attn.q_proj.weight", {Hq, D}});
+    out.push_back({p + "self_attn.k_proj.weight", {Hk, D}});
+    out.push_back({p + "self_attn.v_proj.weight", {Hk, D}});
+    out.push_back({p + "self_attn.o_proj.weight", {D, Hq}});
+    if (c.qkv_bias) {
+      out.push_back({p + "self_attn.q_proj.bias", {Hq}});
+      out.push_back({p + "self_attn.k_proj.bias", {Hk}});
+      out.push_back({p + "self_attn.v_proj.bias", {Hk}});
+    }
+    if (c.o_bias) out.push_back({p + "self_attn.o_proj.bias", {D}});
+    out.push_back({p + "post_attention_layernorm.weight", {D}});
+    out.push_back({p + "mlp.gate_proj.weight", {I, D}});
+    out.push_back({p + "mlp.up_proj.weight", {I, D}});
+    out.push_back({p + "mlp.down_proj.weight", {D, I}});
+  }
+  out.push_back({"model.norm.weight", {D}});
+  if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", {c.vocab_size, D}});
+  return out;
+}
+
+LlamaModel::LlamaModel(ModelConfig config, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                       c10::ScalarType dtype, const std::string& source)
+    : config_(std::move(config)), dtype_(dtype), rope_(config_) {
+  if (dtype != at::kFloat && dtype != at::kBFloat16) throw_usage("compute dtype must be float32 or bfloat16");
+  std::map<std::string, at::Tensor> by_name(tensors.begin(), tensors.end());
+  for (const auto& [name, shape] : expected_weight_shapes(config_)) {
+    auto it = by_name.find(name);
+    if (it == by_name.end()) {
+      throw_input(source, "missing tensor '" + name + "'", "is config.json the one that belongs to these weights?");
+    }
+    if (it->second.sizes() != at::IntArrayRef(shape)) {
+      throw_input(source, "tensor '" + name + "' has shape " + shape_text(it->second.sizes()) +
+                              " but config.json implies " + shape_text(shape),
+                  "wrong config.json for these weights?");
+    }
+    // Own the memory in the compute dtype (the source may be a read-only memory map).
+    at::Tensor t = it->second.to(at::kCPU).to(dtype, /*non_blocking=*/false, /*copy=*/true).contiguous();
+    params_.push_back({name, t});
+  }
+  std::map<std::string, at::Tensor> p(params_.begin(), params_.end());
+  embed_tokens_ = p.at("model.embed_tokens.weight");
+  final_norm_ = p.at("model.norm.weight");
+  lm_head_ = config_.tie_word_embeddings ? embed_tokens_ : p.at("lm_head.weight");
+  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
+    const std::string pre = layer_prefix(i);
+    auto get = [&](const std::string& n) { return p.count(pre + n) ? p.at(pre + n) : at::Tensor(); };
+    LayerWeights L;
+    L.input_norm = get("input_layernorm.weight");
+    L.q_proj = get("self_attn.q_proj.weight");
+    L.k_proj = get("self_attn.k_proj.weight");
+    L.v_proj = get("self_attn.v_proj.weight");
+    L.o_proj = get("self_attn.o_proj.weight");
+    L.q_bias = get("self_attn.q_proj.bias");
+    L.k_bias = get("self_attn.k_proj.bias");
+    L.v_bias = get("self_attn.v_proj.bias");
+    L.o_bias = get("self_attn.o_proj.bias");
+    L.post_norm = get("post_attention_layernorm.weight");
+    L.gate_proj = get("mlp.gate_proj.weight");
+    L.up_proj = get("mlp.up_proj.weight");
+    L.down_proj = get("mlp.down_proj.weight");
+    layers_.push_back(L);
+  }
+}
+
+LlamaModel LlamaModel::load(const std::string& dir, c10::ScalarType dtype) {
+  const std::string config_path = (fs::path(dir) / "config.json").string();
+  if (!fs::is_directory(dir)) throw_input(dir, "is not a folder", "pass a Hugging Face model folder");
+  if (!fs::exists(config_path)) throw_input(dir, "has no config.json", "pass a Hugging Face model folder");
+  ModelConfig config = load_model_config(config_path);
+  WeightFolder weights = WeightFolder::open(dir);
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const auto& name : weights.names()) {
+    // Older Llama checkpoints carry rotary buffers; a tied model may still ship lm_head.
+    if (name.size() > 19 && name.compare(name.size() - 19, 19, "rotary_emb.inv_freq") == 0) continue;
+    tensors.push_back({name, weights.tensor(name)});
+  }
+  std::map<std::string, bool> expected;
+  for (const auto& kv : expected_weight_shapes(config)) expected[kv.first] = true;
+  for (const auto& kv : tensors) {
+    if (!expected.count(kv.first) && !(kv.first == "lm_head.weight" && config.tie_word_embeddings)) {
+      throw_input(dir, "unexpected tensor '" + kv.first + "' for a " + config.model_type + " model",
+                  "is config.json the one that belongs to these weights?");
+    }
+  }
+  return LlamaModel(config, tensors, dtype, dir);
+}
+
+LlamaModel LlamaModel::init_random(const ModelConfig& config, uint64_t seed, c10::ScalarType dtype) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const auto& [name, shape] : expected_weight_shapes(config)) {
+    at::Tensor t;
+    const bool is_norm = name.find("norm.weight") != std::string::npos;
+    const bool is_bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
+    if (is_norm) t = at::ones(shape, at::kFloat);
+    else if (is_bias) t = at::zeros(shape, at::kFloat);
+    else t = at::normal(0.0, config.initializer_range, shape, gen);
+    tensors.push_back({name, t});
+  }
+  return LlamaModel(config, tensors, dtype, "init_random");
+}
+
+void LlamaModel::save(const std::string& dir, uint64_t max_shard_bytes) const {
+  make_dirs(dir);
+  ModelConfig c = config_;
+  c.torch_dtype = dtype_ == at::kBFloat16 ? "bfloat16" : "float32";
+  save_weight_folder(dir, params_, max_shard_bytes, {{"format", "pt"}});
+  write_file_atomic((fs::path(dir) / "config.json").string(), model_config_to_json(c));
+}
+
+void LlamaModel::set_requires_grad(bool on) {
+  for (auto& kv : params_) kv.second.requires_grad_(on);
+}
+
+at::Tensor LlamaModel::rms_norm(const at::Tensor& x, const at::Tensor& weight) const {
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
+  return weight * (xf * at::rsqrt(var + config_.rms_norm_eps)).to(x.scalar_type());
+}
+
+at::Tensor LlamaModel::embed(const at::Tensor& tokens) const {
+  if (tokens.numel() > 0) {
+    const int64_t lo = tokens.min().item<int64_t>(), hi = tokens.max().item<int64_t>();
+    if (lo < 0 || hi >= config_.vocab_size) {
+      throw_input("tokens", "token id " + std::to_string(lo < 0 ? lo : hi) + " is outside the vocabulary [0, " +
+                                std::to_string(config_.vocab_size) + ")",
+                  "were these tokens made with this model's tokenizer?");
+    }
+  }
+  return at::embedding(embed_tokens_, tokens);
+}
+
+at::Tensor LlamaModel::layer_forward(int64_t i, const at::Tensor& h, const at::Tensor& positions,
+                                     const ForwardOptions& options) const {
+  const LayerWeights& L = layers_[static_cast<size_t>(i)];
+  const int64_t B = h.size(0), T = h.size(1);
+  const int64_t H = config_.num_attention_heads, Hkv = config_.num_key_value_heads, hd = config_.head_dim;
+
+  at::Tensor x = rms_norm(h, L.input_norm);                                   // [B, T, D]
+  at::Tensor keep;
+  if (options.visibility) keep = options.visibility->key_keep(i, x, positions);  // [B, T, Hkv]
+
+  auto [cos, sin] = rope_.cos_sin(positions, dtype_);                          // [T, hd]
+  at::Tensor q = Rope::apply(at::linear(x, L.q_proj, L.q_bias).view({B, T, H, hd}), cos, sin);
+  at::Tensor k = Rope::apply(at::linear(x, L.k_proj, L.k_bias).view({B, T, Hkv, hd}), cos, sin);
+  at::Tensor v = at::linear(x, L.v_proj, L.v_bias).view({B, T, Hkv, hd});
+  q = q.transpose(1, 2);  // [B, H, T, hd]
+  k = k.transpose(1, 2);  // [B, Hkv, T, hd]
+  v = v.transpose(1, 2);
+
+  at::Tensor attn = options.cache
+                        ? options.cache->attend(i, q, k, v, keep, config_.sliding_window)
+                        : masked_attention(q, k, v, positions, positions, keep, config_.sliding_window);
+  attn = attn.transpose(1, 2).reshape({B, T, H * hd});                        // [B, T, H*hd]
+  at::Tensor out = h + at::linear(attn, L.o_proj, L.o_bias);
+
+  at::Tensor y = rms_norm(out, L.post_norm);
+  at::Tensor mlp = at::linear(at::silu(at::linear(y, L.gate_proj)) * at::linear(y, L.up_proj), L.down_proj);
+  return out + mlp;
+}
+
+at::Tensor LlamaModel::head(const at::Tensor& h) const { return at::linear(rms_norm(h, final_norm_), lm_head_); }
+
+at::Tensor LlamaModel::forward(const at::Tensor& tokens, const ForwardOptions& options) const {
+  if (tokens.dim() != 2) throw_usage("forward expects tokens of shape [B, T]");
+  const int64_t T = tokens.size(1);
+  const int64_t start = options.cache ? options.cache->length() : 0;
+  at::Tensor positions = at::arange(start, start + T, at::TensorOptions().dtype(at::kLong));
+  at::Tensor h = embed(tokens);
+  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) h = layer_forward(i, h, positions, options);
+  if (options.cache) options.cache->advance(T);
+  return head(h);
+}
+
+}  // namespace agate
