@@ -8,6 +8,7 @@ namespace agate::cli {
 
 using Argv = std::vector<std::string>;
 
+int cmd_bench(const Argv& argv);
 int cmd_score(const Argv& argv);
 int cmd_init_model(const Argv& argv);
 int cmd_inspect(const Argv& argv);

@@ -19,6 +19,7 @@ struct Command {
 };
 
 const Command kCommands[] = {
+    {"bench", agate::cli::cmd_bench, "micro-benchmarks: forward tokens/s, weight loading"},
     {"init-model", agate::cli::cmd_init_model, "write a randomly initialised model in Hugging Face layout"},
     {"inspect", agate::cli::cmd_inspect, "print a model folder's config, parameter count and bytes by dtype"},
     {"score", agate::cli::cmd_score, "print the log-probability of each next token, as JSON"},

@@ -17,7 +17,7 @@ at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::
   // Group the G query heads of each KV head as extra rows: [B, Hkv, G*Tq, hd] @ [B, Hkv, hd, Tk].
   at::Tensor qg = q.reshape({B, Hkv, G * Tq, hd});
   at::Tensor scores = at::matmul(qg, k.transpose(-1, -2)).mul_(scale);   // [B, Hkv, G*Tq, Tk]
-  scores = scores.to(at::kFloat).view({B, Hkv, G, Tq, Tk});
+  scores = scores.view({B, Hkv, G, Tq, Tk});
 
   // Structural mask (causal + window): [Tq, Tk] bool.
   at::Tensor qp = q_pos.view({Tq, 1}), kp = k_pos.view({1, Tk});
@@ -26,10 +26,12 @@ at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::
 
   at::Tensor probs;
   if (!key_keep.defined()) {
-    // Plain causal softmax (the base model), float32 as HF's eager attention does.
-    scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
-    probs = at::softmax(scores, -1);
+    // Plain causal softmax (the base model); the softmax accumulates in float32 as HF's eager
+    // attention does, without materialising float32 scores first.
+    scores.masked_fill_(allowed.logical_not(), -std::numeric_limits<float>::infinity());
+    probs = at::softmax(scores, -1, at::kFloat);
   } else {
+    scores = scores.to(at::kFloat);
     // M = allowed * (self ? 1 : keep[j]); keep: [B, Tk, Hkv] -> [B, Hkv, 1, 1, Tk].
     at::Tensor keep = key_keep.to(at::kFloat).permute({0, 2, 1}).reshape({B, Hkv, 1, 1, Tk});
     at::Tensor self = (qp == kp);                                           // [Tq, Tk]

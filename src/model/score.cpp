@@ -1,7 +1,7 @@
 #include "agate/model/score.h"
 
 #include <ATen/ATen.h>
-#include <c10/core/GradMode.h>
+#include <c10/core/InferenceMode.h>
 
 #include "agate/model/llama.h"
 #include "agate/util/error.h"
@@ -10,7 +10,7 @@ namespace agate {
 
 TokenScores score_tokens(const LlamaModel& model, const std::vector<int64_t>& tokens) {
   if (tokens.size() < 2) throw_usage("need at least 2 tokens to score", "pass --tokens a,b,...");
-  c10::NoGradGuard no_grad;
+  c10::InferenceMode inference;
   at::Tensor ids = at::tensor(tokens, at::kLong).unsqueeze(0);                     // [1, T]
   at::Tensor logp = at::log_softmax(model.forward(ids).to(at::kFloat), -1)[0];     // [T, V]
   at::Tensor next = ids[0].slice(0, 1).unsqueeze(1);                               // [T-1, 1]

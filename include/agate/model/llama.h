@@ -31,6 +31,12 @@ class KeyVisibility {
   virtual at::Tensor key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions) = 0;
 };
 
+// The positions of a forward's tokens and their RoPE tables, computed once per forward.
+struct Positions {
+  at::Tensor ids;       // [T] int64
+  at::Tensor cos, sin;  // [T, head_dim] in the model's dtype
+};
+
 struct ForwardOptions {
   KeyVisibility* visibility = nullptr;  // not owned
   KVCache* cache = nullptr;             // not owned; positions continue from cache->length()
@@ -70,8 +76,10 @@ class LlamaModel {
 
   // The pieces of forward, for trainers that run layers one at a time.
   at::Tensor embed(const at::Tensor& tokens) const;  // [B, T] -> [B, T, D]
-  // h: [B, T, D]; positions: [T] int64 -> [B, T, D]
-  at::Tensor layer_forward(int64_t i, const at::Tensor& h, const at::Tensor& positions,
+  // Positions start, ..., start + T - 1 with their RoPE tables.
+  Positions positions(int64_t start, int64_t T) const;
+  // h: [B, T, D] -> [B, T, D]
+  at::Tensor layer_forward(int64_t i, const at::Tensor& h, const Positions& positions,
                            const ForwardOptions& options) const;
   at::Tensor head(const at::Tensor& h) const;  // final norm + LM head: [B, T, D] -> [B, T, V]
   // x: [B, T, D] -> RMSNorm(x) * weight, normalised in float32 as HF does.

@@ -1,0 +1,99 @@
+#include <c10/core/InferenceMode.h>
+#include <ATen/ATen.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "agate/io/safetensors.h"
+#include "agate/model/llama.h"
+#include "agate/util/error.h"
+#include "agate/util/threads.h"
+#include "agate/util/timer.h"
+#include "args.h"
+#include "commands.h"
+
+namespace agate::cli {
+
+namespace {
+
+nlohmann::json machine_info(int threads) {
+  const char* coretype = std::getenv("OPENBLAS_CORETYPE");
+  return {{"threads", threads}, {"openblas_coretype", coretype ? coretype : "(unset)"}};
+}
+
+int bench_forward(const Args& args, int threads) {
+  c10::InferenceMode inference;
+  const std::string dtype = args.get("dtype");
+  LlamaModel model = LlamaModel::load(args.get("model"), parse_compute_dtype(dtype));
+  const long long seq = args.get_int("seq"), batch = args.get_int("batch"), iters = args.get_int("iters");
+  if (seq < 1 || batch < 1 || iters < 1) throw_usage("--seq, --batch and --iters must be positive");
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(0);
+  at::Tensor tokens = at::randint(0, model.config().vocab_size, {batch, seq}, gen, at::kLong);
+  std::vector<double> times = time_runs([&] { model.forward(tokens); }, static_cast<int>(iters));
+  const double med = median(times);
+  nlohmann::json j = {{"impl", "agate"}, {"mode", "forward"}, {"dtype", dtype}, {"seq", seq}, {"batch", batch},
+                      {"iters", iters}, {"tokens_per_s_median", batch * seq / med}, {"median_s", med},
+                      {"times", times}};
+  j.update(machine_info(threads));
+  std::cout << j.dump() << "\n";
+  return 0;
+}
+
+int bench_load(const Args& args, int threads) {
+  const std::string dir = args.get("model");
+  const auto dtype = parse_compute_dtype(args.get("dtype"));
+  const int iters = static_cast<int>(args.get_int("iters"));
+  WeightFolder folder = WeightFolder::open(dir);
+  std::vector<std::string> files;
+  uint64_t bytes = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    if (e.path().extension() == ".safetensors") {
+      files.push_back(e.path().string());
+      bytes += e.file_size();
+    }
+  }
+  // Baseline: read every byte of the files into memory (page cache warm after the warm-up).
+  std::vector<char> buf(bytes);
+  auto read_all = [&] {
+    size_t off = 0;
+    for (const auto& f : files) {
+      std::ifstream in(f, std::ios::binary);
+      in.read(buf.data() + off, static_cast<std::streamsize>(buf.size() - off));
+      off += static_cast<size_t>(in.gcount());
+    }
+  };
+  const double read_s = median(time_runs(read_all, iters));
+  const double load_s = median(time_runs([&] { LlamaModel::load(dir, dtype); }, iters));
+  nlohmann::json j = {{"impl", "agate"}, {"mode", "load"}, {"dtype", args.get("dtype")}, {"bytes", bytes},
+                      {"read_s", read_s}, {"load_s", load_s}, {"load_over_read", load_s / read_s},
+                      {"read_GBps", bytes / read_s / 1e9}, {"load_GBps", bytes / load_s / 1e9}};
+  j.update(machine_info(threads));
+  std::cout << j.dump() << "\n";
+  return 0;
+}
+
+}  // namespace
+
+int cmd_bench(const Argv& argv) {
+  Args args("bench", "forward|load --model DIR [options]",
+            "Micro-benchmarks, one JSON line each (medians of --iters runs after one warm-up):\n"
+            "  forward  tokens/s of a full-sequence forward (no grad) on random tokens\n"
+            "  load     weight-loading time against simply reading the files' bytes",
+            {{"model", "DIR", "Hugging Face model folder", ""},
+             {"dtype", "NAME", "compute dtype: float32 or bfloat16", "float32"},
+             {"seq", "T", "sequence length (forward)", "256"},
+             {"batch", "B", "batch size (forward)", "1"},
+             {"iters", "K", "timed repetitions", "5"},
+             {"threads", "N", "intra-op threads (0 = all cores)", "0"}});
+  if (!args.parse(argv)) return 0;
+  args.expect_positionals(1, "the benchmark name (forward or load)");
+  const int threads = configure_threads(static_cast<int>(args.get_int("threads")));
+  const std::string what = args.positionals()[0];
+  if (what == "forward") return bench_forward(args, threads);
+  if (what == "load") return bench_load(args, threads);
+  throw_usage("unknown benchmark '" + what + "'\n" + args.usage(), "use forward or load");
+}
+
+}  // namespace agate::cli
