@@ -9,7 +9,7 @@ PKGS=(
   libtorch-dev libgloo-dev libopenblas0-openmp
   libsentencepiece-dev sentencepiece
   libyaml-cpp-dev libspdlog-dev libfmt-dev
-  libgtest-dev googletest nlohmann-json3-dev
+  libgtest-dev googletest nlohmann-json3-dev zlib1g-dev
 )
 if [[ "${1:-}" == "--with-python" || "${AGATE_WITH_PYTHON:-0}" == "1" ]]; then
   PKGS+=(python3-torch python3-numpy)

@@ -59,6 +59,7 @@ bool Args::parse(const std::vector<std::string>& argv) {
           value = argv[++i];
         }
         values_[name] = value;
+        all_values_[name].push_back(value);
       }
     } else {
       positionals_.push_back(a);
@@ -81,6 +82,12 @@ std::string Args::get(const std::string& name) const {
   const Option* o = find(name);
   if (o && !o->default_value.empty()) return o->default_value;
   throw_usage("'agate " + command_ + "' needs --" + name + "\n" + usage(), "run 'agate " + command_ + " --help'");
+}
+
+std::vector<std::string> Args::get_all(const std::string& name) const {
+  auto it = all_values_.find(name);
+  if (it == all_values_.end()) get(name);  // throws the "needs --name" usage error
+  return it == all_values_.end() ? std::vector<std::string>{get(name)} : it->second;
 }
 
 std::string Args::get_or(const std::string& name, const std::string& fallback) const {

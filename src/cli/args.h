@@ -26,6 +26,8 @@ class Args {
   bool has(const std::string& name) const;
   std::string get(const std::string& name) const;             // value or default; throws if required and absent
   std::string get_or(const std::string& name, const std::string& fallback) const;
+  // Every value of an option given several times (e.g. --input a --input b); throws if none.
+  std::vector<std::string> get_all(const std::string& name) const;
   long long get_int(const std::string& name) const;
   double get_double(const std::string& name) const;
   bool flag(const std::string& name) const { return has(name); }
@@ -40,7 +42,8 @@ class Args {
   const Option* find(const std::string& name) const;
   std::string command_, synopsis_, description_;
   std::vector<Option> options_;
-  std::map<std::string, std::string> values_;
+  std::map<std::string, std::string> values_;        // last value of each option
+  std::map<std::string, std::vector<std::string>> all_values_;
   std::vector<std::string> positionals_;
 };
 

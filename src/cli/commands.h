@@ -9,7 +9,10 @@ namespace agate::cli {
 using Argv = std::vector<std::string>;
 
 int cmd_bench(const Argv& argv);
+int cmd_data(const Argv& argv);
 int cmd_score(const Argv& argv);
+int cmd_tokenize(const Argv& argv);
+int cmd_tokenizer(const Argv& argv);
 int cmd_init_model(const Argv& argv);
 int cmd_inspect(const Argv& argv);
 

@@ -20,9 +20,12 @@ struct Command {
 
 const Command kCommands[] = {
     {"bench", agate::cli::cmd_bench, "micro-benchmarks: forward tokens/s, weight loading"},
+    {"data", agate::cli::cmd_data, "check a token dataset, or show one of its samples"},
     {"init-model", agate::cli::cmd_init_model, "write a randomly initialised model in Hugging Face layout"},
     {"inspect", agate::cli::cmd_inspect, "print a model folder's config, parameter count and bytes by dtype"},
     {"score", agate::cli::cmd_score, "print the log-probability of each next token, as JSON"},
+    {"tokenize", agate::cli::cmd_tokenize, "turn text (cpt) or prompt/response JSONL (sft) into token shards"},
+    {"tokenizer", agate::cli::cmd_tokenizer, "train a SentencePiece tokenizer"},
 };
 
 void print_usage(std::ostream& out) {

@@ -1,0 +1,59 @@
+// Text corpora -> token datasets (train and val splits) for continual pre-training (cpt) and
+// supervised fine-tuning (sft).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "agate/data/dataset.h"
+
+namespace agate {
+
+class Tokenizer;
+
+// How an SFT conversation becomes text. "{content}" is replaced by the message text.
+// Tokens of assistant_prefix are context (mask 0); the assistant's content, assistant_suffix
+// and the EOS after it are targets (mask 1).
+struct SftTemplate {
+  std::string system = "{content}\n\n";
+  std::string user = "### Instruction:\n{content}\n\n";
+  std::string assistant_prefix = "### Response:\n";
+  std::string assistant_suffix = "";
+
+  // "default" (above), "chatml", or a JSON file with any of the four keys.
+  static SftTemplate named(const std::string& name_or_file);
+};
+
+struct TokenizeOptions {
+  std::vector<std::string> inputs;
+  std::string out;                    // writes out/train and out/val
+  std::string kind = "cpt";           // cpt | sft
+  std::string format = "auto";        // auto (.jsonl/.json -> jsonl, else text) | text | jsonl
+  std::string text_field = "text";    // cpt jsonl field
+  bool add_bos = false;               // prepend BOS to every document
+  double val_fraction = 0.01;         // share of documents (by content hash) in val
+  uint64_t shard_tokens = 16u << 20;  // tokens per shard (documents never straddle shards)
+  int threads = 2;
+  SftTemplate sft_template;
+  int64_t max_len = 0;                // sft: truncate documents to this many tokens (0 = no limit)
+};
+
+struct SplitSummary {
+  uint64_t documents = 0, tokens = 0, loss_tokens = 0, shards = 0;
+};
+
+struct TokenizeSummary {
+  uint64_t input_bytes = 0;
+  double seconds = 0;
+  SplitSummary train, val;
+  std::map<std::string, uint64_t> skipped;    // reason -> documents
+  std::map<std::string, uint64_t> truncated;  // rule -> documents
+};
+
+// Reads, tokenizes (opts.threads workers, order preserved) and writes both splits, each
+// manifest last. Malformed input lines are refused with file:line.
+TokenizeSummary tokenize_corpus(const Tokenizer& tokenizer, const TokenizeOptions& opts);
+
+}  // namespace agate

@@ -1,0 +1,46 @@
+// Text <-> token ids. SentencePiece is the built-in backend; token shards themselves are
+// tokenizer-agnostic (any tool may write them, see docs/formats.md).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace agate {
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+
+  // Encodes text without adding BOS/EOS.
+  virtual std::vector<int32_t> encode(const std::string& text) const = 0;
+  virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
+  virtual std::string piece(int32_t id) const = 0;
+
+  virtual int64_t vocab_size() const = 0;
+  virtual int32_t bos_id() const = 0;  // -1 when the tokenizer has none
+  virtual int32_t eos_id() const = 0;
+  // Fingerprint stored in every shard so data cannot feed a model with another vocabulary:
+  // CRC-32 of the tokenizer file's bytes.
+  virtual uint64_t hash() const = 0;
+
+  // Loads a SentencePiece `.model` file.
+  static std::unique_ptr<Tokenizer> load(const std::string& path);
+};
+
+struct TokenizerTrainOptions {
+  std::vector<std::string> inputs;  // text files, one sentence/paragraph per line
+  std::string out;                  // output path, e.g. tok.model (a .vocab file goes beside it)
+  int64_t vocab_size = 8192;
+  std::string model_type = "bpe";   // bpe | unigram
+  bool byte_fallback = true;        // unseen characters become bytes, so any text round-trips
+  double character_coverage = 1.0;
+  int64_t max_sentences = 2000000;  // sampled when inputs hold more lines
+  int threads = 2;
+};
+
+// Trains a SentencePiece model (unk 0, bos 1, eos 2, no pad) and writes it to options.out.
+void train_tokenizer(const TokenizerTrainOptions& options);
+
+}  // namespace agate

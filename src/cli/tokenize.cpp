@@ -1,0 +1,77 @@
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+
+#include "agate/data/tokenize.h"
+#include "agate/data/tokenizer.h"
+#include "agate/util/error.h"
+#include "args.h"
+#include "commands.h"
+
+namespace agate::cli {
+
+int cmd_tokenize(const Argv& argv) {
+  Args args("tokenize", "--tokenizer tok.model --input FILE [--input FILE ...] --out DIR [--kind cpt|sft]",
+            "Tokenizes text into a train and a val dataset (DIR/train, DIR/val), each a folder of\n"
+            "shards plus manifest.json (written last). Inputs: plain text (documents separated by\n"
+            "blank lines) or JSONL: cpt reads the --text-field of each line; sft reads\n"
+            "{\"prompt\", \"response\"} or {\"messages\": [{\"role\", \"content\"}, ...]}. The val split\n"
+            "takes documents by a hash of their content, so it does not depend on input order.\n"
+            "sft truncation (--max-len): the oldest context is cut on the left so the last reply fits;\n"
+            "a reply longer than max-len alone keeps its start; documents left without target tokens\n"
+            "are skipped. Every skip and truncation is counted in the summary.",
+            {{"tokenizer", "FILE", "SentencePiece model", ""},
+             {"input", "FILE", "input file(s); repeat or separate with commas", ""},
+             {"out", "DIR", "output folder (refused if it holds a dataset, unless --force)", ""},
+             {"kind", "KIND", "cpt or sft", "cpt"},
+             {"format", "FMT", "auto, text or jsonl (auto: .jsonl/.json are JSONL)", "auto"},
+             {"text-field", "NAME", "JSONL field holding the text (cpt)", "text"},
+             {"bos", "", "prepend BOS to every document", ""},
+             {"val-fraction", "F", "share of documents in the val split", "0.01"},
+             {"shard-tokens", "N", "tokens per shard", "16777216"},
+             {"template", "NAME", "sft template: default, chatml or a JSON file", "default"},
+             {"max-len", "N", "sft: truncate documents to N tokens (0 = off)", "0"},
+             {"threads", "N", "tokenizer threads", "2"},
+             {"force", "", "overwrite an existing dataset in --out", ""}});
+  if (!args.parse(argv)) return 0;
+  args.expect_positionals(0);
+  TokenizeOptions o;
+  for (const auto& v : args.get_all("input")) {
+    std::stringstream ss(v);
+    std::string item;
+    while (std::getline(ss, item, ','))
+      if (!item.empty()) o.inputs.push_back(item);
+  }
+  o.out = args.get("out");
+  namespace fs = std::filesystem;
+  if (!args.flag("force") && (fs::exists(fs::path(o.out) / "train/manifest.json") || fs::exists(fs::path(o.out) / "val/manifest.json"))) {
+    throw_usage("'" + o.out + "' already holds a dataset", "pass --force to overwrite it, or choose another --out");
+  }
+  o.kind = args.get("kind");
+  o.format = args.get("format");
+  o.text_field = args.get("text-field");
+  o.add_bos = args.flag("bos");
+  o.val_fraction = args.get_double("val-fraction");
+  const long long shard_tokens = args.get_int("shard-tokens");
+  if (shard_tokens < 1) throw_usage("--shard-tokens must be positive");
+  o.shard_tokens = static_cast<uint64_t>(shard_tokens);
+  o.sft_template = SftTemplate::named(args.get("template"));
+  o.max_len = args.get_int("max-len");
+  o.threads = static_cast<int>(args.get_int("threads"));
+  auto tok = Tokenizer::load(args.get("tokenizer"));
+  TokenizeSummary s = tokenize_corpus(*tok, o);
+
+  std::printf("tokenized %.2f MB of text in %.2f s (%.2f MB/s, %d threads)\n", s.input_bytes / 1e6, s.seconds,
+              s.input_bytes / 1e6 / std::max(s.seconds, 1e-9), o.threads);
+  for (auto [name, sp] : {std::pair<const char*, SplitSummary>{"train", s.train}, {"val", s.val}}) {
+    std::printf("  %-5s %8llu documents %11llu tokens %11llu loss tokens %4llu shards -> %s/%s\n", name,
+                (unsigned long long)sp.documents, (unsigned long long)sp.tokens, (unsigned long long)sp.loss_tokens,
+                (unsigned long long)sp.shards, o.out.c_str(), name);
+  }
+  for (const auto& [why, n] : s.skipped) std::printf("  skipped %llu documents: %s\n", (unsigned long long)n, why.c_str());
+  for (const auto& [why, n] : s.truncated) std::printf("  truncated %llu documents: %s\n", (unsigned long long)n, why.c_str());
+  if (s.skipped.empty() && s.truncated.empty()) std::printf("  nothing skipped or truncated\n");
+  return 0;
+}
+
+}  // namespace agate::cli
