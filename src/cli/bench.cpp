@@ -6,6 +6,8 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "agate/data/dataset.h"
+#include "agate/data/loader.h"
 #include "agate/io/safetensors.h"
 #include "agate/model/llama.h"
 #include "agate/util/error.h"
@@ -74,14 +76,35 @@ int bench_load(const Args& args, int threads) {
   return 0;
 }
 
+int bench_loader(const Args& args, int threads) {
+  Dataset data = Dataset::open(args.get("data"));
+  LoaderOptions o;
+  o.seq_len = args.get_int("seq");
+  o.global_batch = args.get_int("batch");
+  DataLoader loader(data, o, {});
+  const long long batches = args.get_int("batches");
+  const double t0 = now_seconds();
+  for (long long i = 0; i < batches; ++i) loader.next();
+  const double s = now_seconds() - t0;
+  const double tokens = static_cast<double>(batches) * o.global_batch * o.seq_len;
+  nlohmann::json j = {{"impl", "agate"}, {"mode", "loader"}, {"seq", o.seq_len}, {"batch", o.global_batch},
+                      {"batches", batches}, {"seconds", s}, {"tokens_per_s", tokens / s}};
+  j.update(machine_info(threads));
+  std::cout << j.dump() << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int cmd_bench(const Argv& argv) {
-  Args args("bench", "forward|load --model DIR [options]",
+  Args args("bench", "forward|load --model DIR [options] | loader --data DIR [options]",
             "Micro-benchmarks, one JSON line each (medians of --iters runs after one warm-up):\n"
             "  forward  tokens/s of a full-sequence forward (no grad) on random tokens\n"
-            "  load     weight-loading time against simply reading the files' bytes",
+            "  load     weight-loading time against simply reading the files' bytes\n"
+            "  loader   tokens/s the streaming data loader delivers (prefetch thread on)",
             {{"model", "DIR", "Hugging Face model folder", ""},
+             {"data", "DIR", "token dataset folder (loader)", ""},
+             {"batches", "N", "batches to draw (loader)", "2000"},
              {"dtype", "NAME", "compute dtype: float32 or bfloat16", "float32"},
              {"seq", "T", "sequence length (forward)", "256"},
              {"batch", "B", "batch size (forward)", "1"},
@@ -93,7 +116,8 @@ int cmd_bench(const Argv& argv) {
   const std::string what = args.positionals()[0];
   if (what == "forward") return bench_forward(args, threads);
   if (what == "load") return bench_load(args, threads);
-  throw_usage("unknown benchmark '" + what + "'\n" + args.usage(), "use forward or load");
+  if (what == "loader") return bench_loader(args, threads);
+  throw_usage("unknown benchmark '" + what + "'\n" + args.usage(), "use forward, load or loader");
 }
 
 }  // namespace agate::cli

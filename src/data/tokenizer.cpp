@@ -143,6 +143,9 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& path) {
 void train_tokenizer(const TokenizerTrainOptions& o) {
   if (o.inputs.empty()) throw_usage("tokenizer training needs at least one --input file");
   for (const auto& in : o.inputs) {
+    if (in.find_first_of(" \t,") != std::string::npos) {
+      throw_usage("input path '" + in + "' contains a space or comma", "SentencePiece takes inputs as one flag: rename or link the file");
+    }
     if (!fs::is_regular_file(in)) throw_input(in, "does not exist or is not a file", "pass text files to --input");
     if (fs::file_size(in) == 0) throw_input(in, "is empty");
   }

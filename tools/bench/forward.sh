@@ -11,13 +11,13 @@ ROUNDS=${2:-3}
 PY=/usr/bin/python3
 model=$(mktemp -d)/tiny-9m
 trap 'rm -rf "$(dirname "$model")"' EXIT
-"$AGATE" init-model --config recipes/tiny/base_config.json --out "$model" --seed 0 2>/dev/null
+"$AGATE" init-model --config tools/bench/model_9m.json --out "$model" --seed 0 2>/dev/null
 
 field() { $PY -c "import json,sys; print(json.loads(sys.stdin.readline())['$1'])"; }
 med() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
-echo "model: recipes/tiny/base_config.json (8.9M params), seq 256, batch 1"
+echo "model: tools/bench/model_9m.json (8.9M params: 6 layers, d 256, GQA 8/4, vocab 8192), seq 256, batch 1"
 echo
 echo "| dtype | threads | agate tok/s | python tok/s | agate / python |"
 echo "|---|---|---|---|---|"

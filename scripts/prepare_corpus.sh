@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Builds the default corpus: raw public-domain text (data/fetch_corpus.sh), a SentencePiece
+# tokenizer trained on it, and train/val token datasets. Re-running skips finished steps.
+#
+#   scripts/prepare_corpus.sh [--force]        (AGATE=path/to/agate, VOCAB=4096)
+#
+# Writes (git-ignored):
+#   data/corpus/raw/{austen,kjv,brown}.txt
+#   data/corpus/tokenizer.model
+#   data/corpus/tokens/{train,val}/       (manifest.json + shards)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+AGATE=${AGATE:-build/agate}
+VOCAB=${VOCAB:-4096}
+FORCE=${1:-}
+[[ -x $AGATE ]] || { echo "[corpus] error: $AGATE not found (build first: cmake --build build, or set AGATE=...)" >&2; exit 1; }
+
+bash data/fetch_corpus.sh $FORCE
+raw=(data/corpus/raw/austen.txt data/corpus/raw/kjv.txt data/corpus/raw/brown.txt)
+inputs=$(IFS=,; echo "${raw[*]}")
+
+tok=data/corpus/tokenizer.model
+if [[ -f $tok && $FORCE != --force ]]; then
+  echo "[corpus] $tok exists, skipping"
+else
+  echo "[corpus] training a $VOCAB-piece BPE tokenizer"
+  "$AGATE" tokenizer train --input "$inputs" --vocab "$VOCAB" --out "$tok" 2>&1 | grep -v "LOG(INFO)" || true
+  [[ -f $tok ]] || { echo "[corpus] error: tokenizer training failed" >&2; exit 1; }
+fi
+
+out=data/corpus/tokens
+if [[ -f $out/train/manifest.json && -f $out/val/manifest.json && $FORCE != --force && $out/train/manifest.json -nt $tok ]]; then
+  echo "[corpus] $out exists, skipping"
+else
+  echo "[corpus] tokenizing"
+  "$AGATE" tokenize --tokenizer "$tok" --input "$inputs" --out "$out" --val-fraction 0.02 --shard-tokens 1000000 --force
+fi
+echo "[corpus] ready: $tok, $out/train, $out/val"
