@@ -77,6 +77,7 @@ Shard Shard::open(const std::string& path) {
   }
   if (h.flags & ~(kShardHasMask | kShardHasDocs)) throw_input(path, "unknown flags " + std::to_string(h.flags), hint);
   if (h.vocab_size == 0) throw_input(path, "vocab_size is 0", hint);
+  if (h.tokenizer_hash >> 32) throw_input(path, "tokenizer_hash has bits above 32 set (it is a 32-bit fingerprint)", hint);
   if (h.num_tokens > (size - sizeof(ShardHeader)) / 4) {
     throw_input(path, "truncated shard: header promises " + std::to_string(h.num_tokens) + " tokens but the file has " +
                           std::to_string(size) + " bytes", hint);
