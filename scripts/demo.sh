@@ -27,7 +27,7 @@ build/agate data check data/corpus/tokens/train
 step "4/5 a tiny Llama-style base model in HF layout (random init; pretraining is coming)"
 base=runs/demo/base-random
 if [[ -f $base/model.safetensors ]]; then echo "$base exists, skipping"
-else build/agate init-model --config recipes/tiny/base_config.json --out "$base" --seed 0; fi
+else build/agate init-model --config recipes/tiny/base/config.json --out "$base" --seed 0; fi
 cp data/corpus/tokenizer.model "$base/tokenizer.model"
 build/agate inspect "$base"
 

@@ -12,6 +12,7 @@ int cmd_bench(const Argv& argv);
 int cmd_data(const Argv& argv);
 int cmd_score(const Argv& argv);
 int cmd_tokenize(const Argv& argv);
+int cmd_train(const Argv& argv);
 int cmd_tokenizer(const Argv& argv);
 int cmd_init_model(const Argv& argv);
 int cmd_inspect(const Argv& argv);

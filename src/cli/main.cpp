@@ -26,6 +26,7 @@ const Command kCommands[] = {
     {"score", agate::cli::cmd_score, "print the log-probability of each next token, as JSON"},
     {"tokenize", agate::cli::cmd_tokenize, "turn text (cpt) or prompt/response JSONL (sft) into token shards"},
     {"tokenizer", agate::cli::cmd_tokenizer, "train a SentencePiece tokenizer"},
+    {"train", agate::cli::cmd_train, "train gates (+LoRA) on a frozen model, or pretrain one, from a YAML recipe"},
 };
 
 void print_usage(std::ostream& out) {

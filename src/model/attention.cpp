@@ -9,7 +9,7 @@ namespace agate {
 
 at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const at::Tensor& q_pos, const at::Tensor& k_pos,
-                            const at::Tensor& key_keep, int64_t sliding_window) {
+                            const at::Tensor& key_keep, int64_t sliding_window, int64_t recent_window) {
   const int64_t B = q.size(0), H = q.size(1), Tq = q.size(2), hd = q.size(3);
   const int64_t Hkv = k.size(1), Tk = k.size(2), G = H / Hkv;
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
@@ -34,8 +34,9 @@ at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::
     scores = scores.to(at::kFloat);
     // M = allowed * (self ? 1 : keep[j]); keep: [B, Tk, Hkv] -> [B, Hkv, 1, 1, Tk].
     at::Tensor keep = key_keep.to(at::kFloat).permute({0, 2, 1}).reshape({B, Hkv, 1, 1, Tk});
-    at::Tensor self = (qp == kp);                                           // [Tq, Tk]
-    at::Tensor m = at::where(self, at::ones({}, keep.options()), keep);     // [B, Hkv, 1, Tq, Tk]
+    at::Tensor always = (qp == kp);                                         // [Tq, Tk]
+    if (recent_window > 0) always = always.logical_or(qp - kp < recent_window);
+    at::Tensor m = at::where(always, at::ones({}, keep.options()), keep);   // [B, Hkv, 1, Tq, Tk]
     m = m * allowed.to(at::kFloat);
     // Max over the visible keys only (detached: it cancels in the ratio).
     at::Tensor visible = (m > 0).detach();

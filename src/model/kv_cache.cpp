@@ -9,7 +9,7 @@ namespace agate {
 DenseKVCache::DenseKVCache(int64_t num_layers) : layers_(static_cast<size_t>(num_layers)) {}
 
 at::Tensor DenseKVCache::attend(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                const at::Tensor& keep, int64_t sliding_window) {
+                                const at::Tensor& keep, int64_t sliding_window, int64_t recent_window) {
   Layer& L = layers_.at(static_cast<size_t>(layer));
   const int64_t B = k.size(0), Hkv = k.size(1), Tn = k.size(2);
   at::Tensor flags = keep.defined() ? keep.detach() : at::ones({B, Tn, Hkv}, k.options());
@@ -28,7 +28,8 @@ at::Tensor DenseKVCache::attend(int64_t layer, const at::Tensor& q, const at::Te
   at::Tensor q_pos = at::arange(T - Tn, T, pos_opts);
   // Everything kept -> the plain causal path (identical to a cache-free forward).
   const bool all_kept = L.keep.to(at::kFloat).min().item<float>() >= 1.0f;
-  return masked_attention(q, L.k, L.v, q_pos, k_pos, all_kept ? at::Tensor() : L.keep, sliding_window);
+  return masked_attention(q, L.k, L.v, q_pos, k_pos, all_kept ? at::Tensor() : L.keep, sliding_window,
+                          recent_window);
 }
 
 int64_t DenseKVCache::bytes() const {

@@ -26,6 +26,19 @@ std::string shape_text(at::IntArrayRef shape) {
 
 }  // namespace
 
+const char* projection_name(Projection p) {
+  switch (p) {
+    case Projection::Q: return "q_proj";
+    case Projection::K: return "k_proj";
+    case Projection::V: return "v_proj";
+    case Projection::O: return "o_proj";
+    case Projection::Gate: return "gate_proj";
+    case Projection::Up: return "up_proj";
+    case Projection::Down: return "down_proj";
+  }
+  return "?";
+}
+
 c10::ScalarType parse_compute_dtype(const std::string& name) {
   if (name == "float32" || name == "fp32" || name == "f32") return at::kFloat;
   if (name == "bfloat16" || name == "bf16") return at::kBFloat16;
@@ -183,17 +196,30 @@ at::Tensor LlamaModel::layer_forward(int64_t i, const at::Tensor& h, const Posit
                                      const ForwardOptions& options) const {
   const LayerWeights& L = layers_[static_cast<size_t>(i)];
   const int64_t B = h.size(0), T = h.size(1);
+  // x W^T + b, plus the adapter's delta (LoRA) when there is one.
+  auto proj = [&](const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, Projection which) {
+    at::Tensor y = at::linear(x, w, b);
+    if (options.adapter) {
+      at::Tensor d = options.adapter->delta(i, which, x);
+      if (d.defined()) y = y + d.to(y.scalar_type());
+    }
+    return y;
+  };
   const int64_t H = config_.num_attention_heads, Hkv = config_.num_key_value_heads, hd = config_.head_dim;
 
   at::Tensor x = rms_norm(h, L.input_norm);                                   // [B, T, D]
   at::Tensor keep;
-  if (options.visibility) keep = options.visibility->key_keep(i, x, pos.ids);  // [B, T, Hkv]
+  int64_t recent = 0;
+  if (options.visibility) {
+    keep = options.visibility->key_keep(i, x, pos.ids);  // [B, T, Hkv]
+    recent = options.visibility->recent_window();
+  }
 
   const at::Tensor& cos = pos.cos;  // [T, hd]
   const at::Tensor& sin = pos.sin;
-  at::Tensor q = Rope::apply(at::linear(x, L.q_proj, L.q_bias).view({B, T, H, hd}), cos, sin);
-  at::Tensor k = Rope::apply(at::linear(x, L.k_proj, L.k_bias).view({B, T, Hkv, hd}), cos, sin);
-  at::Tensor v = at::linear(x, L.v_proj, L.v_bias).view({B, T, Hkv, hd});
+  at::Tensor q = Rope::apply(proj(x, L.q_proj, L.q_bias, Projection::Q).view({B, T, H, hd}), cos, sin);
+  at::Tensor k = Rope::apply(proj(x, L.k_proj, L.k_bias, Projection::K).view({B, T, Hkv, hd}), cos, sin);
+  at::Tensor v = proj(x, L.v_proj, L.v_bias, Projection::V).view({B, T, Hkv, hd});
   // Head-major and contiguous: the batched matmuls (oneDNN in bf16) are much faster on dense
   // operands than on strided views.
   q = q.transpose(1, 2).contiguous();  // [B, H, T, hd]
@@ -201,13 +227,14 @@ at::Tensor LlamaModel::layer_forward(int64_t i, const at::Tensor& h, const Posit
   v = v.transpose(1, 2).contiguous();
 
   at::Tensor attn = options.cache
-                        ? options.cache->attend(i, q, k, v, keep, config_.sliding_window)
-                        : masked_attention(q, k, v, pos.ids, pos.ids, keep, config_.sliding_window);
+                        ? options.cache->attend(i, q, k, v, keep, config_.sliding_window, recent)
+                        : masked_attention(q, k, v, pos.ids, pos.ids, keep, config_.sliding_window, recent);
   attn = attn.transpose(1, 2).reshape({B, T, H * hd});                        // [B, T, H*hd]
-  at::Tensor out = h + at::linear(attn, L.o_proj, L.o_bias);
+  at::Tensor out = h + proj(attn, L.o_proj, L.o_bias, Projection::O);
 
   at::Tensor y = rms_norm(out, L.post_norm);
-  at::Tensor mlp = at::linear(at::silu(at::linear(y, L.gate_proj)) * at::linear(y, L.up_proj), L.down_proj);
+  at::Tensor mlp = proj(at::silu(proj(y, L.gate_proj, {}, Projection::Gate)) * proj(y, L.up_proj, {}, Projection::Up),
+                        L.down_proj, {}, Projection::Down);
   return out + mlp;
 }
 

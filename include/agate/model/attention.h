@@ -13,7 +13,8 @@ namespace agate {
 //   straight-through gradient) or soft keep probabilities in (0, 1].
 // Visibility M[i, j] at KV head g: 0 unless k_pos[j] <= q_pos[i] (causal) and, with a window,
 //   q_pos[i] - k_pos[j] < sliding_window; then 1 if k_pos[j] == q_pos[i] (a token always sees
-//   itself), else key_keep[j, g].
+//   itself) or q_pos[i] - k_pos[j] < recent_window (an evicted token stays visible until it
+//   leaves the recent window), else key_keep[j, g].
 // Attention: A_ij = e_ij M_ij / sum_k e_ik M_ik with e = exp(score - max over visible keys),
 //   score = q.k / sqrt(hd), computed in float32. With 0/1 flags the forward equals a hard mask
 //   and the gradient reaches key_keep through M; with probabilities p it equals
@@ -21,6 +22,7 @@ namespace agate {
 // Returns [B, H, Tq, hd] in q's dtype.
 at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const at::Tensor& q_pos, const at::Tensor& k_pos,
-                            const at::Tensor& key_keep, int64_t sliding_window = 0);
+                            const at::Tensor& key_keep, int64_t sliding_window = 0,
+                            int64_t recent_window = 0);
 
 }  // namespace agate

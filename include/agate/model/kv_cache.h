@@ -21,7 +21,7 @@ class KVCache {
   // q: [B, H, Tn, hd]; k, v: [B, Hkv, Tn, hd] (post-RoPE); keep: [B, Tn, Hkv] or undefined.
   // Returns the attention output [B, H, Tn, hd] under masked_attention's visibility rule.
   virtual at::Tensor attend(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            const at::Tensor& keep, int64_t sliding_window) = 0;
+                            const at::Tensor& keep, int64_t sliding_window, int64_t recent_window) = 0;
 
   // Called once after every layer has seen the Tn new tokens.
   virtual void advance(int64_t n_new) = 0;
@@ -38,7 +38,7 @@ class DenseKVCache : public KVCache {
 
   int64_t length() const override { return length_; }
   at::Tensor attend(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                    const at::Tensor& keep, int64_t sliding_window) override;
+                    const at::Tensor& keep, int64_t sliding_window, int64_t recent_window) override;
   void advance(int64_t n_new) override { length_ += n_new; }
   int64_t bytes() const override;
 

@@ -29,6 +29,8 @@ class KeyVisibility {
   // positions: [T] int64. Returns keep [B, T, Hkv] (see masked_attention), or an undefined
   // tensor to keep everything.
   virtual at::Tensor key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions) = 0;
+  // Evicted tokens stay visible to queries fewer than this many positions later (0 = none).
+  virtual int64_t recent_window() const { return 0; }
 };
 
 // The positions of a forward's tokens and their RoPE tables, computed once per forward.
@@ -37,9 +39,22 @@ struct Positions {
   at::Tensor cos, sin;  // [T, head_dim] in the model's dtype
 };
 
+// The seven linear projections of a decoder layer, in HF naming.
+enum class Projection { Q, K, V, O, Gate, Up, Down };
+const char* projection_name(Projection p);  // "q_proj", ..., "down_proj"
+
+// Adds a trainable term to a frozen projection (LoRA): y = x W^T + b + delta(x).
+class ProjectionAdapter {
+ public:
+  virtual ~ProjectionAdapter() = default;
+  // x: [B, T, in] -> [B, T, out], or an undefined tensor when `which` is not adapted.
+  virtual at::Tensor delta(int64_t layer, Projection which, const at::Tensor& x) = 0;
+};
+
 struct ForwardOptions {
   KeyVisibility* visibility = nullptr;  // not owned
   KVCache* cache = nullptr;             // not owned; positions continue from cache->length()
+  ProjectionAdapter* adapter = nullptr; // not owned
 };
 
 struct LayerWeights {

@@ -1,0 +1,80 @@
+// Attention-Gates: per layer, a small trainable module that reads the normalised hidden states
+// feeding attention and emits one keep flag per token and KV head (DESIGN.md section 3).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "agate/io/safetensors.h"
+#include "agate/model/config.h"
+#include "agate/model/llama.h"
+
+namespace agate {
+
+struct GateConfig {
+  std::string type = "attention";  // attention | mlp | none
+  int64_t heads = 4;               // attention gate: heads of its own causal attention
+  int64_t head_dim = 32;           // attention gate: width of each head
+  int64_t mlp_hidden = 64;         // mlp gate: hidden width
+  double threshold = 0.5;          // flag = keep probability > threshold
+  std::string estimator = "ste";   // ste (hard flags, straight-through) | soft (probabilities)
+  int64_t sink_tokens = 0;         // the first positions are always kept
+  int64_t recent_window = 0;       // evicted tokens stay visible this many positions
+  double init_bias = 3.0;          // output bias at init: sigmoid(3) = 0.95, every token kept
+  double init_std = 0.02;          // weight init
+};
+
+// Keep statistics of the last forward, per layer and KV head.
+struct KeepStats {
+  at::Tensor flags;       // [L, Hkv] mean hard flag (sinks counted as kept), detached
+  at::Tensor surrogate;   // [L] mean of what attention used (STE flags or soft p): differentiable
+};
+
+// All layers' gates of one model. Parameters are float32 and named as in the export,
+// "model.layers.{i}.self_attn.kv_gate.<part>".
+class Gates : public KeyVisibility {
+ public:
+  // Fresh gates for a model, initialised from `seed` so that every token starts kept.
+  static std::unique_ptr<Gates> create(const GateConfig& gate, const ModelConfig& model, uint64_t seed);
+
+  // keep: [B, T, Hkv]; see KeyVisibility. Also records the statistics (see stats()).
+  at::Tensor key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions) override;
+  int64_t recent_window() const override { return config_.recent_window; }
+
+  // Keep probabilities p = sigmoid(logits) of one layer: x: [B, T, D] -> [B, T, Hkv] float32.
+  virtual at::Tensor probabilities(int64_t layer, const at::Tensor& x, const at::Tensor& positions) = 0;
+
+  const NamedTensors& parameters() const { return params_; }
+  // Copies values into the parameters (names and shapes must match exactly).
+  void load(const NamedTensors& values, const std::string& source);
+  const GateConfig& config() const { return config_; }
+
+  // Statistics of the layers run since the last reset_stats().
+  KeepStats stats() const;
+  void reset_stats();
+  // Forces every flag to `value` (0 or 1) for tests and ablations; -1 turns forcing off.
+  void force_flags(int value) { forced_ = value; }
+
+  ~Gates() override = default;
+
+ protected:
+  Gates(GateConfig config, const ModelConfig& model) : config_(std::move(config)), model_(model) {}
+  at::Tensor param(const std::string& name, std::vector<int64_t> shape, double std_or_const, bool constant,
+                   at::Generator& gen);
+  std::string prefix(int64_t layer) const { return "model.layers." + std::to_string(layer) + ".self_attn.kv_gate."; }
+
+  GateConfig config_;
+  ModelConfig model_;
+  NamedTensors params_;
+
+ private:
+  std::vector<at::Tensor> layer_flags_;      // per layer [Hkv]
+  std::vector<at::Tensor> layer_surrogate_;  // per layer scalar
+  int forced_ = -1;
+};
+
+}  // namespace agate

@@ -1,0 +1,29 @@
+// The training objective: LM loss (masked), a sparsity regulariser on the gates' keep ratios,
+// and optional distillation from the frozen base model.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+
+namespace agate {
+
+// logits: [B, T, V]; targets: [B, T] int64; weights: [B, T] float (1 = counted).
+// Returns the weighted mean cross-entropy (float32 scalar) and the weight sum via `count`.
+at::Tensor lm_loss(const at::Tensor& logits, const at::Tensor& targets, const at::Tensor& weights,
+                   double* count = nullptr);
+
+// keep: [L] per-layer mean keep (differentiable). Forms:
+//   l2_target: mean_l (keep_l - target)^2
+//   hinge:     mean_l max(0, keep_l - target)^2   (only keeping more than the target costs)
+//   l1:        mean_l keep_l                       (push every layer down; target unused)
+at::Tensor sparsity_loss(const at::Tensor& keep, const std::string& form, double target_keep);
+
+// KL(teacher || student) per target position, weighted mean: teacher_logits are the frozen
+// base's (no gates, no grad). Both [B, T, V]; weights [B, T].
+at::Tensor distill_loss(const at::Tensor& student_logits, const at::Tensor& teacher_logits, const at::Tensor& weights);
+
+// lambda at `step`: ramps linearly from 0 to `lambda` over `warmup_steps` (0 = constant).
+double sparsity_lambda(double lambda, int64_t warmup_steps, int64_t step);
+
+}  // namespace agate

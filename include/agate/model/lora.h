@@ -1,0 +1,39 @@
+// LoRA adapters on a frozen model's projections: delta(x) = (alpha / r) * (x A^T) B^T, with
+// A [r, in] uniform(+-1/sqrt(in)) and B [out, r] zero (as PEFT initialises them), so training
+// starts exactly at the base model. Parameters are float32, named as PEFT names them (without
+// its "base_model.model." prefix): "model.layers.{i}.self_attn.q_proj.lora_A.weight", ...
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "agate/io/safetensors.h"
+#include "agate/model/config.h"
+#include "agate/model/llama.h"
+
+namespace agate {
+
+struct LoraConfig {
+  int64_t rank = 0;  // 0 = no LoRA
+  double alpha = 16.0;
+  std::vector<std::string> targets = {"q_proj", "v_proj"};
+};
+
+class LoraAdapters : public ProjectionAdapter {
+ public:
+  LoraAdapters(const LoraConfig& config, const ModelConfig& model, uint64_t seed);
+
+  at::Tensor delta(int64_t layer, Projection which, const at::Tensor& x) override;
+  const NamedTensors& parameters() const { return params_; }
+
+ private:
+  LoraConfig config_;
+  double scale_;
+  std::map<std::pair<int64_t, int>, std::pair<at::Tensor, at::Tensor>> ab_;  // (layer, proj) -> (A, B)
+  NamedTensors params_;
+};
+
+}  // namespace agate

@@ -1,0 +1,45 @@
+// The training loop: gates (+LoRA) on a frozen base, or every weight in pretrain mode.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "agate/train/recipe.h"
+
+namespace agate {
+
+// What a run will cost, computed before any work (agate train --dry-run).
+struct TrainPlan {
+  int64_t parameters = 0;           // base model
+  int64_t trainable = 0;            // gates + LoRA, or everything in pretrain mode
+  int64_t gate_parameters = 0;
+  int64_t tokens_per_step = 0;      // global batch x seq_len
+  int64_t train_samples = 0;
+  double weights_mb = 0, optimizer_mb = 0, activations_mb = 0;
+  std::string describe() const;     // a human-readable table
+};
+
+struct TrainSummary {
+  int64_t steps = 0;
+  double train_loss = 0, val_loss = -1, val_base_loss = -1, keep = 1, tokens_per_s = 0;
+  int64_t skipped_steps = 0;
+};
+
+class Trainer {
+ public:
+  // Loads and validates everything the run needs (model, data, output folder) before any
+  // training work; throws agate::Error with file:line and a hint on bad recipes.
+  explicit Trainer(const Recipe& recipe);
+  ~Trainer();
+
+  TrainPlan plan() const;
+  // Trains for train.steps steps, validating every eval.every steps; writes the run folder.
+  TrainSummary run();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace agate

@@ -1,0 +1,57 @@
+#include <cstdio>
+#include <iostream>
+
+#include "agate/train/recipe.h"
+#include "agate/train/trainer.h"
+#include "agate/util/error.h"
+#include "args.h"
+#include "commands.h"
+
+namespace agate::cli {
+
+namespace {
+
+void print_schema() {
+  std::printf("| key | type | default | meaning |\n|---|---|---|---|\n");
+  for (const auto& k : recipe_schema()) {
+    std::string def = k.required ? "**required**" : (k.default_value.empty() ? "\"\"" : "`" + k.default_value + "`");
+    std::string help = k.help;
+    if (!k.choices.empty()) {
+      help += " (";
+      for (size_t i = 0; i < k.choices.size(); ++i) help += (i ? ", " : "") + k.choices[i];
+      help += ")";
+    }
+    std::printf("| `%s` | %s | %s | %s |\n", k.path.c_str(), k.type.c_str(), def.c_str(), help.c_str());
+  }
+}
+
+}  // namespace
+
+int cmd_train(const Argv& argv) {
+  Args args("train", "RECIPE.yaml [key=value ...] [--dry-run]",
+            "Trains Attention-Gates (and LoRA) on a frozen base model, or a whole model in\n"
+            "train.mode=pretrain, as the YAML recipe says. key=value arguments override recipe keys\n"
+            "(e.g. train.steps=200 model.dtype=bfloat16). --dry-run validates the recipe, model, data\n"
+            "and output folder and prints the plan without training.",
+            {{"dry-run", "", "validate and print the plan, train nothing", ""},
+             {"print-schema", "", "print every recipe key as a markdown table and exit", ""}});
+  if (!args.parse(argv)) return 0;
+  if (args.flag("print-schema")) {
+    print_schema();
+    return 0;
+  }
+  if (args.positionals().empty()) throw_usage("missing the recipe\n" + args.usage(), "e.g. agate train recipes/tiny/cpt.yaml");
+  std::vector<std::string> overrides(args.positionals().begin() + 1, args.positionals().end());
+  Recipe recipe = Recipe::load(args.positionals()[0], overrides);
+  Trainer trainer(recipe);
+  if (args.flag("dry-run")) {
+    std::printf("recipe %s is valid\n%s", args.positionals()[0].c_str(), trainer.plan().describe().c_str());
+    return 0;
+  }
+  TrainSummary s = trainer.run();
+  std::printf("trained %lld steps: loss %.4f, val loss %.4f (base %.4f), keep %.3f, %.0f tok/s\n", (long long)s.steps,
+              s.train_loss, s.val_loss, s.val_base_loss, s.keep, s.tokens_per_s);
+  return 0;
+}
+
+}  // namespace agate::cli

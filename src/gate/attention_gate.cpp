@@ -1,0 +1,58 @@
+// The Attention-Gate (gate.type: attention): a reduced causal multi-head attention with its
+// own q/k/v projections and the model's RoPE, then a linear map to one keep logit per KV head.
+//   x [B, T, D] -> q, k, v [B, H', T, d'] -> causal attention -> z [B, T, H'd']
+//   -> logits = z W_s^T + b_s  [B, T, Hkv] -> p = sigmoid(logits)
+#include <ATen/ATen.h>
+
+#include "agate/model/attention.h"
+#include "agate/model/rope.h"
+#include "gate_types.h"
+
+namespace agate {
+
+namespace {
+
+class AttentionGates : public Gates {
+ public:
+  AttentionGates(const GateConfig& g, const ModelConfig& m, uint64_t seed) : Gates(g, m), rope_(m, g.head_dim) {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+    const int64_t D = m.hidden_size, W = g.heads * g.head_dim, Hkv = m.num_key_value_heads;
+    for (int64_t i = 0; i < m.num_hidden_layers; ++i) {
+      Layer L;
+      L.wq = param(prefix(i) + "q_proj.weight", {W, D}, g.init_std, false, gen);
+      L.wk = param(prefix(i) + "k_proj.weight", {W, D}, g.init_std, false, gen);
+      L.wv = param(prefix(i) + "v_proj.weight", {W, D}, g.init_std, false, gen);
+      L.ws = param(prefix(i) + "score.weight", {Hkv, W}, g.init_std, false, gen);
+      L.bs = param(prefix(i) + "score.bias", {Hkv}, g.init_bias, true, gen);
+      layers_.push_back(L);
+    }
+  }
+
+  at::Tensor probabilities(int64_t layer, const at::Tensor& x_in, const at::Tensor& positions) override {
+    const Layer& L = layers_[static_cast<size_t>(layer)];
+    at::Tensor x = x_in.to(at::kFloat);
+    const int64_t B = x.size(0), T = x.size(1), H = config_.heads, d = config_.head_dim;
+    auto [cos, sin] = rope_.cos_sin(positions, at::kFloat);
+    at::Tensor q = Rope::apply(at::linear(x, L.wq).view({B, T, H, d}), cos, sin).transpose(1, 2).contiguous();
+    at::Tensor k = Rope::apply(at::linear(x, L.wk).view({B, T, H, d}), cos, sin).transpose(1, 2).contiguous();
+    at::Tensor v = at::linear(x, L.wv).view({B, T, H, d}).transpose(1, 2).contiguous();
+    at::Tensor z = masked_attention(q, k, v, positions, positions, at::Tensor());  // [B, H, T, d]
+    z = z.transpose(1, 2).reshape({B, T, H * d});
+    return at::sigmoid(at::linear(z, L.ws, L.bs));  // [B, T, Hkv]
+  }
+
+ private:
+  struct Layer {
+    at::Tensor wq, wk, wv, ws, bs;
+  };
+  std::vector<Layer> layers_;
+  Rope rope_;
+};
+
+}  // namespace
+
+std::unique_ptr<Gates> make_attention_gates(const GateConfig& gate, const ModelConfig& model, uint64_t seed) {
+  return std::make_unique<AttentionGates>(gate, model, seed);
+}
+
+}  // namespace agate

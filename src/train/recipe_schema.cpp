@@ -1,0 +1,69 @@
+// The recipe schema: every key, its type, default and meaning. The README's recipe reference is
+// generated from this table (agate train --print-schema), so the two cannot drift.
+#include "agate/train/recipe.h"
+
+namespace agate {
+
+const std::vector<RecipeKey>& recipe_schema() {
+  static const std::vector<RecipeKey> keys = {
+      // run
+      {"run.name", "string", "run", "name of the run (used in the default run.dir)"},
+      {"run.dir", "string", "runs/${run.name}", "run folder: resolved config, metrics.jsonl, logs/, checkpoints/"},
+      {"run.seed", "int", "0", "seed for gate/LoRA initialisation and the data order"},
+      {"run.threads", "int", "0", "intra-op threads (0 = all cores / local ranks)"},
+      // model
+      {"model.path", "string", "", "Hugging Face model folder (config.json + safetensors)", {}, true},
+      {"model.dtype", "string", "float32", "compute dtype of the frozen base", {"float32", "bfloat16"}},
+      {"model.init_seed", "int", "-1", "pretrain mode: >= 0 initialises model.path's config randomly instead of loading weights"},
+      // gate
+      {"gate.type", "string", "attention", "gate module: attention (the paper's AG), mlp (per-token, cheaper) or none", {"attention", "mlp", "none"}},
+      {"gate.heads", "int", "4", "attention gate: heads of its causal attention"},
+      {"gate.head_dim", "int", "32", "attention gate: width of each head (RoPE as the model's)"},
+      {"gate.mlp_hidden", "int", "64", "mlp gate: hidden width"},
+      {"gate.threshold", "float", "0.5", "a token is kept at a KV head when its keep probability exceeds this"},
+      {"gate.estimator", "string", "ste", "ste: hard flags, straight-through gradient; soft: keep probabilities as a log-bias", {"ste", "soft"}},
+      {"gate.sink_tokens", "int", "0", "the first N tokens are always kept"},
+      {"gate.recent_window", "int", "0", "an evicted token stays visible to the next N-1 queries"},
+      {"gate.init_bias", "float", "3.0", "initial keep logit (sigmoid(3) = 0.95: every token starts kept)"},
+      // lora
+      {"lora.rank", "int", "0", "LoRA rank (0 = no LoRA)"},
+      {"lora.alpha", "float", "16.0", "LoRA scale numerator (delta = alpha / rank * B A x)"},
+      {"lora.targets", "list", "[q_proj, v_proj]", "projections that get adapters"},
+      // data
+      {"data.train", "string", "", "training dataset folder (agate tokenize output, e.g. DIR/train)", {}, true},
+      {"data.val", "string", "", "validation dataset folder (empty = no validation)"},
+      {"data.seq_len", "int", "256", "tokens per sample (the model sees seq_len, predicts seq_len)"},
+      {"data.sft_mode", "string", "pad", "sft datasets: pad (one document per sample) or pack", {"pad", "pack"}},
+      // train
+      {"train.mode", "string", "gates", "gates: train gates (+LoRA) on the frozen base; pretrain: train every weight, no gates", {"gates", "pretrain"}},
+      {"train.steps", "int", "100", "optimizer steps"},
+      {"train.global_batch", "int", "8", "samples per optimizer step, over all ranks"},
+      {"train.micro_batch", "int", "0", "samples per forward/backward (gradient accumulation); 0 = the whole local batch"},
+      {"train.recompute", "bool", "false", "recompute each decoder layer's activations in backward (saves memory)"},
+      {"train.log_every", "int", "10", "steps between progress lines and metrics records"},
+      {"train.max_bad_steps", "int", "3", "consecutive non-finite losses/gradients (skipped steps) before the run stops"},
+      // optim
+      {"optim.lr", "float", "1e-3", "peak learning rate (AdamW)"},
+      {"optim.weight_decay", "float", "0.0", "AdamW weight decay"},
+      {"optim.beta1", "float", "0.9", "AdamW beta1"},
+      {"optim.beta2", "float", "0.95", "AdamW beta2"},
+      {"optim.eps", "float", "1e-8", "AdamW epsilon"},
+      {"optim.grad_clip", "float", "1.0", "clip the global gradient norm to this (0 = off)"},
+      {"optim.schedule", "string", "cosine", "learning-rate schedule after warm-up", {"cosine", "constant", "wsd"}},
+      {"optim.warmup_steps", "int", "10", "linear warm-up steps"},
+      {"optim.min_lr_ratio", "float", "0.1", "final lr / peak lr (cosine, wsd)"},
+      {"optim.decay_fraction", "float", "0.2", "wsd: share of the steps spent decaying at the end"},
+      // loss
+      {"loss.sparsity", "string", "l2_target", "sparsity regulariser on per-layer keep ratios", {"l2_target", "hinge", "l1"}},
+      {"loss.target_keep", "float", "0.5", "target keep ratio in (0, 1] (1 - eviction ratio)"},
+      {"loss.lambda", "float", "1.0", "weight of the sparsity term"},
+      {"loss.lambda_warmup_steps", "int", "0", "ramp lambda linearly from 0 over this many steps"},
+      {"loss.distill", "float", "0.0", "weight of KL(base || gated) on target tokens (0 = off)"},
+      // eval
+      {"eval.every", "int", "50", "steps between validation runs (0 = only at the end)"},
+      {"eval.batches", "int", "8", "validation batches per run"},
+  };
+  return keys;
+}
+
+}  // namespace agate
