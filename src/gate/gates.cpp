@@ -63,6 +63,10 @@ KeepStats Gates::stats() const {
   return s;
 }
 
+at::Tensor Gates::surrogate(int64_t layer) const {
+  return layer < static_cast<int64_t>(layer_surrogate_.size()) ? layer_surrogate_[static_cast<size_t>(layer)] : at::Tensor();
+}
+
 void Gates::reset_stats() {
   layer_flags_.clear();
   layer_surrogate_.clear();

@@ -24,20 +24,23 @@ at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::
   at::Tensor allowed = kp <= qp;
   if (sliding_window > 0) allowed = allowed.logical_and(qp - kp < sliding_window);
 
+  // Softmax accumulates in float32 for reduced-precision inputs (as HF does), else in their type.
+  const auto st = scores.scalar_type();
+  const auto acc = (st == at::kBFloat16 || st == at::kHalf) ? at::kFloat : st;
   at::Tensor probs;
   if (!key_keep.defined()) {
     // Plain causal softmax (the base model); the softmax accumulates in float32 as HF's eager
     // attention does, without materialising float32 scores first.
     scores.masked_fill_(allowed.logical_not(), -std::numeric_limits<float>::infinity());
-    probs = at::softmax(scores, -1, at::kFloat);
+    probs = at::softmax(scores, -1, acc);
   } else {
-    scores = scores.to(at::kFloat);
+    scores = scores.to(acc);
     // M = allowed * (self ? 1 : keep[j]); keep: [B, Tk, Hkv] -> [B, Hkv, 1, 1, Tk].
-    at::Tensor keep = key_keep.to(at::kFloat).permute({0, 2, 1}).reshape({B, Hkv, 1, 1, Tk});
+    at::Tensor keep = key_keep.to(acc).permute({0, 2, 1}).reshape({B, Hkv, 1, 1, Tk});
     at::Tensor always = (qp == kp);                                         // [Tq, Tk]
     if (recent_window > 0) always = always.logical_or(qp - kp < recent_window);
     at::Tensor m = at::where(always, at::ones({}, keep.options()), keep);   // [B, Hkv, 1, Tq, Tk]
-    m = m * allowed.to(at::kFloat);
+    m = m * allowed.to(acc);
     // Max over the visible keys only (detached: it cancels in the ratio).
     at::Tensor visible = (m > 0).detach();
     at::Tensor row_max = std::get<0>(

@@ -21,10 +21,7 @@ struct LayerCall {
   std::pair<at::Tensor, at::Tensor> run(const at::Tensor& h) const {
     at::Tensor out = model->layer_forward(layer, h, *positions, options);
     at::Tensor s = at::zeros({}, at::kFloat);
-    if (gates) {
-      KeepStats st = gates->stats();
-      if (st.surrogate.defined() && st.surrogate.size(0) > layer) s = st.surrogate[layer];
-    }
+    if (gates && gates->surrogate(layer).defined()) s = gates->surrogate(layer);
     return {out, s};
   }
 };

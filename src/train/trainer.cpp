@@ -78,7 +78,7 @@ std::string TrainPlan::describe() const {
 }
 
 struct Trainer::Impl {
-  const Recipe& r;
+  const Recipe r;  // a copy: callers may pass a temporary
   std::string run_dir;
   bool pretrain = false;
   std::optional<LlamaModel> model;
@@ -87,6 +87,7 @@ struct Trainer::Impl {
   std::optional<Dataset> train_data, val_data;
   NamedTensors trainable;
   int64_t seq_len = 0, global_batch = 0, micro_batch = 0;
+  Positions positions;  // RoPE tables of the current sequence length
 
   explicit Impl(const Recipe& recipe) : r(recipe) {
     configure_threads(static_cast<int>(r.integer("run.threads")));
@@ -226,7 +227,9 @@ struct Trainer::Impl {
     opts.visibility = with_gates ? gates.get() : nullptr;
     opts.adapter = lora.get();
     if (gates) gates->reset_stats();
-    const Positions pos = model->positions(0, inputs.size(1));
+    // Kept in a member: recomputation's backward reads the positions after forward() returned.
+    if (!positions.ids.defined() || positions.ids.size(0) != inputs.size(1)) positions = model->positions(0, inputs.size(1));
+    const Positions& pos = positions;
     at::Tensor h = model->embed(inputs);
     std::vector<at::Tensor> surrogates;
     for (int64_t i = 0; i < model->config().num_hidden_layers; ++i) {

@@ -55,6 +55,8 @@ class Gates : public KeyVisibility {
 
   // Statistics of the layers run since the last reset_stats().
   KeepStats stats() const;
+  // The differentiable keep surrogate of one layer's last run (undefined if it has not run).
+  at::Tensor surrogate(int64_t layer) const;
   void reset_stats();
   // Forces every flag to `value` (0 or 1) for tests and ablations; -1 turns forcing off.
   void force_flags(int value) { forced_ = value; }

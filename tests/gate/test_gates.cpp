@@ -1,0 +1,200 @@
+// Attention-Gates: exactness at init, the visibility rule through real gates, the estimators'
+// gradients, sinks, GQA, and activation recomputation.
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+#include <gtest/gtest.h>
+
+#include "agate/gate/gates.h"
+#include "agate/gate/losses.h"
+#include "agate/model/attention.h"
+#include "agate/model/llama.h"
+#include "agate/train/recompute.h"
+
+using namespace agate;
+
+namespace {
+
+ModelConfig tiny(int64_t heads = 4, int64_t kv = 2) {
+  ModelConfig c;
+  c.vocab_size = 53;
+  c.hidden_size = 32;
+  c.intermediate_size = 48;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = heads;
+  c.num_key_value_heads = kv;
+  c.head_dim = 32 / heads;
+  c.initializer_range = 0.2;
+  return c;
+}
+
+at::Tensor tokens(int64_t B, int64_t T, uint64_t seed = 1) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  return at::randint(0, 53, {B, T}, gen, at::kLong);
+}
+
+GateConfig gate_config(const std::string& type) {
+  GateConfig g;
+  g.type = type;
+  g.heads = 2;
+  g.head_dim = 8;
+  return g;
+}
+
+}  // namespace
+
+TEST(Gates, FreshGatesKeepEverythingAndEqualTheBaseModel) {
+  c10::NoGradGuard no_grad;
+  for (const char* type : {"attention", "mlp"}) {
+    for (auto dtype : {at::kFloat, at::kBFloat16}) {
+      LlamaModel m = LlamaModel::init_random(tiny(), 3, dtype);
+      auto gates = Gates::create(gate_config(type), m.config(), 7);
+      ForwardOptions o;
+      o.visibility = gates.get();
+      at::Tensor t = tokens(2, 16);
+      at::Tensor gated = m.forward(t, o), base = m.forward(t);
+      EXPECT_EQ(gates->stats().flags.min().item<float>(), 1.0f) << type;
+      EXPECT_EQ(gates->stats().flags.sizes(), (at::IntArrayRef{2, 2})) << "[layers, KV heads]";
+      if (dtype == at::kFloat) EXPECT_TRUE(at::allclose(gated, base, 1e-5, 1e-5)) << type;
+      else EXPECT_LT((gated - base).abs().max().item<float>(), 0.05f) << type;
+      // Forcing every flag to keep gives the same.
+      gates->force_flags(1);
+      EXPECT_TRUE(at::allclose(m.forward(t, o), base, 1e-5, 1e-5)) << type;
+    }
+  }
+}
+
+TEST(Gates, ForcedEvictionChangesLaterTokensOnly) {
+  c10::NoGradGuard no_grad;
+  LlamaModel m = LlamaModel::init_random(tiny(), 3, at::kFloat);
+  auto gates = Gates::create(gate_config("attention"), m.config(), 7);
+  gates->force_flags(0);  // every token evicted: each query sees only itself
+  ForwardOptions o;
+  o.visibility = gates.get();
+  at::Tensor t = tokens(1, 10);
+  at::Tensor out = m.forward(t, o);
+  // Position 0 sees only itself in both; later positions differ from the base.
+  at::Tensor base = m.forward(t);
+  EXPECT_TRUE(at::allclose(out.select(1, 0), base.select(1, 0), 1e-5, 1e-5));
+  EXPECT_FALSE(at::allclose(out.select(1, 5), base.select(1, 5), 1e-3, 1e-3));
+  // With no context at all, changing an earlier token leaves a later logit unchanged.
+  at::Tensor t2 = t.clone();
+  t2[0][2] = (t2[0][2].item<int64_t>() + 1) % 53;
+  EXPECT_TRUE(at::allclose(m.forward(t2, o).select(1, 7), out.select(1, 7), 1e-5, 1e-5));
+  EXPECT_EQ(gates->stats().flags.max().item<float>(), 0.0f);
+}
+
+TEST(Gates, SinkTokensAreAlwaysKept) {
+  c10::NoGradGuard no_grad;
+  LlamaModel m = LlamaModel::init_random(tiny(), 3, at::kFloat);
+  GateConfig g = gate_config("mlp");
+  g.sink_tokens = 2;
+  g.init_bias = -5;  // p ~ 0.007: every non-sink token evicted
+  auto gates = Gates::create(g, m.config(), 7);
+  at::Tensor x = at::randn({1, 8, 32});
+  at::Tensor keep = gates->key_keep(0, x, at::arange(0, 8, at::kLong));
+  EXPECT_EQ(keep.sizes(), (at::IntArrayRef{1, 8, 2}));
+  EXPECT_TRUE(at::equal(keep.slice(1, 0, 2), at::ones({1, 2, 2})));
+  EXPECT_TRUE(at::equal(keep.slice(1, 2), at::zeros({1, 6, 2})));
+  EXPECT_NEAR(gates->stats().flags.mean().item<float>(), 2.0 / 8.0, 1e-6);
+}
+
+// The STE's gradient w.r.t. the keep probability p is, by definition, dL/dM at M = hard flags.
+TEST(Gates, SteGradientIsTheDocumentedSurrogate) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
+  const int64_t T = 7;
+  at::Tensor q = at::randn({1, 4, T, 8}, gen), k = at::randn({1, 2, T, 8}, gen), v = at::randn({1, 2, T, 8}, gen);
+  at::Tensor R = at::randn({1, 4, T, 8}, gen), pos = at::arange(0, T, at::kLong);
+  at::Tensor p = (at::rand({1, T, 2}, gen) * 0.98 + 0.01).requires_grad_(true);
+  at::Tensor flags = (p.detach() > 0.5).to(at::kFloat);
+  at::Tensor keep = flags + p - p.detach();
+  (masked_attention(q, k, v, pos, pos, keep) * R).sum().backward();
+  at::Tensor M = flags.clone().requires_grad_(true);
+  (masked_attention(q, k, v, pos, pos, M) * R).sum().backward();
+  EXPECT_TRUE(at::allclose(p.grad(), M.grad(), 1e-5, 1e-6));
+  EXPECT_GT(p.grad().abs().sum().item<float>(), 0.0f) << "evicted keys still get gradient";
+}
+
+TEST(Gates, SoftGradientMatchesFiniteDifferences) {
+  auto opts = at::TensorOptions().dtype(at::kDouble);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(6);
+  const int64_t T = 6;
+  at::Tensor q = at::randn({1, 2, T, 4}, gen).to(at::kDouble), k = at::randn({1, 1, T, 4}, gen).to(at::kDouble);
+  at::Tensor v = at::randn({1, 1, T, 4}, gen).to(at::kDouble), R = at::randn({1, 2, T, 4}, gen).to(at::kDouble);
+  at::Tensor pos = at::arange(0, T, at::kLong);
+  at::Tensor p = (at::rand({1, T, 1}, gen).to(at::kDouble) * 0.8 + 0.1).requires_grad_(true);
+  auto loss = [&](const at::Tensor& keep) { return (masked_attention(q, k, v, pos, pos, keep) * R).sum(); };
+  loss(p).backward();
+  const double eps = 1e-6;
+  for (int64_t j = 0; j < T - 1; ++j) {  // the last key is seen only by itself: zero gradient
+    at::Tensor plus = p.detach().clone(), minus = p.detach().clone();
+    plus[0][j][0] += eps;
+    minus[0][j][0] -= eps;
+    const double fd = (loss(plus).item<double>() - loss(minus).item<double>()) / (2 * eps);
+    EXPECT_NEAR(p.grad()[0][j][0].item<double>(), fd, 1e-6 * std::max(1.0, std::abs(fd))) << "key " << j;
+  }
+  (void)opts;
+}
+
+TEST(Gates, GradientsReachOnlyGateParameters) {
+  LlamaModel m = LlamaModel::init_random(tiny(), 3, at::kFloat);
+  auto gates = Gates::create(gate_config("attention"), m.config(), 7);
+  ForwardOptions o;
+  o.visibility = gates.get();
+  at::Tensor logits = m.forward(tokens(2, 12), o);
+  (lm_loss(logits.slice(1, 0, 11), tokens(2, 12).slice(1, 1), at::ones({2, 11})) +
+   sparsity_loss(gates->stats().surrogate, "l2_target", 0.3))
+      .backward();
+  for (const auto& [name, p] : m.parameters()) EXPECT_FALSE(p.grad().defined()) << name;
+  for (const auto& [name, p] : gates->parameters()) {
+    ASSERT_TRUE(p.grad().defined()) << name;
+    EXPECT_GT(p.grad().abs().sum().item<float>(), 0.0f) << name;
+  }
+}
+
+TEST(Gates, RecomputationGivesTheSameGradients) {
+  LlamaModel m = LlamaModel::init_random(tiny(), 3, at::kFloat);
+  GateConfig g = gate_config("attention");
+  g.init_bias = 0.1;  // a mix of kept and evicted tokens
+  auto run = [&](bool recompute) {
+    auto gates = Gates::create(g, m.config(), 7);
+    ForwardOptions o;
+    o.visibility = gates.get();
+    at::Tensor t = tokens(2, 12);
+    const Positions pos = m.positions(0, 12);
+    at::Tensor h = m.embed(t);
+    std::vector<at::Tensor> s;
+    for (int64_t i = 0; i < 2; ++i) {
+      if (recompute) {
+        auto [out, keep] = recomputed_layer(m, i, h, pos, o, gates.get());
+        h = out;
+        s.push_back(keep);
+      } else {
+        h = m.layer_forward(i, h, pos, o);
+      }
+    }
+    at::Tensor surrogate = recompute ? at::stack(s) : gates->stats().surrogate;
+    (m.head(h).pow(2).mean() + sparsity_loss(surrogate, "l2_target", 0.2)).backward();
+    std::vector<at::Tensor> grads;
+    for (const auto& kv : gates->parameters()) grads.push_back(kv.second.grad().clone());
+    return grads;
+  };
+  auto a = run(false), b = run(true);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(at::allclose(a[i], b[i], 1e-5, 1e-7)) << i;
+}
+
+TEST(Losses, SparsityFormsAndLambdaWarmup) {
+  at::Tensor keep = at::tensor({0.8, 0.4});
+  EXPECT_NEAR(sparsity_loss(keep, "l2_target", 0.5).item<double>(), (0.09 + 0.01) / 2, 1e-6);
+  EXPECT_NEAR(sparsity_loss(keep, "hinge", 0.5).item<double>(), 0.09 / 2, 1e-6);
+  EXPECT_NEAR(sparsity_loss(keep, "l1", 0.5).item<double>(), 0.6, 1e-6);
+  EXPECT_DOUBLE_EQ(sparsity_lambda(2.0, 10, 5), 1.0);
+  EXPECT_DOUBLE_EQ(sparsity_lambda(2.0, 10, 50), 2.0);
+  EXPECT_DOUBLE_EQ(sparsity_lambda(2.0, 0, 0), 2.0);
+  // Masked LM loss ignores weight-0 positions.
+  at::Tensor logits = at::randn({1, 3, 5}), targets = at::tensor({1, 2, 3}, at::kLong).view({1, 3});
+  at::Tensor w = at::tensor({1.0f, 0.0f, 1.0f}).view({1, 3});
+  at::Tensor logits2 = logits.clone();
+  logits2[0][1] += 100.0;
+  EXPECT_NEAR(lm_loss(logits, targets, w).item<double>(), lm_loss(logits2, targets, w).item<double>(), 1e-6);
+}

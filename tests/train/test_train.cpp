@@ -1,0 +1,205 @@
+// Recipes (validation with file:line) and the trainer on tiny models and data.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "../test_util.h"
+#include "agate/data/dataset.h"
+#include "agate/io/safetensors.h"
+#include "agate/model/llama.h"
+#include "agate/train/recipe.h"
+#include "agate/train/schedule.h"
+#include "agate/train/trainer.h"
+#include "agate/util/fs.h"
+
+using namespace agate;
+using agate::test::error_of;
+using agate::test::TempDir;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A tiny model and a synthetic dataset with learnable structure (repeating patterns).
+struct TinySetup {
+  TempDir dir;
+  std::string model, train, val;
+  TinySetup(bool sft = false) {
+    ModelConfig c;
+    c.vocab_size = 64;
+    c.hidden_size = 32;
+    c.intermediate_size = 48;
+    c.num_hidden_layers = 2;
+    c.num_attention_heads = 4;
+    c.num_key_value_heads = 2;
+    c.head_dim = 8;
+    c.initializer_range = 0.1;
+    model = dir.file("model");
+    LlamaModel::init_random(c, 1, at::kFloat).save(model);
+    train = dir.file("data/train");
+    val = dir.file("data/val");
+    for (const auto& [path, seed] : {std::pair<std::string, int>{train, 1}, {val, 2}}) {
+      DatasetWriter w(path, sft ? "sft" : "cpt", "train", TokenSpace{64, 2, 1, 77}, 1 << 20);
+      for (int d = 0; d < 40; ++d) {
+        std::vector<uint32_t> t;
+        std::vector<uint8_t> m;
+        for (int i = 0; i < 30; ++i) {
+          t.push_back(static_cast<uint32_t>(3 + (d * seed + i * 7) % 13));
+          m.push_back(i >= 20);
+        }
+        w.add(t, sft ? m : std::vector<uint8_t>{});
+      }
+      w.finish();
+    }
+  }
+  std::string recipe(const std::string& extra = "") const {
+    return "run:\n  dir: " + dir.file("run") + "\nmodel:\n  path: " + model + "\ndata:\n  train: " + train +
+           "\n  val: " + val + "\n  seq_len: 16\ntrain:\n  steps: 6\n  global_batch: 4\n  log_every: 2\n"
+           "eval:\n  every: 3\n  batches: 2\ngate:\n  heads: 2\n  head_dim: 8\n" + extra;
+  }
+};
+
+std::string read_all(const std::string& p) { return test::read_bytes(p); }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+TEST(Recipe, DefaultsInterpolationAndOverrides) {
+  Recipe r = Recipe::parse("run:\n  name: abc\nmodel:\n  path: m\ndata:\n  train: d\n", "r.yaml", {"train.steps=7", "lora.targets=[q_proj]"});
+  EXPECT_EQ(r.str("run.dir"), "runs/abc");
+  EXPECT_EQ(r.integer("train.steps"), 7);
+  EXPECT_EQ(r.origin("train.steps"), "override 'train.steps=7'");
+  EXPECT_EQ(r.origin("model.path"), "r.yaml:4");
+  EXPECT_EQ(r.origin("optim.lr"), "default");
+  EXPECT_DOUBLE_EQ(r.number("optim.lr"), 1e-3);
+  EXPECT_EQ(r.list("lora.targets"), std::vector<std::string>{"q_proj"});
+  // The resolved YAML re-parses to the same values.
+  Recipe again = Recipe::parse(r.to_yaml(), "resolved.yaml");
+  for (const auto& k : recipe_schema()) {
+    if (k.type == "list") EXPECT_EQ(again.list(k.path), r.list(k.path)) << k.path;
+    else EXPECT_EQ(again.str(k.path), r.str(k.path)) << k.path;
+  }
+}
+
+TEST(Recipe, BadRecipesAreRefusedWithFileLineAndHint) {
+  const std::string base = "model:\n  path: m\ndata:\n  train: d\n";
+  auto msg = [&](const std::string& yaml, std::vector<std::string> ov = {}) {
+    return error_of([&] { Recipe::parse(yaml, "r.yaml", ov); });
+  };
+  EXPECT_NE(msg(base + "train:\n  stepz: 3\n").find("r.yaml:6: unknown key 'train.stepz' (hint: did you mean 'train.steps'?)"),
+            std::string::npos) << msg(base + "train:\n  stepz: 3\n");
+  EXPECT_NE(msg(base + "train:\n  steps: many\n").find("r.yaml:6: key 'train.steps' expects an integer, found 'many'"),
+            std::string::npos);
+  EXPECT_NE(msg(base + "gate:\n  estimator: magic\n").find("expected one of: ste, soft"), std::string::npos);
+  EXPECT_NE(msg("data:\n  train: d\n").find("missing required key 'model.path'"), std::string::npos);
+  EXPECT_NE(msg(base, {"train.nope=1"}).find("override 'train.nope=1': unknown key"), std::string::npos);
+  EXPECT_NE(msg(base + "run:\n  dir: ${run.nope}\n").find("refers to unknown key 'run.nope'"), std::string::npos);
+  EXPECT_NE(msg("model: [1, 2\n").find("invalid YAML"), std::string::npos);
+}
+
+TEST(Recipe, TrainerRefusesBadValuesBeforeAnyWork) {
+  TinySetup s;
+  auto refuse = [&](const std::string& extra, const std::string& expect) {
+    const std::string path = s.dir.file("r.yaml");
+    test::write_bytes(path, s.recipe(extra));
+    const std::string m = error_of([&] { Trainer t(Recipe::load(path)); });
+    EXPECT_NE(m.find(expect), std::string::npos) << "want '" << expect << "' in: " << m;
+    EXPECT_FALSE(fs::exists(s.dir.file("run"))) << "nothing written before validation";
+  };
+  refuse("loss:\n  target_keep: 1.5\n", "r.yaml:20: loss.target_keep must be in (0, 1]");
+  refuse("loss:\n  target_keep: 0\n", "loss.target_keep must be in (0, 1]");
+  const std::string path = s.dir.file("r.yaml");
+  test::write_bytes(path, s.recipe());
+  EXPECT_NE(error_of([&] { Trainer t(Recipe::load(path, {"model.path=/nonexistent"})); }).find("model folder '/nonexistent' does not exist"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { Trainer t(Recipe::load(path, {"data.train=/nonexistent"})); }).find("dataset folder '/nonexistent' does not exist"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { Trainer t(Recipe::load(path, {"gate.type=none"})); }).find("nothing to train"), std::string::npos);
+}
+
+TEST(Schedule, WarmupCosineConstantWsd) {
+  Schedule s{"cosine", 1.0, 10, 110, 0.1, 0.2};
+  EXPECT_DOUBLE_EQ(s.at(0), 0.1);
+  EXPECT_DOUBLE_EQ(s.at(9), 1.0);
+  EXPECT_NEAR(s.at(10), 1.0, 1e-12);
+  EXPECT_NEAR(s.at(60), 0.55, 1e-12);
+  EXPECT_NEAR(s.at(110), 0.1, 1e-12);
+  s.kind = "wsd";
+  EXPECT_DOUBLE_EQ(s.at(50), 1.0);
+  EXPECT_NEAR(s.at(100), 0.55, 1e-12);
+  s.kind = "constant";
+  EXPECT_DOUBLE_EQ(s.at(100), 1.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+TEST(Trainer, GateTrainingLeavesBaseWeightsBitIdentical) {
+  TinySetup s;
+  const std::string before = read_all(s.model + "/model.safetensors");
+  test::write_bytes(s.dir.file("r.yaml"), s.recipe("loss:\n  target_keep: 0.5\n  lambda: 5.0\n"));
+  Trainer t(Recipe::load(s.dir.file("r.yaml")));
+  TrainPlan plan = t.plan();
+  EXPECT_GT(plan.trainable, 0);
+  EXPECT_EQ(plan.tokens_per_step, 64);
+  TrainSummary sum = t.run();
+  EXPECT_EQ(sum.steps, 6);
+  EXPECT_GT(sum.val_base_loss, 0);
+  EXPECT_EQ(read_all(s.model + "/model.safetensors"), before);
+  // The run folder.
+  for (const char* f : {"config.resolved.yaml", "metrics.jsonl", "logs/rank_00000.log", "trainable.safetensors", "summary.json"})
+    EXPECT_TRUE(fs::exists(s.dir.file(std::string("run/") + f))) << f;
+  std::ifstream metrics(s.dir.file("run/metrics.jsonl"));
+  std::string line;
+  int train_lines = 0, val_lines = 0;
+  while (std::getline(metrics, line)) {
+    auto j = nlohmann::json::parse(line);
+    train_lines += j.contains("loss");
+    val_lines += j.contains("val_loss");
+  }
+  EXPECT_EQ(train_lines, 3);
+  EXPECT_EQ(val_lines, 2);
+  // The saved gates are what trained: different from a fresh initialisation.
+  SafetensorsFile f = SafetensorsFile::open(s.dir.file("run/trainable.safetensors"));
+  EXPECT_FALSE(at::allclose(f.tensor("model.layers.0.self_attn.kv_gate.score.bias"), at::full({2}, 3.0)));
+}
+
+TEST(Trainer, PretrainLowersTheLoss) {
+  TinySetup s;
+  test::write_bytes(s.dir.file("r.yaml"), s.recipe("train:\n  mode: pretrain\n  steps: 30\n  global_batch: 8\noptim:\n  lr: 1e-2\n"));
+  // Duplicate 'train' sections are not valid YAML; use overrides instead.
+  test::write_bytes(s.dir.file("r.yaml"), s.recipe());
+  Trainer t(Recipe::load(s.dir.file("r.yaml"), {"train.mode=pretrain", "train.steps=40", "optim.lr=1e-2", "eval.every=40"}));
+  TrainSummary sum = t.run();
+  EXPECT_LT(sum.val_loss, std::log(64.0) - 0.5) << "val loss should fall well below uniform";
+  LlamaModel trained = LlamaModel::load(s.dir.file("run/model"), at::kFloat);  // a real HF folder
+  EXPECT_EQ(trained.config().vocab_size, 64);
+}
+
+TEST(Trainer, SftWithLoraAloneAndWithGatesAndRecompute) {
+  TinySetup s(/*sft=*/true);
+  test::write_bytes(s.dir.file("r.yaml"), s.recipe());
+  for (std::vector<std::string> ov : {std::vector<std::string>{"gate.type=none", "lora.rank=4"},
+                                      std::vector<std::string>{"lora.rank=4", "train.recompute=true", "train.micro_batch=2"},
+                                      std::vector<std::string>{"gate.type=mlp", "gate.estimator=soft", "loss.distill=0.5"}}) {
+    ov.push_back("data.seq_len=32");
+    Trainer t(Recipe::load(s.dir.file("r.yaml"), ov));
+    TrainSummary sum = t.run();
+    EXPECT_EQ(sum.steps, 6) << ov[0];
+    EXPECT_TRUE(std::isfinite(sum.val_loss)) << ov[0];
+  }
+}
+
+TEST(Trainer, NonFiniteLossStopsTheRunWithAClearMessage) {
+  TinySetup s;
+  {  // poison one weight
+    LlamaModel m = LlamaModel::load(s.model, at::kFloat);
+    m.parameters()[1].second.view(-1)[0] = std::nan("");
+    m.save(s.model);
+  }
+  test::write_bytes(s.dir.file("r.yaml"), s.recipe());
+  Trainer t(Recipe::load(s.dir.file("r.yaml"), {"train.max_bad_steps=2"}));
+  const std::string msg = error_of([&] { t.run(); });
+  EXPECT_NE(msg.find("NaN/infinite for 2 steps in a row"), std::string::npos) << msg;
+  EXPECT_FALSE(fs::exists(s.dir.file("run/trainable.safetensors"))) << "nothing saved from a failed run";
+}
