@@ -8,6 +8,7 @@
 #   data/corpus/raw/{austen,kjv,brown}.txt
 #   data/corpus/tokenizer.model
 #   data/corpus/tokens/{train,val}/       (manifest.json + shards)
+#   data/corpus/passkey/tokens/{train,val}/  synthetic passkey retrieval, SFT form
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AGATE=${AGATE:-build/agate}
@@ -35,4 +36,17 @@ else
   echo "[corpus] tokenizing"
   "$AGATE" tokenize --tokenizer "$tok" --input "$inputs" --out "$out" --val-fraction 0.02 --shard-tokens 1000000 --force
 fi
-echo "[corpus] ready: $tok, $out/train, $out/val"
+# Synthetic passkey retrieval (SFT form) for recipes/tiny/sft.yaml and the evaluator.
+pk=data/corpus/passkey
+if [[ -f $pk/tokens/train/manifest.json && $FORCE != --force && $pk/tokens/train/manifest.json -nt $tok ]]; then
+  echo "[corpus] $pk exists, skipping"
+else
+  echo "[corpus] generating passkey SFT data"
+  mkdir -p "$pk"
+  python3 tools/make_passkey.py --out "$pk/train.jsonl" --n 3000 --seed 0 --min-words 30 --max-words 90
+  python3 tools/make_passkey.py --out "$pk/val.jsonl" --n 200 --seed 1 --min-words 30 --max-words 90
+  "$AGATE" tokenize --kind sft --tokenizer "$tok" --input "$pk/train.jsonl" --out "$pk/tokens" --val-fraction 0 --force >/dev/null
+  "$AGATE" tokenize --kind sft --tokenizer "$tok" --input "$pk/val.jsonl" --out "$pk/tokens-val" --val-fraction 0 --force >/dev/null
+  rm -rf "$pk/tokens/val" && mv "$pk/tokens-val/train" "$pk/tokens/val" && rm -rf "$pk/tokens-val"
+fi
+echo "[corpus] ready: $tok, $out/train, $out/val, $pk/tokens/{train,val}"

@@ -5,7 +5,7 @@
 set -euo pipefail
 
 PKGS=(
-  build-essential cmake pkg-config ccache git
+  build-essential cmake pkg-config ccache git python3
   libtorch-dev libgloo-dev libopenblas0-openmp
   libsentencepiece-dev sentencepiece
   libyaml-cpp-dev libspdlog-dev libfmt-dev

@@ -150,6 +150,10 @@ void train_tokenizer(const TokenizerTrainOptions& o) {
     if (fs::file_size(in) == 0) throw_input(in, "is empty");
   }
   if (o.vocab_size < 16) throw_usage("--vocab must be at least 16");
+  if (o.byte_fallback && o.vocab_size < 320) {
+    throw_usage("--vocab " + std::to_string(o.vocab_size) + " is too small for byte fallback",
+                "byte fallback needs 256 byte pieces + 3 specials + the text's characters: use --vocab >= 320");
+  }
   if (o.model_type != "bpe" && o.model_type != "unigram") throw_usage("--model-type must be bpe or unigram");
   std::string prefix = o.out;
   if (prefix.size() > 6 && prefix.compare(prefix.size() - 6, 6, ".model") == 0) prefix.resize(prefix.size() - 6);

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The tiny recipes end to end on a small synthetic corpus (shortened by overrides so CI stays
+# fast): pretrain a base model, then train Attention-Gates on it (CPT) and check the promise
+# of issue 4: the keep ratio ends within 0.05 of loss.target_keep while the validation LM loss
+# stays within 0.15 nats of the base model's. Also: --dry-run, SFT with LoRA, a bad recipe.
+set -uo pipefail
+AGATE=$1; SRC=$2
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+fail=0
+check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fail=1; fi; }
+cd "$SRC"
+
+# A corpus with learnable structure: templated sentences over small vocabularies.
+python3 - "$tmp/corpus.txt" <<'PY'
+import random, sys
+rng = random.Random(0)
+names = ["Anne", "Elinor", "Marianne", "Edward", "Fanny", "Henry", "Emma", "Harriet", "Jane", "Frank"]
+places = ["Barton", "Norland", "Mansfield", "Highbury", "Bath", "London", "Hartfield", "Kellynch"]
+verbs = ["walked to", "wrote to", "dined at", "returned from", "spoke of", "dreamed of"]
+with open(sys.argv[1], "w") as f:
+    for d in range(1500):
+        lines = []
+        for s in range(rng.randint(3, 8)):
+            a, b = rng.choice(names), rng.choice(names)
+            lines.append(f"{a} {rng.choice(verbs)} {rng.choice(places)} with {b}, and {a} was glad.")
+        f.write(" ".join(lines) + "\n\n")
+PY
+"$AGATE" tokenizer train --input "$tmp/corpus.txt" --vocab 512 --out "$tmp/tok.model" >"$tmp/o" 2>&1
+check "tokenizer" "[[ $? == 0 ]]" || cat "$tmp/o"
+"$AGATE" tokenize --tokenizer "$tmp/tok.model" --input "$tmp/corpus.txt" --out "$tmp/data" --val-fraction 0.05 >/dev/null
+mkdir -p "$tmp/base"
+cat >"$tmp/base/config.json" <<'JSON'
+{"model_type": "llama", "vocab_size": 512, "hidden_size": 64, "intermediate_size": 176,
+ "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+ "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": true, "bos_token_id": 1, "eos_token_id": 2}
+JSON
+common="data.train=$tmp/data/train data.val=$tmp/data/val data.seq_len=64 train.log_every=50"
+
+"$AGATE" train recipes/tiny/pretrain.yaml $common model.path="$tmp/base" run.dir="$tmp/pre" --dry-run >"$tmp/o" 2>&1
+check "pretrain --dry-run prints the plan" "[[ $? == 0 ]] && grep -q 'memory estimate' $tmp/o && [[ ! -e $tmp/pre ]]"
+"$AGATE" train recipes/tiny/pretrain.yaml $common model.path="$tmp/base" run.dir="$tmp/pre" \
+  train.steps=300 optim.lr=1e-2 eval.every=300 >"$tmp/o" 2>&1
+check "pretrain runs" "[[ $? == 0 && -f $tmp/pre/model/model.safetensors ]]"
+
+"$AGATE" train recipes/tiny/cpt.yaml $common model.path="$tmp/pre/model" run.dir="$tmp/cpt" \
+  train.steps=200 eval.every=200 eval.batches=16 loss.target_keep=0.5 >"$tmp/o" 2>&1
+check "cpt runs" "[[ $? == 0 && -f $tmp/cpt/summary.json ]]"
+read -r keep val base < <(python3 -c "import json; d=json.load(open('$tmp/cpt/summary.json')); print(d['keep'], d['val_loss'], d['val_base_loss'])")
+echo "     cpt: keep $keep (target 0.5), val loss $val vs base $base"
+check "keep ratio within 0.05 of target_keep" "python3 -c 'import sys; sys.exit(abs($keep - 0.5) > 0.05)'"
+check "val loss within 0.15 nats of the base model" "python3 -c 'import sys; sys.exit($val - $base > 0.15)'"
+
+printf '{"prompt": "Anne walked to Bath with", "response": "Emma, and Anne was glad."}\n%.0s' {1..40} >"$tmp/sft.jsonl"
+"$AGATE" tokenize --kind sft --tokenizer "$tmp/tok.model" --input "$tmp/sft.jsonl" --out "$tmp/sft" --val-fraction 0 >/dev/null
+"$AGATE" train recipes/tiny/sft.yaml model.path="$tmp/pre/model" run.dir="$tmp/sftrun" data.train="$tmp/sft/train" \
+  data.val="$tmp/sft/train" data.seq_len=48 train.steps=10 eval.every=10 >"$tmp/o" 2>&1
+check "sft with gates + LoRA runs" "[[ $? == 0 && -f $tmp/sftrun/trainable.safetensors ]]"
+
+printf 'model:\n  path: %s\ndata:\n  train: %s\nloss:\n  target_kep: 0.5\n' "$tmp/pre/model" "$tmp/data/train" >"$tmp/bad.yaml"
+"$AGATE" train "$tmp/bad.yaml" >"$tmp/o" 2>&1; rc=$?
+check "unknown recipe key: exit 2, file:line and a hint" "[[ $rc == 2 ]] && grep -q 'bad.yaml:6: unknown key .loss.target_kep. (hint: did you mean .loss.target_keep.?)' $tmp/o"
+
+if [[ $fail == 0 ]]; then echo "all training checks passed"; fi
+exit $fail
