@@ -8,6 +8,8 @@
 
 #include "agate/data/dataset.h"
 #include "agate/data/loader.h"
+#include "agate/gate/gates.h"
+#include "agate/gate/losses.h"
 #include "agate/io/safetensors.h"
 #include "agate/model/llama.h"
 #include "agate/util/error.h"
@@ -94,17 +96,67 @@ int bench_loader(const Args& args, int threads) {
   return 0;
 }
 
+// Gate-training step time against the same frozen model's forward + backward without gates
+// (there the embeddings' output requires grad, so backward runs through every layer just as
+// it must to reach the gates of the first layers).
+int bench_train(const Args& args, int threads) {
+  const std::string dtype = args.get("dtype");
+  LlamaModel model = LlamaModel::load(args.get("model"), parse_compute_dtype(dtype));
+  model.set_requires_grad(false);
+  GateConfig g;
+  g.type = args.get("gate");
+  g.heads = args.get_int("gate-heads");
+  g.head_dim = args.get_int("gate-head-dim");
+  g.init_bias = 0.0;  // about half the tokens evicted: the masked path, as in real training
+  auto gates = Gates::create(g, model.config(), 0);
+  const long long seq = args.get_int("seq"), batch = args.get_int("batch"), iters = args.get_int("iters");
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(0);
+  at::Tensor tokens = at::randint(0, model.config().vocab_size, {batch, seq + 1}, gen, at::kLong);
+  at::Tensor inputs = tokens.slice(1, 0, seq), targets = tokens.slice(1, 1), w = at::ones({batch, seq});
+  auto step = [&](bool with_gates) {
+    ForwardOptions o;
+    o.visibility = with_gates ? gates.get() : nullptr;
+    const Positions pos = model.positions(0, seq);
+    at::Tensor h = model.embed(inputs);
+    if (!with_gates) h.requires_grad_(true);
+    for (int64_t i = 0; i < model.config().num_hidden_layers; ++i) h = model.layer_forward(i, h, pos, o);
+    at::Tensor loss = lm_loss(model.head(h), targets, w);
+    if (with_gates) loss = loss + sparsity_loss(gates->stats().surrogate, "l2_target", 0.5);
+    loss.backward();
+    for (auto& kv : gates->parameters()) kv.second.mutable_grad() = at::Tensor();
+  };
+  // Interleave the two so machine noise hits both alike.
+  std::vector<double> with, without;
+  step(true);
+  step(false);
+  for (long long i = 0; i < iters; ++i) {
+    with.push_back(time_runs([&] { step(true); }, 1, 0)[0]);
+    without.push_back(time_runs([&] { step(false); }, 1, 0)[0]);
+  }
+  const double mw = median(with), mo = median(without);
+  nlohmann::json j = {{"impl", "agate"}, {"mode", "train"}, {"dtype", dtype}, {"gate", g.type}, {"seq", seq},
+                      {"batch", batch}, {"iters", iters}, {"gate_step_s", mw}, {"frozen_step_s", mo},
+                      {"gate_tokens_per_s", batch * seq / mw}, {"overhead", mw / mo}};
+  j.update(machine_info(threads));
+  std::cout << j.dump() << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int cmd_bench(const Argv& argv) {
-  Args args("bench", "forward|load --model DIR [options] | loader --data DIR [options]",
+  Args args("bench", "forward|load|train --model DIR [options] | loader --data DIR [options]",
             "Micro-benchmarks, one JSON line each (medians of --iters runs after one warm-up):\n"
             "  forward  tokens/s of a full-sequence forward (no grad) on random tokens\n"
             "  load     weight-loading time against simply reading the files' bytes\n"
-            "  loader   tokens/s the streaming data loader delivers (prefetch thread on)",
+            "  loader   tokens/s the streaming data loader delivers (prefetch thread on)\n"
+            "  train    gate-training step (fwd + bwd) time and its overhead over the frozen model's",
             {{"model", "DIR", "Hugging Face model folder", ""},
              {"data", "DIR", "token dataset folder (loader)", ""},
              {"batches", "N", "batches to draw (loader)", "2000"},
+             {"gate", "TYPE", "gate type (train): attention or mlp", "attention"},
+             {"gate-heads", "N", "attention gate heads (train)", "2"},
+             {"gate-head-dim", "N", "attention gate head width (train)", "16"},
              {"dtype", "NAME", "compute dtype: float32 or bfloat16", "float32"},
              {"seq", "T", "sequence length (forward)", "256"},
              {"batch", "B", "batch size (forward)", "1"},
@@ -117,7 +169,8 @@ int cmd_bench(const Argv& argv) {
   if (what == "forward") return bench_forward(args, threads);
   if (what == "load") return bench_load(args, threads);
   if (what == "loader") return bench_loader(args, threads);
-  throw_usage("unknown benchmark '" + what + "'\n" + args.usage(), "use forward, load or loader");
+  if (what == "train") return bench_train(args, threads);
+  throw_usage("unknown benchmark '" + what + "'\n" + args.usage(), "use forward, load, loader or train");
 }
 
 }  // namespace agate::cli

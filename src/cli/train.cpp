@@ -32,8 +32,13 @@ int cmd_train(const Argv& argv) {
             "Trains Attention-Gates (and LoRA) on a frozen base model, or a whole model in\n"
             "train.mode=pretrain, as the YAML recipe says. key=value arguments override recipe keys\n"
             "(e.g. train.steps=200 model.dtype=bfloat16). --dry-run validates the recipe, model, data\n"
-            "and output folder and prints the plan without training.",
+            "and output folder and prints the plan without training.\n"
+            "Re-running the same command in a run folder with a complete checkpoint resumes from the\n"
+            "newest one. SIGTERM/SIGINT finish the current step, write a checkpoint and exit with\n"
+            "status 3 (a second signal exits at once).",
             {{"dry-run", "", "validate and print the plan, train nothing", ""},
+             {"fresh", "", "refuse to touch a run folder that already holds a run (default: resume it)", ""},
+             {"resume-from", "DIR", "resume from this checkpoint folder instead of the newest", ""},
              {"print-schema", "", "print every recipe key as a markdown table and exit", ""}});
   if (!args.parse(argv)) return 0;
   if (args.flag("print-schema")) {
@@ -43,12 +48,20 @@ int cmd_train(const Argv& argv) {
   if (args.positionals().empty()) throw_usage("missing the recipe\n" + args.usage(), "e.g. agate train recipes/tiny/cpt.yaml");
   std::vector<std::string> overrides(args.positionals().begin() + 1, args.positionals().end());
   Recipe recipe = Recipe::load(args.positionals()[0], overrides);
-  Trainer trainer(recipe);
+  ResumeOptions resume;
+  resume.fresh = args.flag("fresh");
+  resume.resume_from = args.get_or("resume-from", "");
+  if (resume.fresh && !resume.resume_from.empty()) throw_usage("--fresh and --resume-from exclude each other");
+  Trainer trainer(recipe, resume);
   if (args.flag("dry-run")) {
     std::printf("recipe %s is valid\n%s", args.positionals()[0].c_str(), trainer.plan().describe().c_str());
     return 0;
   }
   TrainSummary s = trainer.run();
+  if (s.preempted) {
+    std::printf("stopped at step %lld after writing a checkpoint; run the same command to resume\n", (long long)s.steps);
+    return 3;
+  }
   std::printf("trained %lld steps: loss %.4f, val loss %.4f (base %.4f), keep %.3f, %.0f tok/s\n", (long long)s.steps,
               s.train_loss, s.val_loss, s.val_base_loss, s.keep, s.tokens_per_s);
   return 0;

@@ -59,6 +59,9 @@ const std::vector<RecipeKey>& recipe_schema() {
       {"loss.lambda", "float", "1.0", "weight of the sparsity term"},
       {"loss.lambda_warmup_steps", "int", "0", "ramp lambda linearly from 0 over this many steps"},
       {"loss.distill", "float", "0.0", "weight of KL(base || gated) on target tokens (0 = off)"},
+      // checkpoint
+      {"checkpoint.every_steps", "int", "0", "steps between checkpoints (0 = only the final one)"},
+      {"checkpoint.keep_last", "int", "2", "complete checkpoints kept (>= 2; older ones are pruned after a new one is complete)"},
       // eval
       {"eval.every", "int", "50", "steps between validation runs (0 = only at the end)"},
       {"eval.batches", "int", "8", "validation batches per run"},

@@ -2,9 +2,12 @@
 
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
-#include <torch/optim/adamw.h>
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -17,11 +20,15 @@
 #include "agate/gate/losses.h"
 #include "agate/model/llama.h"
 #include "agate/model/lora.h"
+#include "agate/train/adamw.h"
+#include "agate/train/checkpoint.h"
 #include "agate/train/recompute.h"
 #include "agate/train/schedule.h"
+#include "agate/util/checksum.h"
 #include "agate/util/error.h"
 #include "agate/util/fs.h"
 #include "agate/util/logging.h"
+#include "agate/util/signals.h"
 #include "agate/util/threads.h"
 #include "agate/util/timer.h"
 
@@ -53,6 +60,12 @@ double clip_gradients(const std::vector<at::Tensor>& params, double max_norm) {
       if (p.grad().defined()) p.grad().mul_(scale);
   }
   return total;
+}
+
+std::vector<at::Tensor> params_of(const NamedTensors& ts) {
+  std::vector<at::Tensor> out;
+  for (const auto& kv : ts) out.push_back(kv.second);
+  return out;
 }
 
 int64_t numel(const NamedTensors& ts) {
@@ -151,6 +164,17 @@ struct Trainer::Impl {
     if (micro_batch == 0) micro_batch = global_batch;
   }
 
+  // --fresh refuses a folder that already holds a run; --resume-from needs a complete checkpoint.
+  void check_run_folder(const ResumeOptions& resume) const {
+    const bool has_run = fs::exists(fs::path(run_dir) / "metrics.jsonl") || !list_checkpoints(run_dir).empty();
+    if (resume.fresh && has_run) {
+      throw_usage("--fresh: '" + run_dir + "' already holds a run", "choose another run.dir, or drop --fresh to resume it");
+    }
+    if (!resume.resume_from.empty() && !fs::exists(fs::path(resume.resume_from) / "DONE")) {
+      throw_input(resume.resume_from, "is not a complete checkpoint (no DONE marker)", "pick a folder under RUN_DIR/checkpoints/");
+    }
+  }
+
   GateConfig gate_config() const {
     GateConfig g;
     g.type = r.str("gate.type");
@@ -173,6 +197,8 @@ struct Trainer::Impl {
     for (const char* k : {"train.steps", "train.global_batch", "data.seq_len", "train.log_every", "eval.batches",
                           "train.max_bad_steps"})
       positive(k);
+    if (r.integer("checkpoint.keep_last") < 2) r.fail("checkpoint.keep_last", "checkpoint.keep_last must be >= 2", "the newest checkpoint may be mid-write when a run dies");
+    if (r.integer("checkpoint.every_steps") < 0) r.fail("checkpoint.every_steps", "checkpoint.every_steps must be >= 0");
     const double tk = r.number("loss.target_keep");
     if (!(tk > 0 && tk <= 1)) r.fail("loss.target_keep", "loss.target_keep must be in (0, 1], found " + r.str("loss.target_keep"), "it is the share of KV entries to keep");
     const double th = r.number("gate.threshold");
@@ -187,6 +213,14 @@ struct Trainer::Impl {
     if (!fs::is_directory(r.str("data.train"))) r.fail("data.train", "dataset folder '" + r.str("data.train") + "' does not exist", "create it with agate tokenize");
     if (!r.str("data.val").empty() && !fs::is_directory(r.str("data.val"))) r.fail("data.val", "dataset folder '" + r.str("data.val") + "' does not exist");
     if (r.str("run.dir").empty()) r.fail("run.dir", "run.dir is empty");
+    // The output folder: a folder (or creatable), and writable.
+    fs::path out = r.str("run.dir");
+    if (fs::exists(out) && !fs::is_directory(out)) r.fail("run.dir", "run.dir '" + out.string() + "' exists and is not a folder");
+    fs::path probe = fs::absolute(out);
+    while (!fs::exists(probe) && probe.has_parent_path() && probe != probe.parent_path()) probe = probe.parent_path();
+    if (::access(probe.c_str(), W_OK) != 0) {
+      r.fail("run.dir", "cannot write into '" + probe.string() + "' (for run.dir '" + out.string() + "')", "choose a writable run.dir");
+    }
   }
 
   TrainPlan plan() const {
@@ -271,51 +305,210 @@ struct Trainer::Impl {
     return {loss_sum / std::max(count_sum, 1.0), n > 0 ? keep_sum / n : 1.0};
   }
 
-  TrainSummary run() {
+  // Keys whose change makes a checkpoint unusable (shapes, data order, what is trained).
+  static const std::vector<std::string>& breaking_keys() {
+    static const std::vector<std::string> k = {"model.init_seed", "gate.type", "gate.heads", "gate.head_dim",
+                                               "gate.mlp_hidden", "lora.rank", "lora.targets", "train.mode",
+                                               "data.seq_len", "data.sft_mode", "train.global_batch", "run.seed"};
+    return k;
+  }
+
+  std::string key_value(const std::string& key) const {
+    for (const auto& s : recipe_schema()) {
+      if (s.path != key) continue;
+      if (s.type != "list") return r.str(key);
+      std::string out;
+      for (const auto& i : r.list(key)) out += (out.empty() ? "" : ",") + i;
+      return "[" + out + "]";
+    }
+    return "";
+  }
+
+  // Fingerprint of the base weights: config.json, every safetensors header and file size, and
+  // the data bytes (all of them up to 64 MB per file; beyond that the first and last 4 MB and
+  // 256 evenly spaced 4 KB blocks, so a 7B model is fingerprinted in well under a second).
+  std::string model_fingerprint() const {
+    const std::string dir = r.str("model.path");
+    uint32_t crc = 0;
+    const std::string cfg = read_file((fs::path(dir) / "config.json").string());
+    crc = crc32(cfg.data(), cfg.size(), crc);
+    if (r.integer("model.init_seed") >= 0) return hex32(crc);  // random init: config + seed (a breaking key)
+    std::vector<fs::path> files;
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.path().extension() == ".safetensors") files.push_back(e.path());
+    std::sort(files.begin(), files.end());
+    for (const auto& f : files) {
+      auto m = MappedFile::open(f.string());
+      uint64_t n = 0;
+      if (m->size() >= 8) std::memcpy(&n, m->data(), 8);
+      const size_t head = static_cast<size_t>(std::min<uint64_t>(m->size(), 8 + n));
+      crc = crc32(m->data(), head, crc);
+      const uint64_t size = m->size();
+      crc = crc32(&size, sizeof(size), crc);
+      const uint64_t body = size - head;
+      const uint8_t* data = m->data() + head;
+      if (body <= (64ull << 20)) {
+        crc = crc32(data, body, crc);
+      } else {
+        const uint64_t edge = 4ull << 20, block = 4096;
+        crc = crc32(data, edge, crc);
+        crc = crc32(data + body - edge, edge, crc);
+        for (uint64_t i = 0; i < 256; ++i) crc = crc32(data + (body - block) / 255 * i, block, crc);
+      }
+    }
+    return hex32(crc);
+  }
+
+  std::string data_fingerprint() const {
+    const std::string m = read_file((fs::path(r.str("data.train")) / "manifest.json").string());
+    return hex32(crc32(m.data(), m.size()));
+  }
+
+  // Refuses a checkpoint whose run differs in a breaking way, naming every change; logs
+  // harmless changes.
+  void check_resume_compatible(const json& st, const std::string& where) const {
+    std::vector<std::string> changes;
+    if (st.value("model_fingerprint", "") != model_fingerprint()) changes.push_back("the base model (model.path weights or config)");
+    if (st.value("data_fingerprint", "") != data_fingerprint()) changes.push_back("the training data (data.train)");
+    const json& keys = st.at("resume_keys");
+    for (const auto& k : breaking_keys()) {
+      const std::string now = key_value(k), then = keys.value(k, std::string("?"));
+      if (now != then) changes.push_back(k + " (" + then + " -> " + now + ")");
+    }
+    if (!changes.empty()) {
+      std::string list;
+      for (const auto& c : changes) list += (list.empty() ? "" : ", ") + c;
+      throw_input(where, "cannot resume: the recipe changed " + list,
+                  "restore the old values, or start a new run (another run.dir, or --fresh on an empty one)");
+    }
+    for (auto it = st.at("recipe").begin(); it != st.at("recipe").end(); ++it) {
+      if (key_value(it.key()) != it.value().get<std::string>()) {
+        spdlog::info("resume: {} changed from '{}' to '{}' (allowed)", it.key(), it.value().get<std::string>(), key_value(it.key()));
+      }
+    }
+  }
+
+  TrainSummary run(const ResumeOptions& resume) {
     make_dirs(run_dir);
     make_dirs((fs::path(run_dir) / "logs").string());
     init_logging(0, (fs::path(run_dir) / "logs" / "rank_00000.log").string());
+    const std::string metrics_path = (fs::path(run_dir) / "metrics.jsonl").string();
+
+    // Where to start: an explicit checkpoint, the newest complete one, or the beginning.
+    std::optional<std::string> from;
+    if (!resume.resume_from.empty()) from = resume.resume_from;
+    else if (!resume.fresh) from = latest_checkpoint(run_dir);
+    std::optional<CheckpointData> ckpt;
+    json st;
+    if (from) {
+      ckpt = load_checkpoint(*from);
+      try {
+        st = json::parse(ckpt->state_json);
+      } catch (const json::exception& e) {
+        throw_input(*from + "/trainer_state.json", std::string("is not valid JSON: ") + e.what());
+      }
+      check_resume_compatible(st, *from);
+    }
     write_file_atomic((fs::path(run_dir) / "config.resolved.yaml").string(), r.to_yaml());
-    std::ofstream metrics((fs::path(run_dir) / "metrics.jsonl").string(), std::ios::trunc);
-    auto record = [&](const json& j) {
-      metrics << j.dump() << "\n";
-      metrics.flush();
-    };
     spdlog::info("run folder {}; plan:\n{}", run_dir, plan().describe());
 
     const int64_t steps = r.integer("train.steps");
     const bool recompute = r.boolean("train.recompute");
-    std::vector<at::Tensor> params;
-    for (const auto& kv : trainable) params.push_back(kv.second);
-    torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(r.number("optim.lr"))
-                                              .betas({r.number("optim.beta1"), r.number("optim.beta2")})
-                                              .eps(r.number("optim.eps"))
-                                              .weight_decay(r.number("optim.weight_decay")));
+    AdamW optimizer(trainable, AdamWOptions{r.number("optim.lr"), r.number("optim.beta1"), r.number("optim.beta2"),
+                                            r.number("optim.eps"), r.number("optim.weight_decay")});
     Schedule sched{r.str("optim.schedule"), r.number("optim.lr"), r.integer("optim.warmup_steps"), steps,
                    r.number("optim.min_lr_ratio"), r.number("optim.decay_fraction")};
     LoaderOptions lo;
     lo.seq_len = seq_len;
     lo.global_batch = global_batch;
     lo.sft_mode = r.str("data.sft_mode");
-    DataLoader loader(*train_data, lo, {static_cast<uint64_t>(r.integer("run.seed")), 0, 0});
+    LoaderCursor cursor{static_cast<uint64_t>(r.integer("run.seed")), 0, 0};
 
     TrainSummary summary;
+    int64_t start = 0, tokens_seen = 0, bad_in_row = 0, n_window = 0, tokens_window = 0;
+    double loss_window = 0, lm_window = 0, sp_window = 0, keep_window = 0;
+    if (ckpt) {
+      // Parameters, optimizer, data cursor, counters and the metric window: exactly as saved.
+      {
+        at::NoGradGuard no_grad;
+        std::map<std::string, at::Tensor> saved(ckpt->trainable.begin(), ckpt->trainable.end());
+        for (auto& [name, p] : trainable) {
+          auto it = saved.find(name);
+          if (it == saved.end() || it->second.sizes() != p.sizes()) throw_input(*from, "has no matching tensor '" + name + "'");
+          p.copy_(it->second);
+        }
+      }
+      optimizer.load_state(ckpt->optimizer, st.at("optimizer_steps").get<int64_t>(), *from);
+      start = st.at("step").get<int64_t>();
+      tokens_seen = st.at("tokens").get<int64_t>();
+      cursor = {st.at("cursor").at("seed").get<uint64_t>(), st.at("cursor").at("epoch").get<int64_t>(),
+                st.at("cursor").at("sample").get<int64_t>()};
+      const json& w = st.at("window");
+      n_window = w.at("n"), tokens_window = w.at("tokens");
+      loss_window = w.at("loss"), lm_window = w.at("lm"), sp_window = w.at("sp"), keep_window = w.at("keep");
+      bad_in_row = st.at("bad_in_row");
+      summary.skipped_steps = st.at("skipped_steps");
+      summary.val_base_loss = st.at("val_base_loss");
+      summary.val_loss = st.at("val_loss");
+      summary.keep = st.at("keep");
+      summary.steps = start;
+      summary.resumed_from = start;
+      spdlog::info("resuming from {} (step {}, {} tokens seen, data epoch {} sample {})", *from, start, tokens_seen,
+                   cursor.epoch, cursor.sample);
+      // Drop metrics the interrupted run wrote after this checkpoint.
+      std::ifstream in(metrics_path);
+      std::string line, kept;
+      while (std::getline(in, line)) {
+        try {
+          if (json::parse(line).value("step", int64_t{0}) <= start) kept += line + "\n";
+        } catch (const json::exception&) {  // a torn last line from a kill
+        }
+      }
+      write_file_atomic(metrics_path, kept);
+    } else {
+      write_file_atomic(metrics_path, std::string());
+    }
+    std::ofstream metrics(metrics_path, std::ios::app);
+    auto record = [&](const json& j) {
+      metrics << j.dump() << "\n";
+      metrics.flush();
+    };
+    DataLoader loader(*train_data, lo, cursor);
+
     const bool has_gates = gates != nullptr;
-    if (val_data && has_gates) {
+    if (!ckpt && val_data && has_gates) {
       summary.val_base_loss = validate_once(false).first;
       spdlog::info("validation loss of the base model without gates: {:.4f}", summary.val_base_loss);
       record({{"step", 0}, {"val_base_loss", summary.val_base_loss}});
     }
     const double target = r.number("loss.target_keep");
     const double distill = r.number("loss.distill");
+    const int64_t ckpt_every = r.integer("checkpoint.every_steps");
     const double t_start = now_seconds();
     double t_window = t_start;
-    int64_t tokens_window = 0, bad_in_row = 0;
-    double loss_window = 0, lm_window = 0, sp_window = 0, keep_window = 0;
-    int64_t n_window = 0;
-    for (int64_t step = 0; step < steps; ++step) {
+
+    auto write_checkpoint = [&](int64_t step) {
+      json rec = json::object(), keys = json::object();
+      for (const auto& k : recipe_schema()) rec[k.path] = key_value(k.path);
+      for (const auto& k : breaking_keys()) keys[k] = key_value(k);
+      const LoaderCursor c = loader.cursor();
+      json state = {{"format", "agate-trainer-state"}, {"version", 1}, {"step", step}, {"tokens", tokens_seen},
+                    {"optimizer_steps", optimizer.steps()},
+                    {"cursor", {{"seed", c.seed}, {"epoch", c.epoch}, {"sample", c.sample}}},
+                    {"world_size", 1}, {"model_fingerprint", model_fingerprint()},
+                    {"data_fingerprint", data_fingerprint()}, {"resume_keys", keys}, {"recipe", rec},
+                    {"window", {{"n", n_window}, {"tokens", tokens_window}, {"loss", loss_window}, {"lm", lm_window},
+                                {"sp", sp_window}, {"keep", keep_window}}},
+                    {"bad_in_row", bad_in_row}, {"skipped_steps", summary.skipped_steps},
+                    {"val_base_loss", summary.val_base_loss}, {"val_loss", summary.val_loss}, {"keep", summary.keep}};
+      NamedTensors opt_state = optimizer.state();
+      const std::string path = save_checkpoint(run_dir, step, {trainable, opt_state, state.dump(2) + "\n"},
+                                               r.integer("checkpoint.keep_last"));
+      spdlog::info("checkpoint {}", path);
+    };
+
+    for (int64_t step = start; step < steps; ++step) {
       const double lr = sched.at(step);
-      for (auto& g : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
       const double lambda = sparsity_lambda(r.number("loss.lambda"), r.integer("loss.lambda_warmup_steps"), step);
       Batch batch = loader.next();
       const at::Tensor w_all = batch.mask.slice(1, 1);
@@ -360,9 +553,10 @@ struct Trainer::Impl {
       }
       double gnorm = 0;
       if (!bad) {
-        gnorm = clip_gradients(params, r.number("optim.grad_clip"));
+        gnorm = clip_gradients(params_of(trainable), r.number("optim.grad_clip"));
         if (!std::isfinite(gnorm)) bad = true;
       }
+      tokens_seen += global_batch * seq_len;
       if (bad) {
         optimizer.zero_grad();
         summary.skipped_steps += 1;
@@ -372,12 +566,12 @@ struct Trainer::Impl {
         if (bad_in_row >= r.integer("train.max_bad_steps")) {
           throw_runtime("the loss or gradient was NaN/infinite for " + std::to_string(bad_in_row) +
                             " steps in a row (last at step " + std::to_string(step + 1) + "); stopping",
-                        "lower optim.lr, check the data, or use model.dtype: float32");
+                        "lower optim.lr, check the data, or use model.dtype: float32; no checkpoint holds non-finite values");
         }
         continue;
       }
       bad_in_row = 0;
-      optimizer.step();
+      optimizer.step(lr);
       summary.steps = step + 1;
       summary.train_loss = step_loss;
       tokens_window += global_batch * seq_len;
@@ -386,14 +580,13 @@ struct Trainer::Impl {
       const bool last = step + 1 == steps;
       if ((step + 1) % r.integer("train.log_every") == 0 || last) {
         const double now = now_seconds(), tps = tokens_window / std::max(now - t_window, 1e-9);
-        const double eta = (now - t_start) / (step + 1) * (steps - step - 1);
+        const double eta = (now - t_start) / (step + 1 - start) * (steps - step - 1);
         spdlog::info("step {}/{} | loss {:.4f} (lm {:.4f} + sparsity {:.4f}) | keep {:.3f} | lr {:.2e} | {:.0f} tok/s | ETA {}",
                      step + 1, steps, loss_window / n_window, lm_window / n_window, sp_window / n_window,
                      keep_window / n_window, lr, tps, eta_text(eta));
         record({{"step", step + 1}, {"loss", loss_window / n_window}, {"lm_loss", lm_window / n_window},
                 {"sparsity", sp_window / n_window}, {"keep", keep_window / n_window}, {"lr", lr},
-                {"lambda", lambda}, {"grad_norm", gnorm}, {"tokens_per_s", tps},
-                {"tokens", (step + 1) * global_batch * seq_len}});
+                {"lambda", lambda}, {"grad_norm", gnorm}, {"tokens_per_s", tps}, {"tokens", tokens_seen}});
         summary.keep = keep_window / n_window;
         summary.tokens_per_s = tps;
         t_window = now;
@@ -408,6 +601,13 @@ struct Trainer::Impl {
         if (has_gates) summary.keep = vk;
         spdlog::info("validation at step {}: loss {:.4f} (ppl {:.2f}), keep {:.3f}", step + 1, vl, std::exp(vl), vk);
         record({{"step", step + 1}, {"val_loss", vl}, {"val_ppl", std::exp(vl)}, {"val_keep", vk}});
+      }
+      const bool stop = StopSignals::requested();
+      if (last || stop || (ckpt_every > 0 && (step + 1) % ckpt_every == 0)) write_checkpoint(step + 1);
+      if (stop && !last) {
+        spdlog::warn("stopped by signal {} after step {}; re-run the same command to resume", StopSignals::signal_number(), step + 1);
+        summary.preempted = true;
+        return summary;
       }
     }
     save_outputs(summary);
@@ -430,9 +630,14 @@ struct Trainer::Impl {
   }
 };
 
-Trainer::Trainer(const Recipe& recipe) : impl_(std::make_unique<Impl>(recipe)) {}
+Trainer::Trainer(const Recipe& recipe, ResumeOptions resume) : impl_(std::make_unique<Impl>(recipe)), resume_(std::move(resume)) {
+  impl_->check_run_folder(resume_);
+}
 Trainer::~Trainer() = default;
 TrainPlan Trainer::plan() const { return impl_->plan(); }
-TrainSummary Trainer::run() { return impl_->run(); }
+TrainSummary Trainer::run() {
+  StopSignals signals;
+  return impl_->run(resume_);
+}
 
 }  // namespace agate

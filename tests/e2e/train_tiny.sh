@@ -6,34 +6,10 @@
 set -uo pipefail
 AGATE=$1; SRC=$2
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-fail=0
-check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fail=1; fi; }
+source "$SRC/tests/e2e/lib/common.bash"
 cd "$SRC"
-
-# A corpus with learnable structure: templated sentences over small vocabularies.
-python3 - "$tmp/corpus.txt" <<'PY'
-import random, sys
-rng = random.Random(0)
-names = ["Anne", "Elinor", "Marianne", "Edward", "Fanny", "Henry", "Emma", "Harriet", "Jane", "Frank"]
-places = ["Barton", "Norland", "Mansfield", "Highbury", "Bath", "London", "Hartfield", "Kellynch"]
-verbs = ["walked to", "wrote to", "dined at", "returned from", "spoke of", "dreamed of"]
-with open(sys.argv[1], "w") as f:
-    for d in range(1500):
-        lines = []
-        for s in range(rng.randint(3, 8)):
-            a, b = rng.choice(names), rng.choice(names)
-            lines.append(f"{a} {rng.choice(verbs)} {rng.choice(places)} with {b}, and {a} was glad.")
-        f.write(" ".join(lines) + "\n\n")
-PY
-"$AGATE" tokenizer train --input "$tmp/corpus.txt" --vocab 512 --out "$tmp/tok.model" >"$tmp/o" 2>&1
-check "tokenizer" "[[ $? == 0 ]]" || cat "$tmp/o"
-"$AGATE" tokenize --tokenizer "$tmp/tok.model" --input "$tmp/corpus.txt" --out "$tmp/data" --val-fraction 0.05 >/dev/null
-mkdir -p "$tmp/base"
-cat >"$tmp/base/config.json" <<'JSON'
-{"model_type": "llama", "vocab_size": 512, "hidden_size": 64, "intermediate_size": 176,
- "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
- "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": true, "bos_token_id": 1, "eos_token_id": 2}
-JSON
+make_tiny_setup "$AGATE" "$tmp"
+check "tiny corpus, tokenizer and datasets" "[[ $? == 0 && -f $tmp/data/train/manifest.json ]]"
 common="data.train=$tmp/data/train data.val=$tmp/data/val data.seq_len=64 train.log_every=50"
 
 "$AGATE" train recipes/tiny/pretrain.yaml $common model.path="$tmp/base" run.dir="$tmp/pre" --dry-run >"$tmp/o" 2>&1
@@ -60,5 +36,4 @@ printf 'model:\n  path: %s\ndata:\n  train: %s\nloss:\n  target_kep: 0.5\n' "$tm
 "$AGATE" train "$tmp/bad.yaml" >"$tmp/o" 2>&1; rc=$?
 check "unknown recipe key: exit 2, file:line and a hint" "[[ $rc == 2 ]] && grep -q 'bad.yaml:6: unknown key .loss.target_kep. (hint: did you mean .loss.target_keep.?)' $tmp/o"
 
-if [[ $fail == 0 ]]; then echo "all training checks passed"; fi
-exit $fail
+finish training

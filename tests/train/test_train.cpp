@@ -1,6 +1,7 @@
 // Recipes (validation with file:line) and the trainer on tiny models and data.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -10,6 +11,7 @@
 #include "agate/data/dataset.h"
 #include "agate/io/safetensors.h"
 #include "agate/model/llama.h"
+#include "agate/train/checkpoint.h"
 #include "agate/train/recipe.h"
 #include "agate/train/schedule.h"
 #include "agate/train/trainer.h"
@@ -183,6 +185,7 @@ TEST(Trainer, SftWithLoraAloneAndWithGatesAndRecompute) {
                                       std::vector<std::string>{"lora.rank=4", "train.recompute=true", "train.micro_batch=2"},
                                       std::vector<std::string>{"gate.type=mlp", "gate.estimator=soft", "loss.distill=0.5"}}) {
     ov.push_back("data.seq_len=32");
+    ov.push_back("run.dir=" + s.dir.file("run_" + ov[0] + ov[1]));
     Trainer t(Recipe::load(s.dir.file("r.yaml"), ov));
     TrainSummary sum = t.run();
     EXPECT_EQ(sum.steps, 6) << ov[0];
@@ -202,4 +205,107 @@ TEST(Trainer, NonFiniteLossStopsTheRunWithAClearMessage) {
   const std::string msg = error_of([&] { t.run(); });
   EXPECT_NE(msg.find("NaN/infinite for 2 steps in a row"), std::string::npos) << msg;
   EXPECT_FALSE(fs::exists(s.dir.file("run/trainable.safetensors"))) << "nothing saved from a failed run";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Run lifecycle: checkpoints and exact resume.
+namespace {
+
+std::vector<std::string> metric_lines_without_timing(const std::string& path, int64_t after_step) {
+  std::vector<std::string> out;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line);
+    if (j.value("step", int64_t{0}) <= after_step) continue;
+    j.erase("tokens_per_s");
+    out.push_back(j.dump());
+  }
+  return out;
+}
+
+}  // namespace
+
+class ExactResume : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ExactResume, KilledRunResumesToTheSameParametersAndMetrics) {
+  const bool sft = GetParam() == "sft";
+  TinySetup s(sft);
+  test::write_bytes(s.dir.file("r.yaml"), s.recipe());
+  std::vector<std::string> ov = {"run.threads=1", "train.steps=8", "checkpoint.every_steps=3", "eval.every=4",
+                                 "train.log_every=1", "data.seq_len=" + std::string(sft ? "32" : "16")};
+  if (GetParam() == "pretrain") ov.push_back("train.mode=pretrain");
+  if (sft) ov.push_back("lora.rank=2");
+  // Uninterrupted.
+  auto a = ov;
+  a.push_back("run.dir=" + s.dir.file("a"));
+  Trainer(Recipe::load(s.dir.file("r.yaml"), a)).run();
+  EXPECT_EQ(list_checkpoints(s.dir.file("a")).size(), 2u) << "keep_last 2 of steps 3, 6, 8";
+  // "Killed" after the step-3 checkpoint: later checkpoints never happened, a half-written one
+  // did (no DONE), and the metrics file has lines past step 3 and a torn last line.
+  auto b = ov;
+  b.push_back("run.dir=" + s.dir.file("b"));
+  b.push_back("checkpoint.keep_last=5");
+  Trainer(Recipe::load(s.dir.file("r.yaml"), b)).run();
+  fs::remove_all(s.dir.file("b/checkpoints/step_00000008"));
+  fs::remove(s.dir.file("b/checkpoints/step_00000006/DONE"));
+  fs::create_directories(s.dir.file("b/checkpoints/.tmp_step_00000007"));
+  { std::ofstream(s.dir.file("b/metrics.jsonl"), std::ios::app) << "{\"step\": 9, \"lo"; }
+  ASSERT_EQ(latest_checkpoint(s.dir.file("b")).value(), s.dir.file("b/checkpoints/step_00000003"));
+  TrainSummary resumed = Trainer(Recipe::load(s.dir.file("r.yaml"), b)).run();
+  EXPECT_EQ(resumed.resumed_from, 3);
+  EXPECT_EQ(resumed.steps, 8);
+  // Bitwise-equal trainable parameters (one thread) and identical metrics after step 3.
+  auto fa = SafetensorsFile::open(s.dir.file("a/checkpoints/step_00000008/trainable.safetensors"));
+  auto fb = SafetensorsFile::open(s.dir.file("b/checkpoints/step_00000008/trainable.safetensors"));
+  ASSERT_EQ(fa.entries().size(), fb.entries().size());
+  for (const auto& e : fa.entries()) EXPECT_TRUE(at::equal(fa.tensor(e.name), fb.tensor(e.name))) << e.name;
+  EXPECT_EQ(metric_lines_without_timing(s.dir.file("a/metrics.jsonl"), 3),
+            metric_lines_without_timing(s.dir.file("b/metrics.jsonl"), 3));
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, ExactResume, ::testing::Values("gates", "sft", "pretrain"));
+
+TEST(Resume, BreakingChangesAreRefusedNamingThemAndHarmlessOnesAllowed) {
+  TinySetup s;
+  test::write_bytes(s.dir.file("r.yaml"), s.recipe());
+  Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=3"})).run();
+  std::string msg = error_of([&] { Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=6", "train.global_batch=8"})).run(); });
+  EXPECT_NE(msg.find("cannot resume: the recipe changed train.global_batch (4 -> 8)"), std::string::npos) << msg;
+  {  // another base model
+    LlamaModel m = LlamaModel::load(s.model, at::kFloat);
+    m.parameters()[0].second.view(-1)[0] = 0.5f;
+    m.save(s.dir.file("model2"));
+    fs::copy_file(s.dir.file("model2/model.safetensors"), s.model + "/model.safetensors", fs::copy_options::overwrite_existing);
+  }
+  msg = error_of([&] { Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=6"})).run(); });
+  EXPECT_NE(msg.find("the base model"), std::string::npos) << msg;
+  // --fresh refuses the existing run; a harmless change (more steps, other logging) resumes.
+  EXPECT_NE(error_of([&] { Trainer(Recipe::load(s.dir.file("r.yaml")), ResumeOptions{true, ""}); }).find("already holds a run"),
+            std::string::npos);
+}
+
+TEST(Checkpoint, InterruptedWritesAreNeverLoadedAndPruningKeepsTheNewest) {
+  TempDir d;
+  CheckpointData data{{{"w", at::ones({2})}}, {{"w.exp_avg", at::zeros({2})}}, "{}"};
+  for (int64_t step : {1, 2, 3}) save_checkpoint(d.path(), step, data, 2);
+  auto all = list_checkpoints(d.path());
+  ASSERT_EQ(all.size(), 2u);
+  EXPECT_EQ(fs::path(all.back()).filename(), "step_00000003");
+  // Crash before the rename, and crash between the rename and DONE.
+  fs::create_directories(d.file("checkpoints/.tmp_step_00000004"));
+  fs::create_directories(d.file("checkpoints/step_00000005"));
+  test::write_bytes(d.file("checkpoints/step_00000005/trainable.safetensors"), "partial");
+  EXPECT_EQ(fs::path(latest_checkpoint(d.path()).value()).filename(), "step_00000003");
+  EXPECT_NE(error_of([&] { load_checkpoint(d.file("checkpoints/step_00000005")); }).find("no DONE marker"), std::string::npos);
+  // A failing write (the run folder turned into a file) keeps the previous checkpoint valid.
+  TempDir e;
+  save_checkpoint(e.path(), 1, data, 2);
+  fs::remove_all(e.file("checkpoints/step_00000001"));
+  test::write_bytes(e.file("checkpoints/.tmp_step_00000002"), "a file in the way");
+  fs::permissions(e.file("checkpoints"), fs::perms::owner_read | fs::perms::owner_exec);
+  if (::geteuid() != 0) {  // root ignores permissions
+    EXPECT_NE(error_of([&] { save_checkpoint(e.path(), 2, data, 2); }).find("cannot"), std::string::npos);
+  }
+  fs::permissions(e.file("checkpoints"), fs::perms::owner_all);
 }

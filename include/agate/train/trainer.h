@@ -20,26 +20,36 @@ struct TrainPlan {
   std::string describe() const;     // a human-readable table
 };
 
+struct ResumeOptions {
+  bool fresh = false;        // refuse to touch a run folder that already holds a run
+  std::string resume_from;   // a checkpoint folder; empty = the newest complete one, if any
+};
+
 struct TrainSummary {
   int64_t steps = 0;
   double train_loss = 0, val_loss = -1, val_base_loss = -1, keep = 1, tokens_per_s = 0;
   int64_t skipped_steps = 0;
+  int64_t resumed_from = -1;  // step of the checkpoint resumed from, -1 if none
+  bool preempted = false;     // stopped by SIGTERM/SIGINT after writing a checkpoint
 };
 
 class Trainer {
  public:
   // Loads and validates everything the run needs (model, data, output folder) before any
   // training work; throws agate::Error with file:line and a hint on bad recipes.
-  explicit Trainer(const Recipe& recipe);
+  explicit Trainer(const Recipe& recipe, ResumeOptions resume = {});
   ~Trainer();
 
   TrainPlan plan() const;
-  // Trains for train.steps steps, validating every eval.every steps; writes the run folder.
+  // Trains up to train.steps, resuming from a checkpoint as ResumeOptions say, validating
+  // every eval.every steps, checkpointing every checkpoint.every_steps and at the end; stops
+  // early (after a checkpoint) on SIGTERM/SIGINT.
   TrainSummary run();
 
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
+  ResumeOptions resume_;
 };
 
 }  // namespace agate
