@@ -90,6 +90,17 @@ std::vector<std::string> Args::get_all(const std::string& name) const {
   return it == all_values_.end() ? std::vector<std::string>{get(name)} : it->second;
 }
 
+std::vector<std::string> Args::get_list(const std::string& name) const {
+  std::vector<std::string> out;
+  for (const auto& v : get_all(name)) {
+    std::stringstream ss(v);
+    std::string item;
+    while (std::getline(ss, item, ','))
+      if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
 std::string Args::get_or(const std::string& name, const std::string& fallback) const {
   auto it = values_.find(name);
   return it != values_.end() ? it->second : fallback;

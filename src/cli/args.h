@@ -28,6 +28,8 @@ class Args {
   std::string get_or(const std::string& name, const std::string& fallback) const;
   // Every value of an option given several times (e.g. --input a --input b); throws if none.
   std::vector<std::string> get_all(const std::string& name) const;
+  // get_all, with each value also split on commas ("--input a,b --input c" -> a, b, c).
+  std::vector<std::string> get_list(const std::string& name) const;
   long long get_int(const std::string& name) const;
   double get_double(const std::string& name) const;
   bool flag(const std::string& name) const { return has(name); }

@@ -1,6 +1,5 @@
 #include <cstdio>
 #include <filesystem>
-#include <sstream>
 
 #include "agate/data/tokenize.h"
 #include "agate/data/tokenizer.h"
@@ -36,12 +35,7 @@ int cmd_tokenize(const Argv& argv) {
   if (!args.parse(argv)) return 0;
   args.expect_positionals(0);
   TokenizeOptions o;
-  for (const auto& v : args.get_all("input")) {
-    std::stringstream ss(v);
-    std::string item;
-    while (std::getline(ss, item, ','))
-      if (!item.empty()) o.inputs.push_back(item);
-  }
+  o.inputs = args.get_list("input");
   o.out = args.get("out");
   namespace fs = std::filesystem;
   if (!args.flag("force") && (fs::exists(fs::path(o.out) / "train/manifest.json") || fs::exists(fs::path(o.out) / "val/manifest.json"))) {

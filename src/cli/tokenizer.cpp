@@ -1,6 +1,5 @@
 #include <spdlog/spdlog.h>
 
-#include <sstream>
 
 #include "agate/data/tokenizer.h"
 #include "agate/util/error.h"
@@ -25,12 +24,7 @@ int cmd_tokenizer(const Argv& argv) {
   args.expect_positionals(1, "the action (train)");
   if (args.positionals()[0] != "train") throw_usage("unknown tokenizer action '" + args.positionals()[0] + "'\n" + args.usage());
   TokenizerTrainOptions o;
-  for (const auto& v : args.get_all("input")) {
-    std::stringstream ss(v);
-    std::string item;
-    while (std::getline(ss, item, ','))
-      if (!item.empty()) o.inputs.push_back(item);
-  }
+  o.inputs = args.get_list("input");
   o.out = args.get("out");
   o.vocab_size = args.get_int("vocab");
   o.model_type = args.get("model-type");

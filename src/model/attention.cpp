@@ -45,8 +45,10 @@ at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::
     at::Tensor visible = (m > 0).detach();
     at::Tensor row_max = std::get<0>(
         scores.detach().masked_fill(visible.logical_not(), -std::numeric_limits<float>::infinity()).max(-1, true));
-    // Hidden keys may score above the visible max; clamp so e stays finite (e * 0 == 0 exactly).
-    at::Tensor e = (scores - row_max).clamp_max(30.0).exp();
+    // Hidden keys may score far above the visible max. Their e only feeds the gradient w.r.t. M
+    // (forward: e * 0 == 0 exactly); capping it at the visible max (e <= 1) keeps that
+    // surrogate gradient on the scale of real attention weights instead of exp(huge).
+    at::Tensor e = (scores - row_max).clamp_max(0.0).exp();
     at::Tensor em = e * m;
     probs = em / em.sum(-1, true);
   }

@@ -1,6 +1,7 @@
 #include "agate/train/trainer.h"
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/anomaly_mode.h>
 #include <spdlog/spdlog.h>
 
 #include <unistd.h>
@@ -240,11 +241,14 @@ struct Trainer::Impl {
     p.weights_mb = p.parameters * wb / 1e6;
     p.optimizer_mb = p.trainable * 4.0 * 3 / 1e6;  // grad + Adam m, v (float32)
     // Saved activations per micro-batch: per layer and token, ~ (6D + 3I + 2(H + 2Hkv)hd)
-    // values in the compute dtype + 2 T H float32 attention maps; logits 3 x V float32.
+    // values in the compute dtype + T H float32 attention maps; logits 3 x V float32.
     const double B = static_cast<double>(micro_batch), T = static_cast<double>(seq_len);
     const double D = c.hidden_size, I = c.intermediate_size, hd = c.head_dim, H = c.num_attention_heads,
                  Hkv = c.num_key_value_heads;
-    double per_layer = B * T * ((6 * D + 3 * I + 2 * (H + 2 * Hkv) * hd) * wb + 2 * T * H * 4);
+    // Attention maps kept for backward: scores and probabilities (float32); the gated path
+    // also keeps the mask, e and e * M.
+    const double maps = gates ? 5 : 2;
+    double per_layer = B * T * ((6 * D + 3 * I + 2 * (H + 2 * Hkv) * hd) * wb + maps * T * H * 4);
     if (gates && r.str("gate.type") == "attention") {
       const double W = r.integer("gate.heads") * r.integer("gate.head_dim");
       per_layer += B * T * (4 * W * 4 + 2 * T * r.integer("gate.heads") * 4 + 3 * T * Hkv * 4);
@@ -412,6 +416,10 @@ struct Trainer::Impl {
     write_file_atomic((fs::path(run_dir) / "config.resolved.yaml").string(), r.to_yaml());
     spdlog::info("run folder {}; plan:\n{}", run_dir, plan().describe());
 
+    // AGATE_DETECT_ANOMALY=1: autograd names the op that produced a NaN (slow; for debugging).
+    if (const char* a = std::getenv("AGATE_DETECT_ANOMALY"); a && std::string(a) == "1") {
+      torch::autograd::AnomalyMode::set_enabled(true);
+    }
     const int64_t steps = r.integer("train.steps");
     const bool recompute = r.boolean("train.recompute");
     AdamW optimizer(trainable, AdamWOptions{r.number("optim.lr"), r.number("optim.beta1"), r.number("optim.beta2"),
@@ -488,6 +496,12 @@ struct Trainer::Impl {
     double t_window = t_start;
 
     auto write_checkpoint = [&](int64_t step) {
+      for (const auto& [name, p] : trainable) {
+        if (!at::isfinite(p).all().item<bool>()) {
+          throw_runtime("parameter " + name + " holds NaN/inf at step " + std::to_string(step) + "; no checkpoint written",
+                        "the previous checkpoint is intact; lower optim.lr and resume from it with --resume-from");
+        }
+      }
       json rec = json::object(), keys = json::object();
       for (const auto& k : recipe_schema()) rec[k.path] = key_value(k.path);
       for (const auto& k : breaking_keys()) keys[k] = key_value(k);
@@ -495,6 +509,9 @@ struct Trainer::Impl {
       json state = {{"format", "agate-trainer-state"}, {"version", 1}, {"step", step}, {"tokens", tokens_seen},
                     {"optimizer_steps", optimizer.steps()},
                     {"cursor", {{"seed", c.seed}, {"epoch", c.epoch}, {"sample", c.sample}}},
+                    {"lr_schedule", {{"kind", r.str("optim.schedule")}, {"position", step}, {"next_lr", sched.at(step)}}},
+                    {"rng", "none: after initialisation (seeded by run.seed) training draws no random numbers; the data order is the cursor"},
+                    {"recipe_fingerprint", hex32(crc32(r.to_yaml().data(), r.to_yaml().size()))},
                     {"world_size", 1}, {"model_fingerprint", model_fingerprint()},
                     {"data_fingerprint", data_fingerprint()}, {"resume_keys", keys}, {"recipe", rec},
                     {"window", {{"n", n_window}, {"tokens", tokens_window}, {"loss", loss_window}, {"lm", lm_window},
@@ -516,6 +533,7 @@ struct Trainer::Impl {
       optimizer.zero_grad();
       double step_loss = 0, step_lm = 0, step_sp = 0, step_keep = 0;
       bool bad = false;
+      const char* bad_what = "";
       const int64_t local = batch.tokens.size(0);
       for (int64_t m0 = 0; m0 < local && !bad; m0 += micro_batch) {
         at::Tensor tok = batch.tokens.slice(0, m0, m0 + micro_batch);
@@ -544,6 +562,7 @@ struct Trainer::Impl {
         const double lv = loss.item<double>();
         if (!std::isfinite(lv)) {
           bad = true;
+          bad_what = "loss";
           break;
         }
         loss.backward();
@@ -554,14 +573,14 @@ struct Trainer::Impl {
       double gnorm = 0;
       if (!bad) {
         gnorm = clip_gradients(params_of(trainable), r.number("optim.grad_clip"));
-        if (!std::isfinite(gnorm)) bad = true;
+        if (!std::isfinite(gnorm)) bad = true, bad_what = "gradient";
       }
       tokens_seen += global_batch * seq_len;
       if (bad) {
         optimizer.zero_grad();
         summary.skipped_steps += 1;
         bad_in_row += 1;
-        spdlog::warn("step {}: non-finite loss or gradient, step skipped ({} in a row)", step + 1, bad_in_row);
+        spdlog::warn("step {}: non-finite {}, step skipped ({} in a row)", step + 1, bad_what, bad_in_row);
         record({{"step", step + 1}, {"skipped", true}, {"bad_in_row", bad_in_row}});
         if (bad_in_row >= r.integer("train.max_bad_steps")) {
           throw_runtime("the loss or gradient was NaN/infinite for " + std::to_string(bad_in_row) +

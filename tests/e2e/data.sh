@@ -14,7 +14,7 @@ for i in $(seq 1 60); do
 done >"$tmp/corpus.txt"
 printf '{"prompt": "What is the number?", "response": "It is 42."}\n{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}\n' >"$tmp/sft.jsonl"
 
-"$AGATE" tokenizer train --input "$tmp/corpus.txt" --vocab 300 --out "$tmp/tok.model" >"$tmp/o" 2>&1
+"$AGATE" tokenizer train --input "$tmp/corpus.txt" --vocab 400 --out "$tmp/tok.model" >"$tmp/o" 2>&1
 check "tokenizer train" "[[ $? == 0 && -f $tmp/tok.model ]]"
 "$AGATE" tokenize --tokenizer "$tmp/tok.model" --input "$tmp/corpus.txt" --out "$tmp/cpt" --val-fraction 0.1 >"$tmp/o" 2>&1
 check "tokenize cpt" "[[ $? == 0 ]]"

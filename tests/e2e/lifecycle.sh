@@ -60,4 +60,16 @@ check "resume after two signals" "[[ $? == 0 ]] && cmp -s $tmp/ref/trainable.saf
 
 "$AGATE" train recipes/tiny/cpt.yaml model.path="$tmp/pre/model" run.dir="$tmp/ref" data.train="$tmp/data/train" data.val="" --fresh >"$tmp/o" 2>&1
 check "--fresh refuses an existing run (exit 2)" "[[ $? == 2 ]] && grep -q 'already holds a run' $tmp/o"
+# A full disk while checkpointing: a clear error, and the previous checkpoint stays valid.
+mnt="$tmp/small"; mkdir -p "$mnt"
+if [[ $(id -u) == 0 ]] && mount -t tmpfs -o size=420k tmpfs "$mnt" 2>/dev/null; then
+  cpt "$mnt/run" >"$tmp/full.log" 2>&1; rc=$?
+  check "full disk: exit 1 with a clear error" "[[ $rc == 1 ]] && grep -qi 'no space left' $tmp/full.log"
+  cp -r "$mnt/run" "$tmp/full"; umount "$mnt"
+  check "full disk: no half-written checkpoint is listed" "[[ -z \$(ls $tmp/full/checkpoints | grep -v step_) ]] || ! ls $tmp/full/checkpoints/.tmp_* >/dev/null 2>&1"
+  cpt "$tmp/full" >"$tmp/full2.log" 2>&1
+  check "full disk: the previous checkpoint resumes to the same result" "[[ $? == 0 ]] && grep -q 'resuming from' $tmp/full2.log && cmp -s $tmp/ref/trainable.safetensors $tmp/full/trainable.safetensors"
+else
+  echo "skip full-disk check (needs root and tmpfs)"
+fi
 finish lifecycle

@@ -125,7 +125,7 @@ check "--force rewrites it and removes the old shards" \
 # Decode agate's own shards to JSONL, rewrite them with write_shards.py, compare the bytes.
 for i in $(seq 1 40); do echo "The quick brown fox $i jumps over the lazy dog $((i * 31))."; echo; done >"$tmp/corpus.txt"
 printf '{"prompt": "What is the number?", "response": "It is 42."}\n{"prompt": "Hi", "response": "Hello."}\n' >"$tmp/chat.jsonl"
-"$AGATE" tokenizer train --input "$tmp/corpus.txt" --vocab 300 --out "$tmp/tok.model" >/dev/null 2>&1
+"$AGATE" tokenizer train --input "$tmp/corpus.txt" --vocab 340 --out "$tmp/tok.model" >/dev/null 2>&1
 "$AGATE" tokenize --tokenizer "$tmp/tok.model" --input "$tmp/corpus.txt" --out "$tmp/at" --val-fraction 0 >/dev/null 2>&1
 "$AGATE" tokenize --kind sft --tokenizer "$tmp/tok.model" --input "$tmp/chat.jsonl" --out "$tmp/as" --val-fraction 0 >/dev/null 2>&1
 for kind in cpt sft; do

@@ -4,6 +4,7 @@
 #include <c10/core/GradMode.h>
 #include <gtest/gtest.h>
 
+#include "../tiny_model.h"
 #include "agate/gate/gates.h"
 #include "agate/gate/losses.h"
 #include "agate/model/attention.h"
@@ -14,18 +15,7 @@ using namespace agate;
 
 namespace {
 
-ModelConfig tiny(int64_t heads = 4, int64_t kv = 2) {
-  ModelConfig c;
-  c.vocab_size = 53;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = heads;
-  c.num_key_value_heads = kv;
-  c.head_dim = 32 / heads;
-  c.initializer_range = 0.2;
-  return c;
-}
+ModelConfig tiny() { return agate::test::tiny_config(4, 2, false, 53); }
 
 at::Tensor tokens(int64_t B, int64_t T, uint64_t seed = 1) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
@@ -197,4 +187,21 @@ TEST(Losses, SparsityFormsAndLambdaWarmup) {
   at::Tensor logits2 = logits.clone();
   logits2[0][1] += 100.0;
   EXPECT_NEAR(lm_loss(logits, targets, w).item<double>(), lm_loss(logits2, targets, w).item<double>(), 1e-6);
+}
+
+// A hidden key that would dominate attention (score far above every visible key) must not
+// blow the STE gradient up: it is bounded as if the key were as strong as the strongest
+// visible one (a real run went NaN before this cap).
+TEST(Gates, SteGradientStaysBoundedWhenAHiddenKeyDominates) {
+  const int64_t T = 5;
+  at::Tensor q = at::zeros({1, 1, T, 4}), k = at::zeros({1, 1, T, 4}), v = at::randn({1, 1, T, 4});
+  q.select(3, 0).fill_(10.0);
+  k[0][0][0][0] = 100.0;  // key 0 scores 500 against every query
+  at::Tensor pos = at::arange(0, T, at::kLong);
+  at::Tensor p = at::full({1, T, 1}, 0.3).requires_grad_(true);
+  at::Tensor keep = (p.detach() > 0.5).to(at::kFloat) + p - p.detach();  // everything evicted
+  masked_attention(q, k, v, pos, pos, keep).sum().backward();
+  EXPECT_TRUE(at::isfinite(p.grad()).all().item<bool>());
+  EXPECT_LT(p.grad().abs().max().item<float>(), 100.0f);
+  EXPECT_GT(p.grad()[0][0][0].abs().item<float>(), 0.0f) << "the dominant key still asks to be kept";
 }

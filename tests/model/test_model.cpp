@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../test_util.h"
+#include "../tiny_model.h"
 #include "agate/io/safetensors.h"
 #include "agate/model/attention.h"
 #include "agate/model/config.h"
@@ -26,20 +27,7 @@ namespace {
 
 std::string fixture(const std::string& name) { return test::source_path("tests/fixtures/models/" + name); }
 
-ModelConfig tiny_config(int64_t heads = 4, int64_t kv = 2, bool tied = false) {
-  ModelConfig c;
-  c.vocab_size = 61;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = heads;
-  c.num_key_value_heads = kv;
-  c.head_dim = 32 / heads;
-  c.tie_word_embeddings = tied;
-  c.initializer_range = 0.2;  // large enough that attention is far from uniform
-  c.rms_norm_eps = 1e-5;
-  return c;
-}
+using agate::test::tiny_config;
 
 at::Tensor random_tokens(int64_t B, int64_t T, int64_t V, uint64_t seed) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);

@@ -15,10 +15,13 @@ namespace agate {
 //   q_pos[i] - k_pos[j] < sliding_window; then 1 if k_pos[j] == q_pos[i] (a token always sees
 //   itself) or q_pos[i] - k_pos[j] < recent_window (an evicted token stays visible until it
 //   leaves the recent window), else key_keep[j, g].
-// Attention: A_ij = e_ij M_ij / sum_k e_ik M_ik with e = exp(score - max over visible keys),
-//   score = q.k / sqrt(hd), computed in float32. With 0/1 flags the forward equals a hard mask
-//   and the gradient reaches key_keep through M; with probabilities p it equals
-//   softmax(score + log p) (the "soft" relaxation).
+// Attention: A_ij = e_ij M_ij / sum_k e_ik M_ik with e = exp(min(score - max over visible
+//   keys, 0)), score = q.k / sqrt(hd), computed in float32 (float64 stays float64). With 0/1
+//   flags the forward equals a hard mask and the gradient reaches key_keep through M, as
+//   dL/dM_ij = e_ij g_ij with e capped at 1 for hidden keys (bounded: a hidden key that would
+//   dominate gets the gradient of one as strong as the strongest visible key). With
+//   probabilities p > 0 every key is visible and A equals softmax(score + log p) (the "soft"
+//   relaxation).
 // Returns [B, H, Tq, hd] in q's dtype.
 at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const at::Tensor& q_pos, const at::Tensor& k_pos,
