@@ -62,6 +62,11 @@ const std::vector<RecipeKey>& recipe_schema() {
       // checkpoint
       {"checkpoint.every_steps", "int", "0", "steps between checkpoints (0 = only the final one)"},
       {"checkpoint.keep_last", "int", "2", "complete checkpoints kept (>= 2; older ones are pruned after a new one is complete)"},
+      // dist
+      {"dist.backend", "string", "auto", "c10d backend: auto (gloo on CPU), gloo or nccl", {"auto", "gloo", "nccl"}},
+      {"dist.timeout_s", "int", "300", "seconds before a lost or hung rank fails every collective"},
+      {"dist.store", "string", "tcp", "rendezvous: tcp (TCPStore at MASTER_ADDR:MASTER_PORT) or file (a shared file)", {"tcp", "file"}},
+      {"dist.store_path", "string", "", "file store path (default: RUN_DIR/.store)"},
       // eval
       {"eval.every", "int", "50", "steps between validation runs (0 = only at the end)"},
       {"eval.batches", "int", "8", "validation batches per run"},

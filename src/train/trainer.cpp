@@ -17,6 +17,7 @@
 
 #include "agate/data/dataset.h"
 #include "agate/data/loader.h"
+#include "agate/dist/dist.h"
 #include "agate/gate/gates.h"
 #include "agate/gate/losses.h"
 #include "agate/model/llama.h"
@@ -102,9 +103,12 @@ struct Trainer::Impl {
   NamedTensors trainable;
   int64_t seq_len = 0, global_batch = 0, micro_batch = 0;
   Positions positions;  // RoPE tables of the current sequence length
+  LaunchEnv env;
+  std::unique_ptr<ProcessGroup> pg;  // created by run(); a dry run needs no peers
 
   explicit Impl(const Recipe& recipe) : r(recipe) {
-    configure_threads(static_cast<int>(r.integer("run.threads")));
+    env = detect_launch_env();
+    configure_threads(static_cast<int>(r.integer("run.threads")), env.local_world);
     pretrain = r.str("train.mode") == "pretrain";
     run_dir = r.str("run.dir");
     validate();
@@ -295,8 +299,10 @@ struct Trainer::Impl {
     DataLoader loader(*val_data, o, {12345, 0, 0});
     double loss_sum = 0, count_sum = 0, keep_sum = 0;
     const int64_t n = std::min<int64_t>(r.integer("eval.batches"), loader.batches_per_epoch());
+    const int rank = pg ? pg->rank() : 0, world = pg ? pg->world() : 1;
     for (int64_t b = 0; b < n; ++b) {
       Batch batch = loader.next();
+      if (b % world != rank) continue;  // ranks split the validation batches
       at::Tensor inputs = batch.tokens.slice(1, 0, seq_len), targets = batch.tokens.slice(1, 1);
       at::Tensor w = batch.mask.slice(1, 1);
       auto [logits, keep] = forward(inputs, with_gates, false);
@@ -305,6 +311,11 @@ struct Trainer::Impl {
       loss_sum += l * count;
       count_sum += count;
       keep_sum += (with_gates && gates) ? gates->stats().flags.mean().item<double>() : 1.0;
+    }
+    if (pg) {
+      at::Tensor sums = at::tensor({loss_sum, count_sum, keep_sum}, at::kDouble);
+      pg->all_reduce_sum(sums);
+      loss_sum = sums[0].item<double>(), count_sum = sums[1].item<double>(), keep_sum = sums[2].item<double>();
     }
     return {loss_sum / std::max(count_sum, 1.0), n > 0 ? keep_sum / n : 1.0};
   }
@@ -395,7 +406,19 @@ struct Trainer::Impl {
   TrainSummary run(const ResumeOptions& resume) {
     make_dirs(run_dir);
     make_dirs((fs::path(run_dir) / "logs").string());
-    init_logging(0, (fs::path(run_dir) / "logs" / "rank_00000.log").string());
+    char log_name[32];
+    std::snprintf(log_name, sizeof(log_name), "rank_%05d.log", env.rank);
+    init_logging(env.rank, (fs::path(run_dir) / "logs" / log_name).string());
+    DistOptions dopt;
+    dopt.backend = r.str("dist.backend");
+    dopt.timeout = std::chrono::seconds(r.integer("dist.timeout_s"));
+    if (r.str("dist.store") == "file") dopt.file_store = r.str("dist.store_path").empty() ? (fs::path(run_dir) / ".store").string() : r.str("dist.store_path");
+    pg = ProcessGroup::create(env, dopt);
+    const bool lead = pg->rank() == 0;  // rank 0 writes metrics, checkpoints and outputs
+    // Every rank must hold the same base weights and the same resolved recipe.
+    const std::string fp = model_fingerprint(), yaml = r.to_yaml();
+    pg->check_same("the base weights (model fingerprint " + fp + ")", crc32(fp.data(), fp.size()));
+    pg->check_same("the resolved recipe", crc32(yaml.data(), yaml.size()));
     const std::string metrics_path = (fs::path(run_dir) / "metrics.jsonl").string();
 
     // Where to start: an explicit checkpoint, the newest complete one, or the beginning.
@@ -413,8 +436,8 @@ struct Trainer::Impl {
       }
       check_resume_compatible(st, *from);
     }
-    write_file_atomic((fs::path(run_dir) / "config.resolved.yaml").string(), r.to_yaml());
-    spdlog::info("run folder {}; plan:\n{}", run_dir, plan().describe());
+    if (lead) write_file_atomic((fs::path(run_dir) / "config.resolved.yaml").string(), r.to_yaml());
+    spdlog::info("run folder {}; {} rank(s), backend {}; plan:\n{}", run_dir, pg->world(), pg->backend(), plan().describe());
 
     // AGATE_DETECT_ANOMALY=1: autograd names the op that produced a NaN (slow; for debugging).
     if (const char* a = std::getenv("AGATE_DETECT_ANOMALY"); a && std::string(a) == "1") {
@@ -430,6 +453,8 @@ struct Trainer::Impl {
     lo.seq_len = seq_len;
     lo.global_batch = global_batch;
     lo.sft_mode = r.str("data.sft_mode");
+    lo.rank = pg->rank();
+    lo.world = pg->world();
     LoaderCursor cursor{static_cast<uint64_t>(r.integer("run.seed")), 0, 0};
 
     TrainSummary summary;
@@ -472,15 +497,22 @@ struct Trainer::Impl {
         } catch (const json::exception&) {  // a torn last line from a kill
         }
       }
-      write_file_atomic(metrics_path, kept);
-    } else {
+      if (lead) write_file_atomic(metrics_path, kept);
+    } else if (lead) {
       write_file_atomic(metrics_path, std::string());
     }
-    std::ofstream metrics(metrics_path, std::ios::app);
+    std::ofstream metrics;
+    if (lead) metrics.open(metrics_path, std::ios::app);
     auto record = [&](const json& j) {
+      if (!lead) return;
       metrics << j.dump() << "\n";
       metrics.flush();
     };
+    // Identical starting parameters everywhere (they are seeded alike; this makes it certain).
+    {
+      at::NoGradGuard no_grad;
+      for (auto& kv : trainable) pg->broadcast(kv.second, 0);
+    }
     DataLoader loader(*train_data, lo, cursor);
 
     const bool has_gates = gates != nullptr;
@@ -512,16 +544,19 @@ struct Trainer::Impl {
                     {"lr_schedule", {{"kind", r.str("optim.schedule")}, {"position", step}, {"next_lr", sched.at(step)}}},
                     {"rng", "none: after initialisation (seeded by run.seed) training draws no random numbers; the data order is the cursor"},
                     {"recipe_fingerprint", hex32(crc32(r.to_yaml().data(), r.to_yaml().size()))},
-                    {"world_size", 1}, {"model_fingerprint", model_fingerprint()},
+                    {"world_size", pg->world()}, {"model_fingerprint", model_fingerprint()},
                     {"data_fingerprint", data_fingerprint()}, {"resume_keys", keys}, {"recipe", rec},
                     {"window", {{"n", n_window}, {"tokens", tokens_window}, {"loss", loss_window}, {"lm", lm_window},
                                 {"sp", sp_window}, {"keep", keep_window}}},
                     {"bad_in_row", bad_in_row}, {"skipped_steps", summary.skipped_steps},
                     {"val_base_loss", summary.val_base_loss}, {"val_loss", summary.val_loss}, {"keep", summary.keep}};
-      NamedTensors opt_state = optimizer.state();
-      const std::string path = save_checkpoint(run_dir, step, {trainable, opt_state, state.dump(2) + "\n"},
-                                               r.integer("checkpoint.keep_last"));
-      spdlog::info("checkpoint {}", path);
+      if (lead) {
+        NamedTensors opt_state = optimizer.state();
+        const std::string path = save_checkpoint(run_dir, step, {trainable, opt_state, state.dump(2) + "\n"},
+                                                 r.integer("checkpoint.keep_last"));
+        spdlog::info("checkpoint {}", path);
+      }
+      pg->barrier();  // nobody moves on (or exits) before the checkpoint is complete
     };
 
     for (int64_t step = start; step < steps; ++step) {
@@ -529,7 +564,10 @@ struct Trainer::Impl {
       const double lambda = sparsity_lambda(r.number("loss.lambda"), r.integer("loss.lambda_warmup_steps"), step);
       Batch batch = loader.next();
       const at::Tensor w_all = batch.mask.slice(1, 1);
-      const double total_targets = std::max(w_all.sum().item<double>(), 1.0);
+      pg->heartbeat(step);
+      at::Tensor targets_t = at::full({1}, w_all.sum().item<double>(), at::kDouble);
+      pg->all_reduce_sum(targets_t);  // the LM loss averages over the global batch's targets
+      const double total_targets = std::max(targets_t.item<double>(), 1.0);
       optimizer.zero_grad();
       double step_loss = 0, step_lm = 0, step_sp = 0, step_keep = 0;
       bool bad = false;
@@ -542,7 +580,8 @@ struct Trainer::Impl {
         auto [logits, keep] = forward(inputs, has_gates, recompute);
         double count = 0;
         at::Tensor lm = lm_loss(logits, targets, w, &count);
-        const double share = static_cast<double>(tok.size(0)) / static_cast<double>(local);
+        // Per-rank terms are scaled so that the SUM of the ranks' gradients is the global one.
+        const double share = static_cast<double>(tok.size(0)) / static_cast<double>(global_batch);
         at::Tensor loss = lm * (count / total_targets);
         double sp_value = 0;
         if (has_gates) {
@@ -570,8 +609,17 @@ struct Trainer::Impl {
         step_lm += lm.item<double>() * (count / total_targets);
         step_sp += sp_value * share;
       }
+      // Agree on skipping: one rank's non-finite loss skips the step everywhere.
+      at::Tensor bad_t = at::full({1}, bad ? 1.0 : 0.0, at::kDouble);
+      pg->all_reduce_max(bad_t);
+      if (bad_t.item<double>() > 0 && !bad) bad = true, bad_what = "loss (on another rank)";
       double gnorm = 0;
       if (!bad) {
+        all_reduce_gradients();
+        at::Tensor parts = at::tensor({step_loss, step_lm, step_sp, step_keep}, at::kDouble);
+        pg->all_reduce_sum(parts);
+        step_loss = parts[0].item<double>(), step_lm = parts[1].item<double>();
+        step_sp = parts[2].item<double>(), step_keep = parts[3].item<double>();
         gnorm = clip_gradients(params_of(trainable), r.number("optim.grad_clip"));
         if (!std::isfinite(gnorm)) bad = true, bad_what = "gradient";
       }
@@ -621,16 +669,38 @@ struct Trainer::Impl {
         spdlog::info("validation at step {}: loss {:.4f} (ppl {:.2f}), keep {:.3f}", step + 1, vl, std::exp(vl), vk);
         record({{"step", step + 1}, {"val_loss", vl}, {"val_ppl", std::exp(vl)}, {"val_keep", vk}});
       }
-      const bool stop = StopSignals::requested();
+      at::Tensor stop_t = at::full({1}, StopSignals::requested() ? 1.0 : 0.0, at::kDouble);
+      pg->all_reduce_max(stop_t);  // Slurm signals every rank, but not at the same instant
+      const bool stop = stop_t.item<double>() > 0;
       if (last || stop || (ckpt_every > 0 && (step + 1) % ckpt_every == 0)) write_checkpoint(step + 1);
       if (stop && !last) {
-        spdlog::warn("stopped by signal {} after step {}; re-run the same command to resume", StopSignals::signal_number(), step + 1);
+        spdlog::warn("stopped by signal {} after step {}; re-run the same command to resume",
+                     StopSignals::signal_number() ? StopSignals::signal_number() : 15, step + 1);
         summary.preempted = true;
         return summary;
       }
     }
-    save_outputs(summary);
+    if (lead) save_outputs(summary);
+    pg->barrier();
     return summary;
+  }
+
+  // One flat SUM all-reduce of every trainable gradient (missing ones count as zero).
+  void all_reduce_gradients() {
+    if (pg->world() == 1) return;
+    std::vector<at::Tensor> flat;
+    for (auto& [name, p] : trainable) {
+      flat.push_back(p.grad().defined() ? p.grad().reshape({-1}) : at::zeros({p.numel()}, p.options()));
+    }
+    at::Tensor buffer = at::cat(flat);
+    pg->all_reduce_sum(buffer);
+    int64_t at = 0;
+    for (auto& [name, p] : trainable) {
+      at::Tensor g = buffer.slice(0, at, at + p.numel()).view_as(p);
+      if (p.grad().defined()) p.mutable_grad().copy_(g);
+      else p.mutable_grad() = g.clone();
+      at += p.numel();
+    }
   }
 
   void save_outputs(const TrainSummary& s) {

@@ -4,7 +4,7 @@
 namespace agate {
 
 // Sets LibTorch's intra-op threads. `requested` <= 0 means all cores divided by the number of
-// local ranks (LOCAL_WORLD_SIZE, default 1), at least 1. Returns the number set.
-int configure_threads(int requested = 0);
+// local ranks (`local_ranks`, or LOCAL_WORLD_SIZE when 0; default 1), at least 1. Returns it.
+int configure_threads(int requested = 0, int local_ranks = 0);
 
 }  // namespace agate
