@@ -1,0 +1,82 @@
+// The ragged KV cache reproduces the training-time gated forward exactly, while storing only
+// the kept entries.
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+#include <gtest/gtest.h>
+
+#include "../tiny_model.h"
+#include "agate/infer/ragged_kv_cache.h"
+#include "agate/model/llama.h"
+
+using namespace agate;
+
+namespace {
+
+// Flags by absolute position: the same decision whether a token arrives in prefill or decode.
+class TableFlags : public KeyVisibility {
+ public:
+  TableFlags(at::Tensor table, int64_t recent) : table_(std::move(table)), recent_(recent) {}
+  at::Tensor key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions) override {
+    return table_[layer].index_select(0, positions).unsqueeze(0).to(x.scalar_type());  // [1, T, Hkv]
+  }
+  int64_t recent_window() const override { return recent_; }
+
+ private:
+  at::Tensor table_;  // [L, T_total, Hkv]
+  int64_t recent_;
+};
+
+}  // namespace
+
+TEST(RaggedCache, TeacherForcedDecodingEqualsTheGatedForward) {
+  c10::NoGradGuard no_grad;
+  for (int64_t kv : {2, 1, 4}) {
+    for (int64_t recent : {0, 3}) {
+      for (bool decode_gating : {false, true}) {
+        ModelConfig c = test::tiny_config(4, kv);
+        LlamaModel m = LlamaModel::init_random(c, 21, at::kFloat);
+        const int64_t T = 20, P = 12;
+        auto gen = at::make_generator<at::CPUGeneratorImpl>(kv * 10 + recent);
+        at::Tensor table = (at::rand({2, T, kv}, gen) > 0.5).to(at::kFloat);
+        if (!decode_gating) table.slice(1, P).fill_(1.0);  // decode tokens are all kept
+        TableFlags flags(table, recent);
+        at::Tensor tokens = at::randint(0, c.vocab_size, {1, T}, gen, at::kLong);
+        ForwardOptions full;
+        full.visibility = &flags;
+        at::Tensor want = m.forward(tokens, full);
+        RaggedKVCache cache(c.num_hidden_layers);
+        ForwardOptions inc = full;
+        inc.cache = &cache;
+        std::vector<at::Tensor> got{m.forward(tokens.slice(1, 0, P), inc)};
+        for (int64_t t = P; t < T; ++t) got.push_back(m.forward(tokens.slice(1, t, t + 1), inc));
+        EXPECT_TRUE(at::allclose(at::cat(got, 1), want, 1e-4, 1e-5))
+            << "kv " << kv << " recent " << recent << " decode gating " << decode_gating;
+        // Stored = kept entries (plus evicted ones still inside the recent window).
+        int64_t kept = 0;
+        for (int64_t l = 0; l < 2; ++l)
+          for (int64_t g = 0; g < kv; ++g) {
+            int64_t n = 0;
+            for (int64_t p = 0; p < T; ++p) n += table[l][p][g].item<float>() > 0.5f || (recent > 1 && T - 1 - p < recent);
+            EXPECT_EQ(cache.entries(l, g), n) << "layer " << l << " head " << g;
+            kept += n;
+          }
+        EXPECT_EQ(cache.bytes(), kept * c.head_dim * 2 * 4);
+      }
+    }
+  }
+}
+
+TEST(RaggedCache, KeepAllIsTheFullCache) {
+  c10::NoGradGuard no_grad;
+  ModelConfig c = test::tiny_config(4, 2);
+  LlamaModel m = LlamaModel::init_random(c, 5, at::kFloat);
+  at::Tensor tokens = at::randint(0, c.vocab_size, {1, 10}, at::kLong);
+  RaggedKVCache cache(2);
+  ForwardOptions o;
+  o.cache = &cache;
+  at::Tensor a = m.forward(tokens.slice(1, 0, 6), o);
+  at::Tensor b = m.forward(tokens.slice(1, 6, 10), o);
+  EXPECT_TRUE(at::allclose(at::cat({a, b}, 1), m.forward(tokens), 1e-4, 1e-5));
+  EXPECT_EQ(cache.total_entries(), 2 * 2 * 10);
+  EXPECT_EQ(cache.bytes(), 2 * 2 * 10 * 8 * 2 * 4);
+}
