@@ -21,6 +21,8 @@ struct Command {
 const Command kCommands[] = {
     {"bench", agate::cli::cmd_bench, "micro-benchmarks: forward tokens/s, weight loading"},
     {"data", agate::cli::cmd_data, "check a token dataset, or show one of its samples"},
+    {"export", agate::cli::cmd_export, "write a run's trained gates on their own, for any inference backend"},
+    {"generate", agate::cli::cmd_generate, "generate text over the ragged KV cache, with or without gates"},
     {"init-model", agate::cli::cmd_init_model, "write a randomly initialised model in Hugging Face layout"},
     {"inspect", agate::cli::cmd_inspect, "print a model folder's config, parameter count and bytes by dtype"},
     {"score", agate::cli::cmd_score, "print the log-probability of each next token, as JSON"},

@@ -20,6 +20,7 @@
 #include "agate/dist/dist.h"
 #include "agate/gate/gates.h"
 #include "agate/gate/losses.h"
+#include "agate/model/inspect.h"
 #include "agate/model/llama.h"
 #include "agate/model/lora.h"
 #include "agate/train/adamw.h"
@@ -339,39 +340,14 @@ struct Trainer::Impl {
     return "";
   }
 
-  // Fingerprint of the base weights: config.json, every safetensors header and file size, and
-  // the data bytes (all of them up to 64 MB per file; beyond that the first and last 4 MB and
-  // 256 evenly spaced 4 KB blocks, so a 7B model is fingerprinted in well under a second).
+  // The base model's fingerprint (see weights_fingerprint); random init: config + seed.
   std::string model_fingerprint() const {
     const std::string dir = r.str("model.path");
-    uint32_t crc = 0;
-    const std::string cfg = read_file((fs::path(dir) / "config.json").string());
-    crc = crc32(cfg.data(), cfg.size(), crc);
-    if (r.integer("model.init_seed") >= 0) return hex32(crc);  // random init: config + seed (a breaking key)
-    std::vector<fs::path> files;
-    for (const auto& e : fs::directory_iterator(dir))
-      if (e.path().extension() == ".safetensors") files.push_back(e.path());
-    std::sort(files.begin(), files.end());
-    for (const auto& f : files) {
-      auto m = MappedFile::open(f.string());
-      uint64_t n = 0;
-      if (m->size() >= 8) std::memcpy(&n, m->data(), 8);
-      const size_t head = static_cast<size_t>(std::min<uint64_t>(m->size(), 8 + n));
-      crc = crc32(m->data(), head, crc);
-      const uint64_t size = m->size();
-      crc = crc32(&size, sizeof(size), crc);
-      const uint64_t body = size - head;
-      const uint8_t* data = m->data() + head;
-      if (body <= (64ull << 20)) {
-        crc = crc32(data, body, crc);
-      } else {
-        const uint64_t edge = 4ull << 20, block = 4096;
-        crc = crc32(data, edge, crc);
-        crc = crc32(data + body - edge, edge, crc);
-        for (uint64_t i = 0; i < 256; ++i) crc = crc32(data + (body - block) / 255 * i, block, crc);
-      }
+    if (r.integer("model.init_seed") >= 0) {
+      const std::string cfg = read_file((fs::path(dir) / "config.json").string());
+      return hex32(crc32(cfg.data(), cfg.size()));
     }
-    return hex32(crc);
+    return weights_fingerprint(dir);
   }
 
   std::string data_fingerprint() const {

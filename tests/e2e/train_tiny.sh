@@ -26,6 +26,18 @@ echo "     cpt: keep $keep (target 0.5), val loss $val vs base $base"
 check "keep ratio within 0.05 of target_keep" "python3 -c 'import sys; sys.exit(abs($keep - 0.5) > 0.05)'"
 check "val loss within 0.15 nats of the base model" "python3 -c 'import sys; sys.exit($val - $base > 0.15)'"
 
+"$AGATE" export "$tmp/cpt" --out "$tmp/export" >"$tmp/o" 2>&1
+check "export" "[[ $? == 0 && -f $tmp/export/gates.safetensors && -f $tmp/export/kvgate_config.json && -f $tmp/export/head_keep_ratio.tsv ]]"
+cp "$tmp/tok.model" "$tmp/pre/model/tokenizer.model"
+"$AGATE" generate --model "$tmp/pre/model" --gates "$tmp/export" --prompt "Anne walked to Bath with Emma, and" --max-new 8 --show-evictions >"$tmp/o" 2>&1
+check "generate with the exported gates" "[[ $? == 0 ]] && grep -q '^\[kv\]' $tmp/o && grep -q 'L01 H1' $tmp/o"
+"$AGATE" generate --model "$tmp/pre/model" --gates "$tmp/export" --tokenizer "$tmp/tok.model" --prompt "x" --max-new 2 --dtype bfloat16 >/dev/null 2>&1
+check "generate in bfloat16" "[[ $? == 0 ]]"
+"$AGATE" init-model --config "$tmp/base/config.json" --out "$tmp/base-random" >/dev/null 2>&1
+cp "$tmp/tok.model" "$tmp/base-random/tokenizer.model"
+"$AGATE" generate --model "$tmp/base-random" --gates "$tmp/export" --prompt x >"$tmp/o" 2>&1; rc=$?
+check "gates refuse another base model (exit 2)" "[[ $rc == 2 ]] && grep -q 'other weights' $tmp/o"
+
 printf '{"prompt": "Anne walked to Bath with", "response": "Emma, and Anne was glad."}\n%.0s' {1..40} >"$tmp/sft.jsonl"
 "$AGATE" tokenize --kind sft --tokenizer "$tmp/tok.model" --input "$tmp/sft.jsonl" --out "$tmp/sft" --val-fraction 0 >/dev/null
 "$AGATE" train recipes/tiny/sft.yaml model.path="$tmp/pre/model" run.dir="$tmp/sftrun" data.train="$tmp/sft/train" \

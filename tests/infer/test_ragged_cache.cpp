@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include "../tiny_model.h"
+#include "agate/gate/gates.h"
+#include "agate/infer/generate.h"
 #include "agate/infer/ragged_kv_cache.h"
 #include "agate/model/llama.h"
 
@@ -79,4 +81,38 @@ TEST(RaggedCache, KeepAllIsTheFullCache) {
   EXPECT_TRUE(at::allclose(at::cat({a, b}, 1), m.forward(tokens), 1e-4, 1e-5));
   EXPECT_EQ(cache.total_entries(), 2 * 2 * 10);
   EXPECT_EQ(cache.bytes(), 2 * 2 * 10 * 8 * 2 * 4);
+}
+
+TEST(Generate, KeepAllGatesReproduceTheBaseModelsTokensAndCountBytes) {
+  ModelConfig c = test::tiny_config(4, 2);
+  LlamaModel m = LlamaModel::init_random(c, 8, at::kFloat);
+  std::vector<int64_t> prompt = {1, 5, 9, 12, 33, 7, 2, 40};
+  GenerateOptions o;
+  o.max_new = 12;
+  // Reference: greedy decoding by re-running the whole sequence each step.
+  std::vector<int64_t> seq = prompt, want;
+  {
+    c10::NoGradGuard no_grad;
+    for (int i = 0; i < 12; ++i) {
+      const int64_t next = m.forward(at::tensor(seq, at::kLong).unsqueeze(0))[0][-1].argmax().item<int64_t>();
+      want.push_back(next);
+      seq.push_back(next);
+    }
+  }
+  GenerateResult plain = generate(m, nullptr, prompt, o);
+  EXPECT_EQ(plain.tokens, want);
+  GateConfig g;
+  g.heads = 2;
+  g.head_dim = 8;
+  auto gates = Gates::create(g, c, 3);
+  gates->force_flags(1);
+  GenerateResult kept = generate(m, gates.get(), prompt, o);
+  EXPECT_EQ(kept.tokens, want);
+  EXPECT_EQ(kept.kv_entries, kept.kv_entries_full);
+  // Evicting everything but the current token changes the cache size, not the bookkeeping.
+  gates->force_flags(0);
+  GenerateResult evicted = generate(m, gates.get(), prompt, o);
+  EXPECT_EQ(evicted.kv_entries, evicted.kv_entries_full - 2 * 2 * static_cast<int64_t>(prompt.size()));
+  EXPECT_EQ(evicted.kv_bytes, evicted.kv_entries * c.head_dim * 2 * 4);
+  EXPECT_EQ(evicted.kv_bytes_full, evicted.kv_entries_full * c.head_dim * 2 * 4);
 }

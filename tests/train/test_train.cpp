@@ -9,6 +9,7 @@
 
 #include "../test_util.h"
 #include "agate/data/dataset.h"
+#include "agate/infer/gate_export.h"
 #include "agate/io/safetensors.h"
 #include "agate/model/llama.h"
 #include "agate/train/checkpoint.h"
@@ -308,4 +309,35 @@ TEST(Checkpoint, InterruptedWritesAreNeverLoadedAndPruningKeepsTheNewest) {
     EXPECT_NE(error_of([&] { save_checkpoint(e.path(), 2, data, 2); }).find("cannot"), std::string::npos);
   }
   fs::permissions(e.file("checkpoints"), fs::perms::owner_all);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gate export: round trip, and a mismatched base model refused.
+TEST(Export, RoundTripsAndRefusesAnotherBaseModel) {
+  TinySetup s;
+  test::write_bytes(s.dir.file("r.yaml"), s.recipe());
+  Trainer(Recipe::load(s.dir.file("r.yaml"))).run();
+  ExportOptions o;
+  o.run_dir = s.dir.file("run");
+  o.out = s.dir.file("export");
+  const double keep = export_gates(o);
+  EXPECT_GT(keep, 0.0);
+  EXPECT_LE(keep, 1.0);
+  for (const char* f : {"gates.safetensors", "kvgate_config.json", "head_keep_ratio.tsv", "README.md"})
+    EXPECT_TRUE(fs::exists(s.dir.file(std::string("export/") + f))) << f;
+  LlamaModel base = LlamaModel::load(s.model, at::kFloat);
+  auto gates = load_gate_export(s.dir.file("export"), base, s.model);
+  SafetensorsFile trained = SafetensorsFile::open(s.dir.file("run/trainable.safetensors"));
+  for (const auto& [name, t] : gates->parameters()) EXPECT_TRUE(at::equal(t, trained.tensor(name))) << name;
+  // Same shape, other weights: refused by fingerprint. Other shape: refused naming the key.
+  LlamaModel other = LlamaModel::init_random(base.config(), 99, at::kFloat);
+  other.save(s.dir.file("other"));
+  EXPECT_NE(error_of([&] { load_gate_export(s.dir.file("export"), other, s.dir.file("other")); }).find("other weights"),
+            std::string::npos);
+  ModelConfig c = base.config();
+  c.num_key_value_heads = 4;
+  LlamaModel wide = LlamaModel::init_random(c, 1, at::kFloat);
+  wide.save(s.dir.file("wide"));
+  EXPECT_NE(error_of([&] { load_gate_export(s.dir.file("export"), wide, s.dir.file("wide")); }).find("num_key_value_heads = 2, this one has 4"),
+            std::string::npos);
 }

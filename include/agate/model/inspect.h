@@ -19,4 +19,10 @@ struct ModelSummary {
 
 ModelSummary summarize_model_folder(const std::string& dir);
 
+// Fingerprint ("0x" + 8 hex digits) of a model folder's weights: CRC-32 over config.json, every
+// safetensors header and file size, and the data (all of it up to 64 MB per file; beyond that
+// the first and last 4 MB and 256 evenly spaced 4 KB blocks, so a 7B model takes well under a
+// second). Checkpoints and gate exports record it to refuse another base model.
+std::string weights_fingerprint(const std::string& dir);
+
 }  // namespace agate

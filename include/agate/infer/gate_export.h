@@ -1,0 +1,34 @@
+// The gate export: trained gates on their own, to drop next to the unchanged base weights in
+// any compatible inference backend (DESIGN.md section 4).
+//
+//   DIR/gates.safetensors     float32, "model.layers.{i}.self_attn.kv_gate.<part>"
+//   DIR/lora.safetensors      only when the run trained LoRA (PEFT names)
+//   DIR/kvgate_config.json    format, gate type/sizes/threshold/sinks/window, the base model's
+//                             shape and weight fingerprint, provenance, measured keep ratios
+//   DIR/head_keep_ratio.tsv   layers x KV heads keep ratios
+//   DIR/README.md             a short model card
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "agate/gate/gates.h"
+#include "agate/model/llama.h"
+
+namespace agate {
+
+struct ExportOptions {
+  std::string run_dir;
+  int64_t step = -1;        // checkpoint step; -1 = the newest complete one
+  std::string out;
+  int64_t batches = 4;      // validation batches used to measure the keep ratios
+};
+
+// Writes the export; returns the measured mean keep ratio.
+double export_gates(const ExportOptions& options);
+
+// Loads an export for `base` (loaded from `base_dir`). Refuses, with a hint, a base whose
+// layers, hidden size, KV heads or head_dim differ, or whose weights fingerprint differs.
+std::unique_ptr<Gates> load_gate_export(const std::string& dir, const LlamaModel& base, const std::string& base_dir);
+
+}  // namespace agate

@@ -1,0 +1,81 @@
+#include "agate/infer/generate.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+
+#include "agate/gate/gates.h"
+#include "agate/infer/ragged_kv_cache.h"
+#include "agate/model/llama.h"
+#include "agate/util/error.h"
+#include "agate/util/timer.h"
+
+namespace agate {
+
+namespace {
+
+// logits: [V] float32 -> next id (greedy, or temperature + top-p sampling).
+int64_t pick(const at::Tensor& logits, const GenerateOptions& o, at::Generator& gen) {
+  if (o.temperature <= 0) return logits.argmax().item<int64_t>();
+  at::Tensor probs = at::softmax(logits / o.temperature, -1);
+  if (o.top_p < 1.0) {
+    auto [sorted, idx] = probs.sort(-1, /*descending=*/true);
+    at::Tensor cum = sorted.cumsum(-1);
+    at::Tensor drop = (cum - sorted) > o.top_p;  // keep the smallest prefix reaching top_p
+    sorted.masked_fill_(drop, 0.0);
+    probs = at::zeros_like(probs).scatter_(0, idx, sorted);
+  }
+  return at::multinomial(probs, 1, false, gen).item<int64_t>();
+}
+
+}  // namespace
+
+GenerateResult generate(const LlamaModel& model, Gates* gates, const std::vector<int64_t>& prompt,
+                        const GenerateOptions& o) {
+  if (prompt.empty()) throw_usage("generate needs a prompt of at least one token");
+  if (o.max_new < 0) throw_usage("--max-new must be >= 0");
+  if (o.top_p <= 0 || o.top_p > 1) throw_usage("--top-p must be in (0, 1]");
+  c10::InferenceMode guard;
+  const ModelConfig& c = model.config();
+  RaggedKVCache cache(c.num_hidden_layers);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(o.seed);
+  GenerateResult res;
+  res.prompt_tokens = static_cast<int64_t>(prompt.size());
+
+  ForwardOptions prefill;
+  prefill.cache = &cache;
+  prefill.visibility = gates;
+  const double t0 = now_seconds();
+  at::Tensor logits = model.forward(at::tensor(prompt, at::kLong).unsqueeze(0), prefill);  // [1, T, V]
+  res.prefill_tokens_per_s = static_cast<double>(prompt.size()) / std::max(now_seconds() - t0, 1e-9);
+  // What each layer/head kept of the prompt.
+  res.kept.assign(static_cast<size_t>(c.num_hidden_layers),
+                  std::vector<std::vector<bool>>(static_cast<size_t>(c.num_key_value_heads),
+                                                 std::vector<bool>(prompt.size(), false)));
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+    for (int64_t g = 0; g < c.num_key_value_heads; ++g)
+      for (int64_t p : cache.positions(l, g)) res.kept[l][g][static_cast<size_t>(p)] = true;
+
+  ForwardOptions decode;
+  decode.cache = &cache;  // decode tokens are all kept
+  const double t1 = now_seconds();
+  at::Tensor last = logits[0][-1].to(at::kFloat);
+  for (int64_t i = 0; i < o.max_new; ++i) {
+    const int64_t next = pick(last, o, gen);
+    res.tokens.push_back(next);
+    if (std::find(o.stop_ids.begin(), o.stop_ids.end(), next) != o.stop_ids.end()) break;
+    if (i + 1 == o.max_new) break;
+    last = model.forward(at::full({1, 1}, next, at::kLong), decode)[0][-1].to(at::kFloat);
+  }
+  const double dt = now_seconds() - t1;
+  res.decode_tokens_per_s = res.tokens.empty() ? 0 : static_cast<double>(res.tokens.size()) / std::max(dt, 1e-9);
+  res.kv_entries = cache.total_entries();
+  res.kv_entries_full = cache.length() * c.num_hidden_layers * c.num_key_value_heads;
+  const int64_t per_entry = c.head_dim * 2 * (model.dtype() == at::kBFloat16 ? 2 : 4);
+  res.kv_bytes = cache.bytes();
+  res.kv_bytes_full = res.kv_entries_full * per_entry;
+  return res;
+}
+
+}  // namespace agate
