@@ -1,5 +1,6 @@
 #include <cstdio>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 
 #include "agate/data/tokenizer.h"
 #include "agate/gate/gates.h"
@@ -66,6 +67,8 @@ int cmd_generate(const Argv& argv) {
              {"seed", "N", "sampling seed", "0"},
              {"dtype", "NAME", "compute dtype: float32 or bfloat16", "float32"},
              {"show-evictions", "", "draw which prompt tokens each layer/head kept", ""},
+             {"gate-decode", "", "also gate generated tokens (default: every generated token is kept)", ""},
+             {"flags-out", "FILE", "write the prompt's keep flags as JSON {tokens, kept[layer][kv_head][token]}", ""},
              {"threads", "N", "intra-op threads (0 = all cores)", "0"}});
   if (!args.parse(argv)) return 0;
   args.expect_positionals(0);
@@ -86,6 +89,7 @@ int cmd_generate(const Argv& argv) {
   o.top_p = args.get_double("top-p");
   o.seed = static_cast<uint64_t>(args.get_int("seed"));
   if (tok->eos_id() >= 0) o.stop_ids.push_back(tok->eos_id());
+  o.gate_decode = args.flag("gate-decode");
   GenerateResult r = generate(model, gates.get(), prompt, o);
   std::vector<int32_t> out(r.tokens.begin(), r.tokens.end());
   if (!out.empty() && out.back() == tok->eos_id()) out.pop_back();
@@ -96,6 +100,19 @@ int cmd_generate(const Argv& argv) {
               r.kv_bytes / 1e6, r.kv_bytes_full / 1e6, (long long)r.prompt_tokens, r.prefill_tokens_per_s,
               r.tokens.size(), r.decode_tokens_per_s);
   if (args.flag("show-evictions")) show_evictions(r, *tok, prompt);
+  if (args.has("flags-out")) {
+    nlohmann::json j = {{"tokens", prompt}, {"kept", nlohmann::json::array()}};
+    for (const auto& l : r.kept) {
+      nlohmann::json layer = nlohmann::json::array();
+      for (const auto& h : l) {
+        nlohmann::json row = nlohmann::json::array();
+        for (bool k : h) row.push_back(k ? 1 : 0);
+        layer.push_back(row);
+      }
+      j["kept"].push_back(layer);
+    }
+    write_file_atomic(args.get("flags-out"), j.dump() + "\n");
+  }
   return 0;
 }
 

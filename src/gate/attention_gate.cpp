@@ -36,16 +36,37 @@ class AttentionGates : public Gates {
     at::Tensor q = Rope::apply(at::linear(x, L.wq).view({B, T, H, d}), cos, sin).transpose(1, 2).contiguous();
     at::Tensor k = Rope::apply(at::linear(x, L.wk).view({B, T, H, d}), cos, sin).transpose(1, 2).contiguous();
     at::Tensor v = at::linear(x, L.wv).view({B, T, H, d}).transpose(1, 2).contiguous();
-    at::Tensor z = masked_attention(q, k, v, positions, positions, at::Tensor());  // [B, H, T, d]
+    at::Tensor k_pos = positions;
+    if (cache_on_) {  // attend over the sequence's earlier tokens too
+      Cached& c = cache_[static_cast<size_t>(layer)];
+      if (c.k.defined()) {
+        k = at::cat({c.k, k}, 2);
+        v = at::cat({c.v, v}, 2);
+        k_pos = at::cat({c.pos, positions});
+      }
+      c.k = k.detach(), c.v = v.detach(), c.pos = k_pos;
+    }
+    at::Tensor z = masked_attention(q, k, v, positions, k_pos, at::Tensor());  // [B, H, T, d]
     z = z.transpose(1, 2).reshape({B, T, H * d});
     return at::sigmoid(at::linear(z, L.ws, L.bs));  // [B, T, Hkv]
   }
 
  private:
+  void set_decode_cache(bool on) override {
+    cache_on_ = on;
+    reset_decode_cache();
+  }
+  void reset_decode_cache() override { cache_.assign(layers_.size(), Cached{}); }
+
   struct Layer {
     at::Tensor wq, wk, wv, ws, bs;
   };
+  struct Cached {
+    at::Tensor k, v, pos;  // [B, H', T, d'], [T]
+  };
   std::vector<Layer> layers_;
+  std::vector<Cached> cache_;
+  bool cache_on_ = false;
   Rope rope_;
 };
 

@@ -43,7 +43,9 @@ at::Tensor Gates::key_keep(int64_t layer, const at::Tensor& x, const at::Tensor&
   if (static_cast<int64_t>(layer_flags_.size()) <= layer) {
     layer_flags_.resize(static_cast<size_t>(layer) + 1);
     layer_surrogate_.resize(static_cast<size_t>(layer) + 1);
+    layer_hard_.resize(static_cast<size_t>(layer) + 1);
   }
+  layer_hard_[static_cast<size_t>(layer)] = flags.detach();
   layer_flags_[static_cast<size_t>(layer)] = flags.mean(at::IntArrayRef{0, 1});
   layer_surrogate_[static_cast<size_t>(layer)] = keep.mean();
   return keep;
@@ -67,9 +69,14 @@ at::Tensor Gates::surrogate(int64_t layer) const {
   return layer < static_cast<int64_t>(layer_surrogate_.size()) ? layer_surrogate_[static_cast<size_t>(layer)] : at::Tensor();
 }
 
+at::Tensor Gates::flags(int64_t layer) const {
+  return layer < static_cast<int64_t>(layer_hard_.size()) ? layer_hard_[static_cast<size_t>(layer)] : at::Tensor();
+}
+
 void Gates::reset_stats() {
   layer_flags_.clear();
   layer_surrogate_.clear();
+  layer_hard_.clear();
 }
 
 void Gates::load(const NamedTensors& values, const std::string& source) {

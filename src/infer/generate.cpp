@@ -43,6 +43,7 @@ GenerateResult generate(const LlamaModel& model, Gates* gates, const std::vector
   GenerateResult res;
   res.prompt_tokens = static_cast<int64_t>(prompt.size());
 
+  if (gates) gates->set_decode_cache(o.gate_decode);
   ForwardOptions prefill;
   prefill.cache = &cache;
   prefill.visibility = gates;
@@ -53,12 +54,16 @@ GenerateResult generate(const LlamaModel& model, Gates* gates, const std::vector
   res.kept.assign(static_cast<size_t>(c.num_hidden_layers),
                   std::vector<std::vector<bool>>(static_cast<size_t>(c.num_key_value_heads),
                                                  std::vector<bool>(prompt.size(), false)));
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    at::Tensor f = gates ? gates->flags(l) : at::Tensor();  // [1, T, Hkv]
     for (int64_t g = 0; g < c.num_key_value_heads; ++g)
-      for (int64_t p : cache.positions(l, g)) res.kept[l][g][static_cast<size_t>(p)] = true;
+      for (size_t p = 0; p < prompt.size(); ++p)
+        res.kept[l][g][p] = !f.defined() || f[0][static_cast<int64_t>(p)][g].item<float>() > 0.5f;
+  }
 
   ForwardOptions decode;
-  decode.cache = &cache;  // decode tokens are all kept
+  decode.cache = &cache;
+  if (o.gate_decode) decode.visibility = gates;  // else every decoded token is kept
   const double t1 = now_seconds();
   at::Tensor last = logits[0][-1].to(at::kFloat);
   for (int64_t i = 0; i < o.max_new; ++i) {
@@ -75,6 +80,7 @@ GenerateResult generate(const LlamaModel& model, Gates* gates, const std::vector
   const int64_t per_entry = c.head_dim * 2 * (model.dtype() == at::kBFloat16 ? 2 : 4);
   res.kv_bytes = cache.bytes();
   res.kv_bytes_full = res.kv_entries_full * per_entry;
+  if (gates) gates->set_decode_cache(false);
   return res;
 }
 

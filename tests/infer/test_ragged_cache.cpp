@@ -116,3 +116,36 @@ TEST(Generate, KeepAllGatesReproduceTheBaseModelsTokensAndCountBytes) {
   EXPECT_EQ(evicted.kv_bytes, evicted.kv_entries * c.head_dim * 2 * 4);
   EXPECT_EQ(evicted.kv_bytes_full, evicted.kv_entries_full * c.head_dim * 2 * 4);
 }
+
+// Real gates, decode-time gating on: token-by-token decoding over the ragged cache (the gate
+// using its own cache) equals the full gated forward of the training path.
+TEST(RaggedCache, DecodeTimeGatingWithRealGatesEqualsTheGatedForward) {
+  c10::NoGradGuard no_grad;
+  for (const char* type : {"attention", "mlp"}) {
+    ModelConfig c = test::tiny_config(4, 2);
+    LlamaModel m = LlamaModel::init_random(c, 31, at::kFloat);
+    GateConfig g;
+    g.type = type;
+    g.heads = 2;
+    g.head_dim = 8;
+    g.init_bias = 0.0;  // a mix of kept and evicted tokens
+    g.init_std = 0.5;
+    g.sink_tokens = 1;
+    auto gates = Gates::create(g, c, 4);
+    at::Tensor tokens = at::randint(0, c.vocab_size, {1, 18}, at::kLong);
+    ForwardOptions full;
+    full.visibility = gates.get();
+    at::Tensor want = m.forward(tokens, full);
+    const double kept = gates->stats().flags.mean().item<double>();
+    EXPECT_GT(kept, 0.05) << type;
+    EXPECT_LT(kept, 0.95) << type;
+    gates->set_decode_cache(true);
+    RaggedKVCache cache(c.num_hidden_layers);
+    ForwardOptions inc = full;
+    inc.cache = &cache;
+    std::vector<at::Tensor> got{m.forward(tokens.slice(1, 0, 7), inc)};
+    for (int64_t t = 7; t < 18; ++t) got.push_back(m.forward(tokens.slice(1, t, t + 1), inc));
+    EXPECT_TRUE(at::allclose(at::cat(got, 1), want, 1e-4, 1e-5)) << type;
+    EXPECT_LT(cache.total_entries(), 2 * 2 * 18) << "decode tokens were evicted too";
+  }
+}

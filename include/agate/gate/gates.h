@@ -57,7 +57,15 @@ class Gates : public KeyVisibility {
   KeepStats stats() const;
   // The differentiable keep surrogate of one layer's last run (undefined if it has not run).
   at::Tensor surrogate(int64_t layer) const;
+  // The hard flags of one layer's last run: [B, T, Hkv] float 0/1 (sinks included), detached.
+  at::Tensor flags(int64_t layer) const;
   void reset_stats();
+  // Decode-time gating: with the cache on, probabilities() for new tokens sees the earlier
+  // tokens of the sequence too (the attention gate keeps its own small K/V cache), so tokens
+  // can arrive one at a time. reset_decode_cache() starts a new sequence.
+  virtual void set_decode_cache(bool on) { (void)on; }
+  virtual void reset_decode_cache() {}
+
   // Forces every flag to `value` (0 or 1) for tests and ablations; -1 turns forcing off.
   void force_flags(int value) { forced_ = value; }
 
@@ -76,6 +84,7 @@ class Gates : public KeyVisibility {
  private:
   std::vector<at::Tensor> layer_flags_;      // per layer [Hkv]
   std::vector<at::Tensor> layer_surrogate_;  // per layer scalar
+  std::vector<at::Tensor> layer_hard_;       // per layer [B, T, Hkv]
   int forced_ = -1;
 };
 

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The gate export read by another program: tools/kvgate_reference.py (plain PyTorch on top of
+# tools/llama_reference.py) recomputes, from the export folder and the base model alone, the
+# keep flags per (layer, KV head, prompt token) that `agate generate --gates` uses, for both
+# gate types (attention; mlp with a recent window). Needs the Debian python3-torch.
+set -uo pipefail
+AGATE=$1; SRC=$2
+PY=/usr/bin/python3
+if ! "$PY" -c "import torch" >/dev/null 2>&1; then echo "skip: no python3-torch"; exit 0; fi
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+source "$SRC/tests/e2e/lib/common.bash"
+cd "$SRC"
+make_tiny_setup "$AGATE" "$tmp"
+check "tiny corpus, tokenizer and datasets" "[[ $? == 0 && -f $tmp/data/train/manifest.json ]]"
+common="data.train=$tmp/data/train data.val=$tmp/data/val data.seq_len=64 train.log_every=50"
+
+"$AGATE" train recipes/tiny/pretrain.yaml $common model.path="$tmp/base" run.dir="$tmp/pre" \
+  train.steps=40 optim.lr=1e-2 eval.every=40 >"$tmp/o" 2>&1
+check "pretrain runs" "[[ $? == 0 && -f $tmp/pre/model/model.safetensors ]]"
+cp "$tmp/tok.model" "$tmp/pre/model/tokenizer.model"
+prompt="Anne walked to Bath with Emma, and Anne was glad. Henry dined at Norland with Jane, and Henry was glad. Fanny wrote to London with Edward, and Fanny was glad. Harriet spoke of Kellynch with Frank, and Harriet was"
+
+# same TYPE NAME [OVERRIDES]: train gates, export, and compare agate's flags with the tool's.
+same() {
+  local type=$1 name=$2; shift 2
+  "$AGATE" train recipes/tiny/cpt.yaml $common model.path="$tmp/pre/model" run.dir="$tmp/$name" \
+    gate.type="$type" gate.init_bias=0.5 train.steps=30 optim.lr=1e-2 loss.lambda_warmup_steps=0 loss.target_keep=0.3 \
+    eval.every=30 eval.batches=2 "$@" >"$tmp/o" 2>&1
+  check "$name: gates train" "[[ $? == 0 ]]"
+  "$AGATE" export "$tmp/$name" --out "$tmp/$name-export" --batches 2 >"$tmp/o" 2>&1
+  check "$name: export" "[[ $? == 0 && -f $tmp/$name-export/gates.safetensors ]]"
+  "$AGATE" generate --model "$tmp/pre/model" --gates "$tmp/$name-export" --prompt "$prompt" --max-new 1 \
+    --flags-out "$tmp/$name-a.json" >"$tmp/o" 2>&1
+  check "$name: agate generate --flags-out" "[[ $? == 0 && -s $tmp/$name-a.json ]]"
+  local ids
+  ids=$("$PY" -c "import json, sys; print(','.join(map(str, json.load(open(sys.argv[1]))['tokens'])))" "$tmp/$name-a.json")
+  "$PY" tools/kvgate_reference.py --model "$tmp/pre/model" --gates "$tmp/$name-export" --tokens "$ids" \
+    --out "$tmp/$name-py.json" 2>"$tmp/o"
+  check "$name: kvgate_reference.py runs" "[[ $? == 0 && -s $tmp/$name-py.json ]]"
+  [[ -s $tmp/$name-py.json ]] || cat "$tmp/o"
+  "$PY" - "$tmp/$name-a.json" "$tmp/$name-py.json" >"$tmp/cmp" <<'PY'
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+ka, kb = a["kept"], b["kept"]
+shape = lambda k: (len(k), len(k[0]), len(k[0][0]))
+if a["tokens"] != b["tokens"] or shape(ka) != shape(kb):
+    print("layout differs", shape(ka), shape(kb)); sys.exit(1)
+flat_a = [v for l in ka for h in l for v in h]
+flat_b = [v for l in kb for h in l for v in h]
+bad = sum(x != y for x, y in zip(flat_a, flat_b))
+n = len(flat_a)
+print(f"{shape(ka)} (layers, kv heads, tokens): {bad} of {n} flags differ; "
+      f"agate keeps {sum(flat_a)}, the reference {sum(flat_b)} (keep_ratio {b['keep_ratio']:.3f})")
+sys.exit(0 if bad <= 0.01 * n and 0 < sum(flat_a) < n else 1)
+PY
+  local rc=$?
+  echo "     $name: $(cat "$tmp/cmp")"
+  check "$name: flags equal (<= 1% differ), some evicted" "[[ $rc == 0 ]]"
+}
+
+same attention gate-attn
+same mlp gate-mlp gate.recent_window=4
+
+"$AGATE" init-model --config "$tmp/base/config.json" --out "$tmp/rand" >/dev/null 2>&1
+"$PY" tools/kvgate_reference.py --model "$tmp/rand" --gates "$tmp/gate-attn-export" --tokens 1,5,9 >"$tmp/o" 2>&1; rc=$?
+check "the tool refuses another base model (weights fingerprint)" "[[ $rc != 0 ]] && grep -q 'trained on base weights' $tmp/o"
+
+finish kvgate-python
