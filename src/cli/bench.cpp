@@ -10,6 +10,7 @@
 #include "agate/data/loader.h"
 #include "agate/gate/gates.h"
 #include "agate/gate/losses.h"
+#include "agate/infer/ragged_kv_cache.h"
 #include "agate/io/safetensors.h"
 #include "agate/model/llama.h"
 #include "agate/util/error.h"
@@ -142,19 +143,102 @@ int bench_train(const Args& args, int threads) {
   return 0;
 }
 
+// Random keep flags at a given ratio, by absolute position (sink: position 0 always kept).
+class RandomKeep : public KeyVisibility {
+ public:
+  RandomKeep(int64_t layers, int64_t T, int64_t Hkv, double keep, uint64_t seed) {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+    table_ = (at::rand({layers, T, Hkv}, gen) < keep).to(at::kFloat);
+    table_.select(1, 0).fill_(1.0);
+  }
+  at::Tensor key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions) override {
+    return table_[layer].index_select(0, positions).unsqueeze(0).to(x.scalar_type());
+  }
+
+ private:
+  at::Tensor table_;
+};
+
+// Decode tokens/s and KV bytes over the ragged cache at several keep ratios and context
+// lengths; and the gates' prefill overhead (fresh attention gates vs no gates).
+int bench_decode(const Args& args, int threads) {
+  c10::InferenceMode guard;
+  const std::string dtype = args.get("dtype");
+  LlamaModel model = LlamaModel::load(args.get("model"), parse_compute_dtype(dtype));
+  const ModelConfig& c = model.config();
+  const long long n_new = args.get_int("new");
+  std::vector<double> keeps;
+  for (const auto& k : args.get_list("keeps")) keeps.push_back(std::stod(k));
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(0);
+  for (long long T : parse_int_list(args.get("contexts"), "--contexts")) {
+    at::Tensor prompt = at::randint(0, c.vocab_size, {1, T}, gen, at::kLong);
+    for (double keep : keeps) {
+      RandomKeep flags(c.num_hidden_layers, T, c.num_key_value_heads, keep, 1);
+      std::vector<double> rates;
+      int64_t bytes = 0, full = 0;
+      for (int rep = 0; rep < 3; ++rep) {
+        RaggedKVCache cache(c.num_hidden_layers);
+        ForwardOptions pre;
+        pre.cache = &cache;
+        pre.visibility = &flags;
+        model.forward(prompt, pre);
+        bytes = cache.bytes();
+        full = T * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 2 * (dtype == "bfloat16" ? 2 : 4);
+        ForwardOptions dec;
+        dec.cache = &cache;
+        at::Tensor tok = at::zeros({1, 1}, at::kLong);
+        const double t0 = now_seconds();
+        for (long long i = 0; i < n_new; ++i) model.forward(tok, dec);
+        rates.push_back(n_new / (now_seconds() - t0));
+      }
+      nlohmann::json j = {{"impl", "agate"}, {"mode", "decode"}, {"dtype", dtype}, {"context", T}, {"keep", keep},
+                          {"kv_bytes", bytes}, {"kv_bytes_full", full}, {"decode_tokens_per_s", median(rates)}};
+      j.update(machine_info(threads));
+      std::cout << j.dump() << "\n";
+    }
+    // Prefill with fresh attention gates (ragged cache) against prefill without gates.
+    GateConfig g;
+    g.heads = args.get_int("gate-heads");
+    g.head_dim = args.get_int("gate-head-dim");
+    auto gates = Gates::create(g, c, 0);
+    auto prefill = [&](bool with_gates) {
+      RaggedKVCache cache(c.num_hidden_layers);
+      ForwardOptions o;
+      o.cache = &cache;
+      o.visibility = with_gates ? gates.get() : nullptr;
+      model.forward(prompt, o);
+    };
+    std::vector<double> with, without;
+    for (int rep = 0; rep < 3; ++rep) {
+      with.push_back(time_runs([&] { prefill(true); }, 1, rep == 0 ? 1 : 0)[0]);
+      without.push_back(time_runs([&] { prefill(false); }, 1, rep == 0 ? 1 : 0)[0]);
+    }
+    nlohmann::json j = {{"impl", "agate"}, {"mode", "prefill"}, {"dtype", dtype}, {"context", T},
+                        {"prefill_s_gates", median(with)}, {"prefill_s_plain", median(without)},
+                        {"gate_prefill_overhead", median(with) / median(without)}};
+    j.update(machine_info(threads));
+    std::cout << j.dump() << "\n";
+  }
+  return 0;
+}
+
 }  // namespace
 
 int cmd_bench(const Argv& argv) {
-  Args args("bench", "forward|load|train --model DIR [options] | loader --data DIR [options]",
+  Args args("bench", "forward|load|train|decode --model DIR [options] | loader --data DIR [options]",
             "Micro-benchmarks, one JSON line each (medians of --iters runs after one warm-up):\n"
             "  forward  tokens/s of a full-sequence forward (no grad) on random tokens\n"
             "  load     weight-loading time against simply reading the files' bytes\n"
             "  loader   tokens/s the streaming data loader delivers (prefetch thread on)\n"
-            "  train    gate-training step (fwd + bwd) time and its overhead over the frozen model's",
+            "  train    gate-training step (fwd + bwd) time and its overhead over the frozen model's\n"
+            "  decode   decode tokens/s and KV bytes over the ragged cache at several keep ratios",
             {{"model", "DIR", "Hugging Face model folder", ""},
              {"data", "DIR", "token dataset folder (loader)", ""},
              {"batches", "N", "batches to draw (loader)", "2000"},
              {"gate", "TYPE", "gate type (train): attention or mlp", "attention"},
+             {"contexts", "LIST", "context lengths (decode)", "256,512,1024,2048"},
+             {"keeps", "LIST", "keep ratios (decode)", "1.0,0.5,0.25"},
+             {"new", "N", "decoded tokens per measurement (decode)", "32"},
              {"gate-heads", "N", "attention gate heads (train)", "2"},
              {"gate-head-dim", "N", "attention gate head width (train)", "16"},
              {"dtype", "NAME", "compute dtype: float32 or bfloat16", "float32"},
@@ -170,7 +254,8 @@ int cmd_bench(const Argv& argv) {
   if (what == "load") return bench_load(args, threads);
   if (what == "loader") return bench_loader(args, threads);
   if (what == "train") return bench_train(args, threads);
-  throw_usage("unknown benchmark '" + what + "'\n" + args.usage(), "use forward, load, loader or train");
+  if (what == "decode") return bench_decode(args, threads);
+  throw_usage("unknown benchmark '" + what + "'\n" + args.usage(), "use forward, load, loader, train or decode");
 }
 
 }  // namespace agate::cli

@@ -1,6 +1,7 @@
 #include "agate/gate/gates.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <map>
 
@@ -32,7 +33,9 @@ at::Tensor Gates::key_keep(int64_t layer, const at::Tensor& x, const at::Tensor&
   at::Tensor flags = forced_ >= 0 ? at::full({B, T, Hkv}, static_cast<float>(forced_), p.options())
                                   : (p.detach() > config_.threshold).to(at::kFloat);
   at::Tensor keep;
-  if (forced_ >= 0) keep = flags;
+  // Without gradients (inference, validation) attention uses the hard flags whatever the
+  // estimator: that is what a KV cache can store.
+  if (forced_ >= 0 || !at::GradMode::is_enabled()) keep = flags;
   else if (config_.estimator == "ste") keep = flags + p - p.detach();  // forward: flags; backward: d/dp
   else keep = p;
   if (config_.sink_tokens > 0) {

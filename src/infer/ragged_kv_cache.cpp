@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <limits>
 
 #include "agate/model/attention.h"
@@ -62,7 +63,13 @@ at::Tensor RaggedKVCache::attend(int64_t layer, const at::Tensor& q, const at::T
     at::Tensor out;
     bool any_expiring = false;
     for (int64_t e : h.expires) any_expiring |= e != kForever && e < first + Tn - 1;
-    if (!any_expiring) {
+    const bool window_cuts = sliding_window > 0 && !kpos.empty() && first + Tn - 1 - kpos.front() >= sliding_window;
+    if (Tn == 1 && !window_cuts) {
+      // Decode fast path: one query sees every stored entry and itself; plain softmax.
+      at::Tensor sc = at::matmul(qg[0], keys.transpose(0, 1)) / std::sqrt(static_cast<double>(hd));  // [G, 1, n]
+      const auto acc = (sc.scalar_type() == at::kBFloat16 || sc.scalar_type() == at::kHalf) ? at::kFloat : sc.scalar_type();
+      out = at::matmul(at::softmax(sc, -1, acc).to(vals.scalar_type()), vals).unsqueeze(0);  // [1, G, 1, hd]
+    } else if (!any_expiring) {
       out = masked_attention(qg, keys.unsqueeze(0).unsqueeze(0), vals.unsqueeze(0).unsqueeze(0), q_pos,
                              at::tensor(kpos, long_opts), kv_keep, sliding_window, recent_window);
     } else {  // some stored entry expires within this chunk: one query at a time
