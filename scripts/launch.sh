@@ -23,18 +23,22 @@ forward() { kill -"$1" "${pids[@]}" 2>/dev/null; }
 trap 'forward TERM' TERM
 trap 'forward INT' INT
 status=0
-remaining=$n
-running=("${pids[@]}")
-while ((remaining > 0)); do
-  wait -n -p done_pid "${running[@]}"; rc=$?
-  [[ -z ${done_pid:-} ]] && continue  # a trapped signal interrupted wait
-  remaining=$((remaining - 1))
-  left=(); for p in "${running[@]}"; do [[ $p != "$done_pid" ]] && left+=("$p"); done; running=("${left[@]}")
-  if ((rc != 0 && status == 0)); then
-    status=$rc
-    echo "[launch] a rank (pid $done_pid) exited with status $rc; stopping the others" >&2
-    sleep 1; forward TERM
-  fi
-  done_pid=
+declare -A reaped=()
+# Poll (robust to stopped children and to signals arriving mid-wait): a rank is finished when
+# its process is gone or a zombie; reap it with `wait PID` to get its status.
+finished() { [[ ! -e /proc/$1 ]] || [[ $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) == Z ]]; }
+while ((${#reaped[@]} < n)); do
+  for p in "${pids[@]}"; do
+    [[ -n ${reaped[$p]:-} ]] && continue
+    finished "$p" || continue
+    wait "$p"; rc=$?
+    reaped[$p]=$rc
+    if ((rc != 0 && status == 0)); then
+      status=$rc
+      echo "[launch] a rank (pid $p) exited with status $rc; stopping the others" >&2
+      forward TERM
+    fi
+  done
+  sleep 0.2
 done
 exit $status

@@ -11,7 +11,7 @@
 #include "agate/data/loader.h"
 #include "agate/model/inspect.h"
 #include "agate/train/checkpoint.h"
-#include "agate/train/recipe.h"
+#include "agate/train/recipe_gate.h"
 #include "agate/util/error.h"
 #include "agate/util/fs.h"
 
@@ -21,20 +21,6 @@ using json = nlohmann::json;
 namespace agate {
 
 namespace {
-
-GateConfig gate_config_from(const Recipe& r) {
-  GateConfig g;
-  g.type = r.str("gate.type");
-  g.heads = r.integer("gate.heads");
-  g.head_dim = r.integer("gate.head_dim");
-  g.mlp_hidden = r.integer("gate.mlp_hidden");
-  g.threshold = r.number("gate.threshold");
-  g.estimator = r.str("gate.estimator");
-  g.sink_tokens = r.integer("gate.sink_tokens");
-  g.recent_window = r.integer("gate.recent_window");
-  g.init_bias = r.number("gate.init_bias");
-  return g;
-}
 
 json gate_json(const GateConfig& g) {
   return {{"type", g.type},           {"heads", g.heads},

@@ -25,6 +25,7 @@
 #include "agate/model/lora.h"
 #include "agate/train/adamw.h"
 #include "agate/train/checkpoint.h"
+#include "agate/train/recipe_gate.h"
 #include "agate/train/recompute.h"
 #include "agate/train/schedule.h"
 #include "agate/util/checksum.h"
@@ -148,7 +149,7 @@ struct Trainer::Impl {
     } else {
       model->set_requires_grad(false);
       if (r.str("gate.type") != "none") {
-        gates = Gates::create(gate_config(), mc, seed);
+        gates = Gates::create(gate_config_from(r), mc, seed);
         trainable.insert(trainable.end(), gates->parameters().begin(), gates->parameters().end());
       }
       if (r.integer("lora.rank") > 0) {
@@ -179,20 +180,6 @@ struct Trainer::Impl {
     if (!resume.resume_from.empty() && !fs::exists(fs::path(resume.resume_from) / "DONE")) {
       throw_input(resume.resume_from, "is not a complete checkpoint (no DONE marker)", "pick a folder under RUN_DIR/checkpoints/");
     }
-  }
-
-  GateConfig gate_config() const {
-    GateConfig g;
-    g.type = r.str("gate.type");
-    g.heads = r.integer("gate.heads");
-    g.head_dim = r.integer("gate.head_dim");
-    g.mlp_hidden = r.integer("gate.mlp_hidden");
-    g.threshold = r.number("gate.threshold");
-    g.estimator = r.str("gate.estimator");
-    g.sink_tokens = r.integer("gate.sink_tokens");
-    g.recent_window = r.integer("gate.recent_window");
-    g.init_bias = r.number("gate.init_bias");
-    return g;
   }
 
   // Checks that need no loading, so bad recipes fail before any work.

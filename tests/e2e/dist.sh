@@ -54,10 +54,11 @@ check "ranks with different recipes are refused (exit 2)" \
   "[[ $rc0 == 2 && $rc1 == 2 ]] && grep -q 'ranks disagree on the resolved recipe' $tmp/differ0.log"
 
 # A dead rank: the survivor stops within the timeout and names it.
-scripts/launch.sh 2 $(args "$tmp/dead" train.steps=400) >"$tmp/dead.log" 2>&1 &
+timeout 180 scripts/launch.sh 2 $(args "$tmp/dead" train.steps=400) >"$tmp/dead.log" 2>&1 &
 lpid=$!
 for _ in $(seq 1 200); do [[ -f $tmp/dead/logs/rank_00001.log ]] && grep -q "step 4/" "$tmp/dead/logs/rank_00000.log" 2>/dev/null && break; sleep 0.1; done
 victim=$(pgrep -f "run.dir=$tmp/dead" | while read -r p; do grep -qz '^RANK=1$' /proc/$p/environ 2>/dev/null && echo $p; done | head -1)
+check "found rank 1's process" "[[ -n '$victim' ]]"
 start=$(date +%s)
 kill -9 "$victim"
 wait $lpid; rc=$?
@@ -67,10 +68,11 @@ check "the survivor stopped within dist.timeout_s + 15 s ($elapsed s)" "[[ $elap
 check "the error names the lost rank" "grep -q 'lost rank(s) 1' $tmp/dead.log"
 
 # A hung rank (SIGSTOP): the survivor gives up after dist.timeout_s, naming it.
-scripts/launch.sh 2 $(args "$tmp/hung" train.steps=400 dist.timeout_s=8) >"$tmp/hung.log" 2>&1 &
+timeout 180 scripts/launch.sh 2 $(args "$tmp/hung" train.steps=400 dist.timeout_s=8) >"$tmp/hung.log" 2>&1 &
 lpid=$!
 for _ in $(seq 1 200); do grep -q "step 4/" "$tmp/hung/logs/rank_00000.log" 2>/dev/null && break; sleep 0.1; done
 victim=$(pgrep -f "run.dir=$tmp/hung" | while read -r p; do grep -qz '^RANK=1$' /proc/$p/environ 2>/dev/null && echo $p; done | head -1)
+check "found rank 1's process (hung case)" "[[ -n '$victim' ]]"
 start=$(date +%s)
 kill -STOP "$victim"
 for _ in $(seq 1 300); do grep -q "error: rank 0" "$tmp/hung.log" && break; sleep 0.1; done
