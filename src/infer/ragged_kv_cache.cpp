@@ -53,26 +53,28 @@ at::Tensor RaggedKVCache::attend(int64_t layer, const at::Tensor& q, const at::T
     const int64_t n_old = static_cast<int64_t>(h.pos.size());
     at::Tensor kg = k[0][g], vg = v[0][g];  // [Tn, hd]
     at::Tensor keys = n_old ? at::cat({h.k, kg}) : kg, vals = n_old ? at::cat({h.v, vg}) : vg;
-    std::vector<int64_t> kpos = h.pos;
-    for (int64_t t = 0; t < Tn; ++t) kpos.push_back(first + t);
-    // keep for masked_attention: stored entries 1 where visible to every new query (handled
-    // exactly: an old entry is visible to query i iff i <= expires), new tokens by their flag.
-    at::Tensor kv_keep = at::ones({1, n_old + Tn, 1}, at::kFloat);
-    for (int64_t t = 0; t < Tn; ++t) kv_keep[0][n_old + t][0] = fa[t][g] ? 1.0f : 0.0f;
     at::Tensor qg = q[0].slice(0, g * G, (g + 1) * G).unsqueeze(0);  // [1, G, Tn, hd]
     at::Tensor out;
-    bool any_expiring = false;
-    for (int64_t e : h.expires) any_expiring |= e != kForever && e < first + Tn - 1;
-    const bool window_cuts = sliding_window > 0 && !kpos.empty() && first + Tn - 1 - kpos.front() >= sliding_window;
+    const int64_t oldest = n_old ? h.pos.front() : first;
+    const bool window_cuts = sliding_window > 0 && first + Tn - 1 - oldest >= sliding_window;
     if (Tn == 1 && !window_cuts) {
       // Decode fast path: one query sees every stored entry and itself; plain softmax.
       at::Tensor sc = at::matmul(qg[0], keys.transpose(0, 1)) / std::sqrt(static_cast<double>(hd));  // [G, 1, n]
       const auto acc = (sc.scalar_type() == at::kBFloat16 || sc.scalar_type() == at::kHalf) ? at::kFloat : sc.scalar_type();
       out = at::matmul(at::softmax(sc, -1, acc).to(vals.scalar_type()), vals).unsqueeze(0);  // [1, G, 1, hd]
-    } else if (!any_expiring) {
+    } else {
+      std::vector<int64_t> kpos = h.pos;
+      for (int64_t t = 0; t < Tn; ++t) kpos.push_back(first + t);
+      // keep for masked_attention: stored entries 1 (their expiry is handled below), new
+      // tokens by their flag.
+      at::Tensor kv_keep = at::ones({1, n_old + Tn, 1}, at::kFloat);
+      for (int64_t t = 0; t < Tn; ++t) kv_keep[0][n_old + t][0] = fa[t][g] ? 1.0f : 0.0f;
+      bool any_expiring = false;
+      for (int64_t e : h.expires) any_expiring |= e != kForever && e < first + Tn - 1;
+      if (!any_expiring) {
       out = masked_attention(qg, keys.unsqueeze(0).unsqueeze(0), vals.unsqueeze(0).unsqueeze(0), q_pos,
                              at::tensor(kpos, long_opts), kv_keep, sliding_window, recent_window);
-    } else {  // some stored entry expires within this chunk: one query at a time
+      } else {  // some stored entry expires within this chunk: one query at a time
       std::vector<at::Tensor> rows;
       for (int64_t t = 0; t < Tn; ++t) {
         at::Tensor kk = kv_keep.clone();
@@ -82,6 +84,7 @@ at::Tensor RaggedKVCache::attend(int64_t layer, const at::Tensor& q, const at::T
                                         at::tensor(kpos, long_opts), kk, sliding_window, recent_window));
       }
       out = at::cat(rows, 2);
+      }
     }
     outs.push_back(out[0]);  // [G, Tn, hd]
     // Store the new entries: kept ones for good, evicted ones only while the recent window

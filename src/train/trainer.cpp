@@ -328,7 +328,14 @@ struct Trainer::Impl {
   }
 
   // The base model's fingerprint (see weights_fingerprint); random init: config + seed.
+  // Computed once per run (it reads the weights): resume checks and every checkpoint reuse it.
   std::string model_fingerprint() const {
+    if (model_fp_.empty()) model_fp_ = compute_model_fingerprint();
+    return model_fp_;
+  }
+  mutable std::string model_fp_;
+
+  std::string compute_model_fingerprint() const {
     const std::string dir = r.str("model.path");
     if (r.integer("model.init_seed") >= 0) {
       const std::string cfg = read_file((fs::path(dir) / "config.json").string());
@@ -506,7 +513,7 @@ struct Trainer::Impl {
                     {"cursor", {{"seed", c.seed}, {"epoch", c.epoch}, {"sample", c.sample}}},
                     {"lr_schedule", {{"kind", r.str("optim.schedule")}, {"position", step}, {"next_lr", sched.at(step)}}},
                     {"rng", "none: after initialisation (seeded by run.seed) training draws no random numbers; the data order is the cursor"},
-                    {"recipe_fingerprint", hex32(crc32(r.to_yaml().data(), r.to_yaml().size()))},
+                    {"recipe_fingerprint", hex32(crc32(yaml.data(), yaml.size()))},
                     {"world_size", pg->world()}, {"model_fingerprint", model_fingerprint()},
                     {"data_fingerprint", data_fingerprint()}, {"resume_keys", keys}, {"recipe", rec},
                     {"window", {{"n", n_window}, {"tokens", tokens_window}, {"loss", loss_window}, {"lm", lm_window},
