@@ -10,6 +10,7 @@ using Argv = std::vector<std::string>;
 
 int cmd_bench(const Argv& argv);
 int cmd_data(const Argv& argv);
+int cmd_eval(const Argv& argv);
 int cmd_export(const Argv& argv);
 int cmd_generate(const Argv& argv);
 int cmd_score(const Argv& argv);

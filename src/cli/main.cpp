@@ -21,6 +21,7 @@ struct Command {
 const Command kCommands[] = {
     {"bench", agate::cli::cmd_bench, "micro-benchmarks: forward tokens/s, weight loading"},
     {"data", agate::cli::cmd_data, "check a token dataset, or show one of its samples"},
+    {"eval", agate::cli::cmd_eval, "every eviction policy side by side at matched KV budgets (perplexity, choice, passkey)"},
     {"export", agate::cli::cmd_export, "write a run's trained gates on their own, for any inference backend"},
     {"generate", agate::cli::cmd_generate, "generate text over the ragged KV cache, with or without gates"},
     {"init-model", agate::cli::cmd_init_model, "write a randomly initialised model in Hugging Face layout"},

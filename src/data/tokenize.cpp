@@ -292,4 +292,18 @@ TokenizeSummary tokenize_corpus(const Tokenizer& tok, const TokenizeOptions& o) 
   return sum;
 }
 
+SftPair encode_sft_pair(const Tokenizer& tokenizer, const std::string& prompt, const std::string& response,
+                        const SftTemplate& sft_template, bool add_bos) {
+  TokenizeOptions o;
+  o.kind = "sft";
+  o.sft_template = sft_template;
+  o.add_bos = add_bos;
+  RawDoc d;
+  d.messages = {{"user", prompt}, {"assistant", response}};
+  const EncodedDoc e = encode(tokenizer, d, o);
+  SftPair p;
+  for (size_t i = 0; i < e.tokens.size(); ++i) (e.mask[i] ? p.target : p.context).push_back(e.tokens[i]);
+  return p;
+}
+
 }  // namespace agate

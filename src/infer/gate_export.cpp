@@ -125,6 +125,9 @@ double export_gates(const ExportOptions& o) {
                             {"tokens", state.value("tokens", 0)}, {"target_keep", r.number("loss.target_keep")},
                             {"sparsity", r.str("loss.sparsity")}, {"lambda", r.number("loss.lambda")},
                             {"data", r.str("data.train")}, {"lora_rank", r.integer("lora.rank")}}},
+              {"lora", lora_t.empty() ? json(nullptr)
+                                      : json{{"rank", r.integer("lora.rank")}, {"alpha", r.number("lora.alpha")},
+                                             {"targets", r.list("lora.targets")}}},
               {"keep_ratio", {{"mean", mean_keep}, {"measured_on_batches", measured}, {"seq_len", r.integer("data.seq_len")},
                               {"per_layer", per_layer}, {"per_layer_kv_head", per_head}}}};
   write_file_atomic((out / "kvgate_config.json").string(), cfg.dump(2) + "\n");
@@ -197,6 +200,30 @@ std::unique_ptr<Gates> load_gate_export(const std::string& dir, const LlamaModel
   for (const auto& e : f.entries()) t.push_back({e.name, f.tensor(e.name)});
   gates->load(t, f.path());
   return gates;
+}
+
+std::unique_ptr<LoraAdapters> load_lora_export(const std::string& dir, const LlamaModel& base) {
+  const fs::path file = fs::path(dir) / "lora.safetensors";
+  if (!fs::exists(file)) return nullptr;
+  const std::string cfg_path = (fs::path(dir) / "kvgate_config.json").string();
+  const json cfg = json::parse(read_file(cfg_path));
+  if (!cfg.contains("lora") || !cfg["lora"].is_object()) {
+    throw_input(cfg_path, "has lora.safetensors beside it but no \"lora\" section (an export from before agate 0.1)",
+                "re-export the run with agate export");
+  }
+  LoraConfig lc;
+  lc.rank = cfg["lora"].at("rank");
+  lc.alpha = cfg["lora"].at("alpha");
+  lc.targets = cfg["lora"].at("targets").get<std::vector<std::string>>();
+  auto lora = std::make_unique<LoraAdapters>(lc, base.config(), 0);
+  SafetensorsFile f = SafetensorsFile::open(file.string());
+  for (const auto& [name, t] : lora->parameters()) {
+    if (!f.find(name)) throw_input(file.string(), "lacks tensor " + name, "re-export the run with agate export");
+    at::Tensor src = f.tensor(name);
+    if (src.sizes() != t.sizes()) throw_input(file.string(), "tensor " + name + " has the wrong shape");
+    t.detach().copy_(src);
+  }
+  return lora;
 }
 
 }  // namespace agate

@@ -108,6 +108,23 @@ at::Tensor RaggedKVCache::attend(int64_t layer, const at::Tensor& q, const at::T
   return at::cat(outs, 0).unsqueeze(0);  // [1, H, Tn, hd]
 }
 
+void RaggedKVCache::insert(int64_t layer, const at::Tensor& k, const at::Tensor& v, const at::Tensor& keep) {
+  const int64_t Hkv = k.size(0), T = k.size(1);
+  if (keep.size(0) != T || keep.size(1) != Hkv) throw_usage("RaggedKVCache::insert: keep must be [T, Hkv]");
+  element_size_ = k.element_size();
+  auto& heads = layers_.at(static_cast<size_t>(layer));
+  if (heads.empty()) heads.resize(static_cast<size_t>(Hkv));
+  for (int64_t g = 0; g < Hkv; ++g) {
+    Head& h = heads[static_cast<size_t>(g)];
+    at::Tensor idx = keep.select(1, g).nonzero().view({-1});  // kept positions, ascending
+    at::Tensor nk = k[g].index_select(0, idx), nv = v[g].index_select(0, idx);
+    h.k = h.pos.empty() ? nk : at::cat({h.k, nk});
+    h.v = h.pos.empty() ? nv : at::cat({h.v, nv});
+    auto ia = idx.accessor<int64_t, 1>();
+    for (int64_t i = 0; i < ia.size(0); ++i) h.pos.push_back(length_ + ia[i]), h.expires.push_back(kForever);
+  }
+}
+
 int64_t RaggedKVCache::bytes() const { return total_entries() * 2 * element_size_ * (layers_.empty() || layers_[0].empty() || !layers_[0][0].k.defined() ? 0 : layers_[0][0].k.size(1)); }
 
 int64_t RaggedKVCache::entries(int64_t layer, int64_t head) const {

@@ -44,6 +44,19 @@ printf '{"prompt": "Anne walked to Bath with", "response": "Emma, and Anne was g
   data.val="$tmp/sft/train" data.seq_len=48 train.steps=10 eval.every=10 >"$tmp/o" 2>&1
 check "sft with gates + LoRA runs" "[[ $? == 0 && -f $tmp/sftrun/trainable.safetensors ]]"
 
+"$AGATE" eval --model "$tmp/pre/model" --gates "$tmp/export" --task ppl --data "$tmp/data/val" --samples 4 --context 48 \
+  --continuation 16 --window 8 --keep 1.0,0.5 --match-gate --json "$tmp/eval.json" --plot "$tmp/eval.svg" >"$tmp/o" 2>"$tmp/log"
+check "eval: every policy at matched budgets, JSON and SVG" "[[ $? == 0 ]] && grep -q '| ada-pyramid | = gate |' $tmp/o && \
+  python3 -c 'import json; d=json.load(open(\"$tmp/eval.json\")); assert len(d[\"rows\"]) == 2 + 3 * 6' && grep -q '</svg>' $tmp/eval.svg"
+"$AGATE" export "$tmp/sftrun" --out "$tmp/export-sft" >/dev/null 2>&1
+printf '{"prompt": "Anne walked to Bath with", "response": "Emma.", "depth": 0.5}\n%.0s' {1..3} >"$tmp/pk.jsonl"
+"$AGATE" eval --model "$tmp/pre/model" --gates "$tmp/export-sft" --task passkey --file "$tmp/pk.jsonl" --window 2 >"$tmp/o" 2>"$tmp/log"
+check "eval passkey with the SFT export (gates + LoRA)" "[[ $? == 0 && -f $tmp/export-sft/lora.safetensors ]] && grep -q 'depth 1/3-2/3' $tmp/o"
+"$AGATE" eval --model "$tmp/pre/model" --task ppl --data "$tmp/data/val" --samples 2 --context 16 --budget 64 >"$tmp/o" 2>&1; rc=$?
+check "eval refuses a budget above the context (exit 2)" "[[ $rc == 2 ]] && grep -q 'exceeds the context' $tmp/o"
+"$AGATE" eval --model "$tmp/pre/model" --task ppl --data "$tmp/data/val" --policies snapkv,h3o >"$tmp/o" 2>&1; rc=$?
+check "eval refuses an unknown policy (exit 2)" "[[ $rc == 2 ]] && grep -q \"unknown policy 'h3o'\" $tmp/o"
+
 printf 'model:\n  path: %s\ndata:\n  train: %s\nloss:\n  target_kep: 0.5\n' "$tmp/pre/model" "$tmp/data/train" >"$tmp/bad.yaml"
 "$AGATE" train "$tmp/bad.yaml" >"$tmp/o" 2>&1; rc=$?
 check "unknown recipe key: exit 2, file:line and a hint" "[[ $rc == 2 ]] && grep -q 'bad.yaml:6: unknown key .loss.target_kep. (hint: did you mean .loss.target_keep.?)' $tmp/o"

@@ -56,4 +56,13 @@ struct TokenizeSummary {
 // manifest last. Malformed input lines are refused with file:line.
 TokenizeSummary tokenize_corpus(const Tokenizer& tokenizer, const TokenizeOptions& opts);
 
+// One prompt/response pair encoded exactly as `tokenize --kind sft` encodes it (no truncation):
+// the context (BOS if add_bos, the user turn, the assistant prefix: mask 0) and the target (the
+// response, assistant suffix and EOS: mask 1). Evaluation scores the target after the context.
+struct SftPair {
+  std::vector<int64_t> context, target;
+};
+SftPair encode_sft_pair(const Tokenizer& tokenizer, const std::string& prompt, const std::string& response,
+                        const SftTemplate& sft_template, bool add_bos);
+
 }  // namespace agate

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "agate/gate/gates.h"
+#include "agate/model/lora.h"
 #include "agate/model/llama.h"
 
 namespace agate {
@@ -30,5 +31,8 @@ double export_gates(const ExportOptions& options);
 // Loads an export for `base` (loaded from `base_dir`). Refuses, with a hint, a base whose
 // layers, hidden size, KV heads or head_dim differ, or whose weights fingerprint differs.
 std::unique_ptr<Gates> load_gate_export(const std::string& dir, const LlamaModel& base, const std::string& base_dir);
+// The LoRA adapters trained with the gates (DIR/lora.safetensors), or null when there are none.
+// Call after load_gate_export, which checks that the export fits `base`.
+std::unique_ptr<LoraAdapters> load_lora_export(const std::string& dir, const LlamaModel& base);
 
 }  // namespace agate

@@ -25,6 +25,10 @@ class RaggedKVCache : public KVCache {
   at::Tensor attend(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                     const at::Tensor& keep, int64_t sliding_window, int64_t recent_window) override;
   void advance(int64_t n_new) override { length_ += n_new; }
+  // Stores the entries a policy chose from a full prefill of the tokens at positions
+  // [length(), length() + T): k, v [Hkv, T, hd]; keep [T, Hkv] bool. Kept entries never expire.
+  // Call for every layer, then advance(T).
+  void insert(int64_t layer, const at::Tensor& k, const at::Tensor& v, const at::Tensor& keep);
   // Bytes of stored K and V: sum over layers and heads of entries x head_dim x 2 x dtype size.
   int64_t bytes() const override;
 

@@ -1,0 +1,117 @@
+// KV-cache eviction policies: the learned gates and the training-free baselines behind one
+// interface. A policy compresses a context's prefill into a RaggedKVCache that holds, per
+// layer and KV head, only the entries it keeps; the continuation then runs over that cache.
+//
+// Budgets are entries per layer, summed over the layer's KV heads (a per-head budget C is
+// C x Hkv). Uniform policies give each head budget / Hkv (the remainder to the first heads);
+// Ada-KV's policies split the layer's budget across heads; PyramidKV's split the total across
+// layers. Every budget includes the policy's always-kept tokens (window, sinks, recent).
+//
+// Training-free policies (methods.md section 3; defaults in PolicyOptions):
+//   full          every entry
+//   streamingllm  the first `sinks` tokens + the most recent
+//   h2o           heavy hitters by causal accumulated attention (sum over every query of the
+//                 prompt that can see the key) + an equal share of recent tokens
+//   snapkv        the last `window` queries' attention, summed, GQA-reduced, pooled; top
+//                 (C - window) + the window
+//   pyramidkv     snapkv with a per-layer budget decreasing from bottom to top (beta)
+//   ada-snapkv    snapkv scores; the layer's budget split across heads (Ada-KV, floor alpha)
+//   ada-pyramid   pyramidkv's layer budgets, Ada-KV's split within each layer
+// The learned policy (gate) evicts during the prefill itself, as it was trained to.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "agate/infer/ragged_kv_cache.h"
+
+namespace agate {
+
+class LlamaModel;
+class Gates;
+class ProjectionAdapter;
+
+namespace evict {
+
+struct PolicyOptions {
+  int64_t window = 32;         // SnapKV-family observation window (always kept)
+  int64_t kernel = 7;          // 1-D pooling kernel over the scores (odd)
+  std::string pooling = "max"; // max | avg
+  std::string gqa = "mean";    // how a KV head's query group is reduced: mean | max
+  int64_t sinks = 4;           // StreamingLLM's attention sinks
+  double alpha = 0.2;          // Ada-KV's safeguard: every head gets at least alpha x the mean
+  int64_t beta = 20;           // PyramidKV: the top layer gets about mean / beta
+};
+
+// A context's full-attention prefill, per layer (post-RoPE, batch 1).
+struct PrefillRecord {
+  std::vector<at::Tensor> q;     // [H, T, hd] float32
+  std::vector<at::Tensor> k, v;  // [Hkv, T, hd] in the model's dtype
+  int64_t length() const { return k.empty() ? 0 : k[0].size(1); }
+};
+
+// A compressed context, ready for its continuation.
+struct Compressed {
+  std::unique_ptr<RaggedKVCache> cache;
+  at::Tensor last_logits;              // [V] float32: the prediction after the context
+  std::vector<int64_t> layer_entries;  // entries stored per layer right after the prefill
+  double prefill_seconds = 0;          // the context's forward
+  double select_seconds = 0;           // scoring and selection (0 for full and gate)
+};
+
+class Policy {
+ public:
+  virtual ~Policy() = default;
+  virtual std::string name() const = 0;
+  // True for the learned gates: they choose during the prefill and take no budget.
+  virtual bool learned() const { return false; }
+  // context: token ids (>= 1). layer_budgets: one per layer (ignored by full and gate).
+  virtual Compressed compress(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
+                              const std::vector<int64_t>& layer_budgets) const = 0;
+};
+
+// Training-free policies select from a full prefill.
+class ScoredPolicy : public Policy {
+ public:
+  Compressed compress(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
+                      const std::vector<int64_t>& layer_budgets) const override;
+  // Keep flags per layer, [T, Hkv] bool, with exactly the budgeted number of kept entries per
+  // layer (all of them when the budget reaches the context).
+  virtual std::vector<at::Tensor> select(const PrefillRecord& record, const std::vector<int64_t>& layer_budgets) const = 0;
+};
+
+// One of the training-free names above; throws a usage error listing them otherwise.
+std::unique_ptr<ScoredPolicy> make_policy(const std::string& name, const PolicyOptions& options);
+// The gates (not owned) as a policy.
+std::unique_ptr<Policy> gate_policy(Gates* gates);
+const std::vector<std::string>& baseline_names();  // full, streamingllm, ..., ada-pyramid
+
+// ---- the pieces, exposed for tests ----------------------------------------------------------
+
+// Runs the context with full attention, recording q, k, v per layer; returns the last logits.
+at::Tensor record_prefill(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
+                          PrefillRecord& record);
+
+// SnapKV's score of every key before the window: [Hkv, T - window] (window < T).
+at::Tensor snapkv_scores(const at::Tensor& q, const at::Tensor& k, const PolicyOptions& o);
+// H2O's causal accumulated attention of every key: [Hkv, T].
+at::Tensor h2o_scores(const at::Tensor& q, const at::Tensor& k, const PolicyOptions& o);
+
+// Splits `total` entries over `heads` as evenly as possible (the first heads get the remainder).
+std::vector<int64_t> split_even(int64_t total, int64_t heads);
+// Ada-KV: scores [Hkv, n]; `selectable` entries to place in the layer (sum over heads).
+// count_i = head i's share of the layer's top `selectable` scores; B_i = count_i (1 - alpha)
+// + alpha x selectable / Hkv, rounded by largest remainder so that sum B_i == selectable, and
+// capped at n (the overflow goes to the heads with the most room).
+std::vector<int64_t> ada_allocate(const at::Tensor& scores, int64_t selectable, double alpha);
+// PyramidKV's schedule: `total` entries over `layers`, decreasing arithmetically from the
+// bottom (max) to the top (min = mean / beta, max = 2 mean - min; when max exceeds `cap`,
+// max = cap and min = 2 mean - max), rounded by largest remainder so the sum equals `total`.
+std::vector<int64_t> pyramid_budgets(int64_t layers, int64_t total, int64_t cap, int64_t beta);
+
+}  // namespace evict
+}  // namespace agate

@@ -1,0 +1,108 @@
+#include <cstdio>
+#include <filesystem>
+
+#include "agate/data/tokenize.h"
+#include "agate/data/tokenizer.h"
+#include "agate/eval/eval.h"
+#include "agate/infer/gate_export.h"
+#include "agate/model/llama.h"
+#include "agate/util/error.h"
+#include "agate/util/fs.h"
+#include "agate/util/threads.h"
+#include "args.h"
+#include "commands.h"
+
+namespace agate::cli {
+
+int cmd_eval(const Argv& argv) {
+  Args args("eval", "--model DIR [--gates EXPORT] --task ppl|choice|passkey (--data DIR | --file F) [--keep R,.. | --budget N,.. | --match-gate]",
+            "Compresses each sample's context with every policy at the same KV budgets, scores the\n"
+            "continuation over the compressed (ragged) cache and prints a markdown table: policy,\n"
+            "keep ratio, KV bytes, the metric and its change against the full cache, samples/s and\n"
+            "the prefill + selection time against a full prefill. See README \"Evaluation\".\n"
+            "  ppl      --data TOKENS: windows of --context + --continuation tokens, perplexity\n"
+            "  choice   --file JSONL {\"context\", \"choices\", \"answer\"}: accuracy\n"
+            "  passkey  --file JSONL {\"prompt\", \"response\", \"depth\"} (tools/make_passkey.py): exact match",
+            {{"model", "DIR", "Hugging Face model folder", ""},
+             {"gates", "DIR", "gate export (agate export); its LoRA is applied to every policy", ""},
+             {"task", "NAME", "ppl | choice | passkey", ""},
+             {"data", "DIR", "token dataset (ppl)", ""},
+             {"file", "FILE", "JSONL task file (choice, passkey)", ""},
+             {"policies", "LIST", "policies to run (default: every baseline, and gate with --gates)", ""},
+             {"keep", "LIST", "keep ratios of the context, e.g. 0.5,0.25", ""},
+             {"budget", "LIST", "absolute budgets in tokens per KV head, e.g. 32,64", ""},
+             {"match-gate", "", "run every baseline at exactly the entries the gates kept, per sample and layer", ""},
+             {"samples", "N", "samples to evaluate (ppl: windows; JSONL: the first N lines, 0 = all)", "64"},
+             {"context", "N", "ppl: context tokens per window", "96"},
+             {"continuation", "N", "ppl: continuation tokens per window", "32"},
+             {"window", "N", "SnapKV-family observation window (always kept)", "32"},
+             {"kernel", "N", "SnapKV pooling kernel (odd)", "7"},
+             {"pooling", "NAME", "max | avg", "max"},
+             {"gqa", "NAME", "reduce a KV head's query group by mean | max", "mean"},
+             {"sinks", "N", "StreamingLLM sink tokens", "4"},
+             {"alpha", "A", "Ada-KV safeguard (each head gets >= alpha x the mean budget)", "0.2"},
+             {"beta", "B", "PyramidKV: top layer budget = mean / beta", "20"},
+             {"tokenizer", "FILE", "SentencePiece model (default: DIR/tokenizer.model)", ""},
+             {"template", "NAME", "SFT template for passkey: default, chatml or a JSON file", "default"},
+             {"add-bos", "", "prepend BOS to JSONL contexts (as tokenize --add-bos)", ""},
+             {"json", "FILE", "also write the results as JSON", ""},
+             {"plot", "FILE", "also write an SVG plot of the metric against keep ratio", ""},
+             {"dtype", "NAME", "compute dtype: float32 or bfloat16", "float32"},
+             {"threads", "N", "intra-op threads (0 = all cores)", "0"}});
+  if (!args.parse(argv)) return 0;
+  args.expect_positionals(0);
+  configure_threads(static_cast<int>(args.get_int("threads")));
+  const std::string model_dir = args.get("model"), task_name = args.get("task");
+  if (task_name != "ppl" && task_name != "choice" && task_name != "passkey") {
+    throw_usage("unknown task '" + task_name + "' (use ppl, choice or passkey)");
+  }
+  eval::EvalOptions o;
+  for (const auto& v : args.has("keep") ? args.get_list("keep") : std::vector<std::string>{}) o.budgets.push_back(eval::parse_budget(v, false));
+  for (const auto& v : args.has("budget") ? args.get_list("budget") : std::vector<std::string>{}) o.budgets.push_back(eval::parse_budget(v, true));
+  if (args.flag("match-gate")) o.budgets.push_back(eval::parse_budget("gate", false));
+  if (o.budgets.empty()) o.budgets.push_back(eval::parse_budget(args.has("gates") ? "gate" : "0.5", false));
+  o.policy.window = args.get_int("window");
+  o.policy.kernel = args.get_int("kernel");
+  o.policy.pooling = args.get("pooling");
+  o.policy.gqa = args.get("gqa");
+  o.policy.sinks = args.get_int("sinks");
+  o.policy.alpha = args.get_double("alpha");
+  o.policy.beta = args.get_int("beta");
+  if (o.policy.window < 1 || o.policy.sinks < 0 || o.policy.beta < 1) throw_usage("need --window >= 1, --sinks >= 0, --beta >= 1");
+  if (args.has("policies")) {
+    o.policies = args.get_list("policies");
+  } else {
+    o.policies = evict::baseline_names();
+    if (args.has("gates")) o.policies.insert(o.policies.begin(), "gate");
+  }
+  for (const auto& p : o.policies) {
+    if (p != "gate") evict::make_policy(p, o.policy);  // refuses unknown names before any work
+  }
+
+  LlamaModel model = LlamaModel::load(model_dir, parse_compute_dtype(args.get("dtype")));
+  std::unique_ptr<Gates> gates;
+  std::unique_ptr<LoraAdapters> lora;
+  if (args.has("gates")) {
+    gates = load_gate_export(args.get("gates"), model, model_dir);
+    lora = load_lora_export(args.get("gates"), model);
+  }
+  o.gates = gates.get();
+  o.adapter = lora.get();
+  const int64_t samples = args.get_int("samples");
+  eval::Task task;
+  if (task_name == "ppl") {
+    task = eval::perplexity_task(args.get("data"), args.get_int("context"), args.get_int("continuation"), samples);
+  } else {
+    auto tok = Tokenizer::load(args.get_or("tokenizer", (std::filesystem::path(model_dir) / "tokenizer.model").string()));
+    task = task_name == "choice" ? eval::choice_task(args.get("file"), *tok, args.flag("add-bos"), samples)
+                                 : eval::passkey_task(args.get("file"), *tok, SftTemplate::named(args.get("template")),
+                                                      args.flag("add-bos"), samples);
+  }
+  const eval::Report rep = eval::evaluate(model, task, o);
+  std::printf("%s", eval::markdown(rep).c_str());
+  if (args.has("json")) write_file_atomic(args.get("json"), eval::json_text(rep));
+  if (args.has("plot")) write_file_atomic(args.get("plot"), eval::svg_plot(rep));
+  return 0;
+}
+
+}  // namespace agate::cli

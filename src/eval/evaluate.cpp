@@ -1,0 +1,177 @@
+// Runs every policy over a task at each budget and scores the continuations.
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+
+#include "agate/eval/eval.h"
+#include "agate/model/llama.h"
+#include "agate/util/error.h"
+#include <spdlog/spdlog.h>
+#include "agate/util/timer.h"
+
+namespace agate::eval {
+
+namespace {
+
+struct CandidateScore {
+  double logprob = 0;  // summed over the candidate's tokens
+  bool greedy = true;  // every token is the argmax
+};
+
+// Scores `cand` after a compressed context, over a copy of its cache (the compressed cache
+// itself stays untouched for the next candidate).
+CandidateScore score(const LlamaModel& model, ProjectionAdapter* adapter, const evict::Compressed& c,
+                     const std::vector<int64_t>& cand) {
+  at::Tensor logits = c.last_logits.unsqueeze(0);  // [1, V]
+  if (cand.size() > 1) {
+    RaggedKVCache cache = *c.cache;
+    ForwardOptions fo;
+    fo.cache = &cache;
+    fo.adapter = adapter;
+    at::Tensor inputs = at::tensor(std::vector<int64_t>(cand.begin(), cand.end() - 1), at::kLong).unsqueeze(0);
+    logits = at::cat({logits, model.forward(inputs, fo)[0].to(at::kFloat)});  // [n, V]
+  }
+  at::Tensor target = at::tensor(cand, at::kLong);
+  at::Tensor lp = at::log_softmax(logits, -1).gather(1, target.unsqueeze(1));
+  CandidateScore s;
+  s.logprob = lp.sum().item<double>();
+  s.greedy = logits.argmax(-1).eq(target).all().item<bool>();
+  return s;
+}
+
+}  // namespace
+
+std::string Budget::label() const {
+  char buf[48];
+  if (kind == MatchGate) return "= gate";
+  if (kind == Tokens) std::snprintf(buf, sizeof(buf), "%lld tok", (long long)value);
+  else std::snprintf(buf, sizeof(buf), "keep %.2f", value);
+  return buf;
+}
+
+Budget parse_budget(const std::string& text, bool tokens) {
+  if (text == "gate") return {Budget::MatchGate, 0};
+  char* end = nullptr;
+  const double v = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0' || !std::isfinite(v)) throw_usage("bad budget '" + text + "' (a number, or gate)");
+  if (tokens) {
+    if (v < 1 || v != std::floor(v)) throw_usage("--budget takes whole tokens per KV head >= 1, got '" + text + "'");
+    return {Budget::Tokens, v};
+  }
+  if (v <= 0 || v > 1) throw_usage("--keep takes ratios in (0, 1], got '" + text + "'");
+  return {Budget::Keep, v};
+}
+
+Report evaluate(const LlamaModel& model, const Task& task, const EvalOptions& o) {
+  c10::InferenceMode guard;
+  const ModelConfig& mc = model.config();
+  const int64_t L = mc.num_hidden_layers, Hkv = mc.num_key_value_heads;
+  if (task.samples.empty()) throw_usage("the task has no samples");
+  const bool want_gate = std::find(o.policies.begin(), o.policies.end(), "gate") != o.policies.end();
+  bool match = false;
+  for (const Budget& b : o.budgets) match |= b.kind == Budget::MatchGate;
+  if ((want_gate || match) && !o.gates) throw_usage("the gate policy and --match-gate need --gates EXPORT");
+  int64_t shortest = INT64_MAX;
+  size_t shortest_i = 0;
+  for (size_t i = 0; i < task.samples.size(); ++i) {
+    if (static_cast<int64_t>(task.samples[i].context.size()) < shortest) shortest = task.samples[i].context.size(), shortest_i = i;
+  }
+  for (const Budget& b : o.budgets) {
+    if (b.kind == Budget::Tokens && b.value > static_cast<double>(shortest)) {
+      throw_usage("a budget of " + std::to_string(static_cast<int64_t>(b.value)) + " tokens per KV head exceeds the context of sample " +
+                      std::to_string(shortest_i) + " (" + std::to_string(shortest) + " tokens)",
+                  "use a smaller --budget, or a keep ratio with --keep");
+    }
+  }
+  std::vector<std::unique_ptr<evict::ScoredPolicy>> baselines;
+  for (const auto& name : o.policies) {
+    if (name != "gate" && name != "full") baselines.push_back(evict::make_policy(name, o.policy));
+  }
+
+  Report rep;
+  rep.task = task.name;
+  rep.samples = static_cast<int64_t>(task.samples.size());
+  rep.metric_name = task.metric == Metric::Perplexity ? "perplexity" : task.metric == Metric::Accuracy ? "accuracy" : "passkey accuracy";
+  rep.higher_is_better = task.metric != Metric::Perplexity;
+  std::vector<std::vector<int64_t>> gate_entries(task.samples.size());
+  double full_prefill = 0;
+
+  // One policy at one budget over every sample.
+  auto run = [&](const evict::Policy& p, const std::string& label, const std::function<std::vector<int64_t>(size_t)>& budgets) {
+    Row row;
+    row.policy = p.name();
+    row.budget = label;
+    double nll = 0, tokens = 0, correct = 0, keep = 0, bytes = 0, prefill = 0, seconds = 0;
+    const size_t n = task.samples.size();
+    for (size_t i = 0; i < n; ++i) {
+      const Sample& s = task.samples[i];
+      const double t0 = now_seconds();
+      evict::Compressed c = p.compress(model, o.adapter, s.context, budgets(i));
+      int64_t stored = 0;
+      for (int64_t e : c.layer_entries) stored += e;
+      keep += static_cast<double>(stored) / static_cast<double>(L * Hkv * static_cast<int64_t>(s.context.size()));
+      bytes += static_cast<double>(c.cache->bytes());
+      prefill += c.prefill_seconds + c.select_seconds;
+      if (p.learned()) gate_entries[i] = c.layer_entries;
+      bool ok = false;
+      if (task.metric == Metric::Perplexity) {
+        nll -= score(model, o.adapter, c, s.candidates[0]).logprob;
+        tokens += static_cast<double>(s.candidates[0].size());
+      } else if (task.metric == Metric::ExactMatch) {
+        ok = score(model, o.adapter, c, s.candidates[0]).greedy;
+      } else {
+        size_t best = 0;
+        double best_lp = -INFINITY;
+        for (size_t k = 0; k < s.candidates.size(); ++k) {
+          const double lp = score(model, o.adapter, c, s.candidates[k]).logprob;
+          if (lp > best_lp) best_lp = lp, best = k;
+        }
+        ok = static_cast<int64_t>(best) == s.answer;
+      }
+      correct += ok;
+      if (!s.group.empty()) {
+        auto& g = row.groups[s.group];
+        g.first += ok, g.second += 1;
+      }
+      seconds += now_seconds() - t0;
+      if ((i + 1) % std::max<size_t>(1, n / 4) == 0 || i + 1 == n) {
+        spdlog::info("eval {} {}: {}/{} samples ({:.1f} samples/s)", row.policy, label, i + 1, n, (i + 1) / seconds);
+      }
+    }
+    const double dn = static_cast<double>(n);
+    row.keep = keep / dn;
+    row.kv_bytes = bytes / dn;
+    row.metric = task.metric == Metric::Perplexity ? std::exp(nll / tokens) : correct / dn;
+    row.samples_per_s = dn / std::max(seconds, 1e-9);
+    if (row.policy == "full") full_prefill = prefill;
+    row.overhead = prefill / std::max(full_prefill, 1e-12);
+    row.delta = rep.rows.empty() ? 0 : row.metric - rep.rows.front().metric;
+    rep.rows.push_back(row);
+  };
+
+  const std::vector<int64_t> none(static_cast<size_t>(L), 0);
+  // Warm-up (allocator, thread pool, oneDNN primitives) so the first timed policy is not charged for it.
+  for (int i = 0; i < 2; ++i) evict::make_policy("full", o.policy)->compress(model, o.adapter, task.samples[0].context, none);
+  run(*evict::make_policy("full", o.policy), "-", [&](size_t) { return none; });
+  std::unique_ptr<evict::Policy> gate = o.gates ? evict::gate_policy(o.gates) : nullptr;
+  if (want_gate || match) run(*gate, "learned", [&](size_t) { return none; });
+  for (const Budget& b : o.budgets) {
+    for (const auto& p : baselines) {
+      run(*p, b.label(), [&](size_t i) {
+        if (b.kind == Budget::MatchGate) return gate_entries[i];
+        const int64_t T = static_cast<int64_t>(task.samples[i].context.size());
+        const int64_t per_layer = b.kind == Budget::Tokens ? static_cast<int64_t>(b.value) * Hkv
+                                                           : std::llround(b.value * static_cast<double>(T * Hkv));
+        return std::vector<int64_t>(static_cast<size_t>(L), per_layer);
+      });
+    }
+  }
+  if (!want_gate && match) rep.rows.erase(rep.rows.begin() + 1);  // the gate ran only to set the budgets
+  return rep;
+}
+
+}  // namespace agate::eval

@@ -1,0 +1,267 @@
+// The eviction policies: a recorded full prefill, each baseline's selection, and the gates.
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+
+#include "agate/evict/policy.h"
+#include "agate/gate/gates.h"
+#include "agate/model/attention.h"
+#include "agate/model/kv_cache.h"
+#include "agate/model/llama.h"
+#include "agate/util/error.h"
+#include "agate/util/timer.h"
+
+namespace agate::evict {
+
+namespace {
+
+// Full causal attention (the uncompressed prefill, as every baseline runs it) that records
+// each layer's queries, keys and values.
+class RecordingCache : public KVCache {
+ public:
+  explicit RecordingCache(PrefillRecord& r) : r_(r) {}
+  int64_t length() const override { return 0; }
+  at::Tensor attend(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor&,
+                    int64_t sliding_window, int64_t) override {
+    if (static_cast<size_t>(layer) != r_.k.size()) throw_usage("record_prefill: layers must arrive in order");
+    r_.q.push_back(q[0].to(at::kFloat));
+    r_.k.push_back(k[0]);
+    r_.v.push_back(v[0]);
+    at::Tensor pos = at::arange(0, q.size(2), at::kLong);
+    return masked_attention(q, k, v, pos, pos, at::Tensor(), sliding_window, 0);
+  }
+  void advance(int64_t) override {}
+  int64_t bytes() const override { return 0; }
+
+ private:
+  PrefillRecord& r_;
+};
+
+at::Tensor context_tensor(const std::vector<int64_t>& context) {
+  if (context.empty()) throw_usage("a policy needs a context of at least one token");
+  return at::tensor(context, at::kLong).unsqueeze(0);
+}
+
+// Flags [T, Hkv] with, for head g, positions `always` (a range at the end) plus the top
+// `extra[g]` of scores[g] over positions [0, n).
+at::Tensor top_plus_tail(int64_t T, const at::Tensor& scores, const std::vector<int64_t>& extra, int64_t tail) {
+  const int64_t Hkv = static_cast<int64_t>(extra.size());
+  at::Tensor f = at::zeros({T, Hkv}, at::kBool);
+  if (tail > 0) f.slice(0, T - tail, T).fill_(true);
+  for (int64_t g = 0; g < Hkv; ++g) {
+    const int64_t n = std::min(extra[static_cast<size_t>(g)], scores.size(1));
+    if (n <= 0) continue;
+    at::Tensor idx = std::get<1>(scores[g].topk(n, 0, true, true));
+    f.select(1, g).index_fill_(0, idx, true);
+  }
+  return f;
+}
+
+// Per-head budgets of a layer, each clamped to [0, T].
+std::vector<int64_t> head_budgets(int64_t layer_budget, int64_t Hkv, int64_t T) {
+  return split_even(std::clamp<int64_t>(layer_budget, 0, Hkv * T), Hkv);
+}
+
+class FullPolicy : public ScoredPolicy {
+ public:
+  std::string name() const override { return "full"; }
+  std::vector<at::Tensor> select(const PrefillRecord& r, const std::vector<int64_t>&) const override {
+    std::vector<at::Tensor> out;
+    for (const auto& k : r.k) out.push_back(at::ones({r.length(), k.size(0)}, at::kBool));
+    return out;
+  }
+};
+
+class StreamingPolicy : public ScoredPolicy {
+ public:
+  explicit StreamingPolicy(PolicyOptions o) : o_(std::move(o)) {}
+  std::string name() const override { return "streamingllm"; }
+  std::vector<at::Tensor> select(const PrefillRecord& r, const std::vector<int64_t>& budgets) const override {
+    const int64_t T = r.length();
+    std::vector<at::Tensor> out;
+    for (size_t l = 0; l < r.k.size(); ++l) {
+      const int64_t Hkv = r.k[l].size(0);
+      at::Tensor f = at::zeros({T, Hkv}, at::kBool);
+      const auto b = head_budgets(budgets.at(l), Hkv, T);
+      for (int64_t g = 0; g < Hkv; ++g) {
+        const int64_t c = b[static_cast<size_t>(g)], s = std::min(o_.sinks, c);
+        f.select(1, g).slice(0, 0, s).fill_(true);
+        f.select(1, g).slice(0, T - (c - s), T).fill_(true);
+      }
+      out.push_back(f);
+    }
+    return out;
+  }
+
+ private:
+  PolicyOptions o_;
+};
+
+class H2OPolicy : public ScoredPolicy {
+ public:
+  explicit H2OPolicy(PolicyOptions o) : o_(std::move(o)) {}
+  std::string name() const override { return "h2o"; }
+  std::vector<at::Tensor> select(const PrefillRecord& r, const std::vector<int64_t>& budgets) const override {
+    const int64_t T = r.length();
+    std::vector<at::Tensor> out;
+    for (size_t l = 0; l < r.k.size(); ++l) {
+      const int64_t Hkv = r.k[l].size(0);
+      const at::Tensor s = h2o_scores(r.q[l], r.k[l], o_);  // [Hkv, T]
+      at::Tensor f = at::zeros({T, Hkv}, at::kBool);
+      const auto b = head_budgets(budgets.at(l), Hkv, T);
+      for (int64_t g = 0; g < Hkv; ++g) {
+        // Half recent (rounded up), half heavy hitters among the older tokens (H2O's 1:1 split).
+        const int64_t c = b[static_cast<size_t>(g)], recent = c - c / 2, heavy = c / 2;
+        f.select(1, g).slice(0, T - recent, T).fill_(true);
+        if (heavy > 0) {
+          at::Tensor idx = std::get<1>(s[g].slice(0, 0, T - recent).topk(heavy, 0, true, true));
+          f.select(1, g).index_fill_(0, idx, true);
+        }
+      }
+      out.push_back(f);
+    }
+    return out;
+  }
+
+ private:
+  PolicyOptions o_;
+};
+
+// SnapKV and its relatives: SnapKV scores; layer budgets as given (or PyramidKV's schedule);
+// heads split evenly (or by Ada-KV).
+class SnapFamilyPolicy : public ScoredPolicy {
+ public:
+  SnapFamilyPolicy(std::string name, PolicyOptions o, bool pyramid, bool ada)
+      : name_(std::move(name)), o_(std::move(o)), pyramid_(pyramid), ada_(ada) {}
+  std::string name() const override { return name_; }
+
+  std::vector<at::Tensor> select(const PrefillRecord& r, const std::vector<int64_t>& budgets) const override {
+    const int64_t T = r.length(), L = static_cast<int64_t>(r.k.size());
+    std::vector<at::Tensor> out;
+    if (T <= 1) return FullPolicy().select(r, budgets);
+    const int64_t w = std::min(o_.window, T - 1);
+    PolicyOptions o = o_;
+    o.window = w;
+    // Selectable entries per layer (the window excluded).
+    std::vector<int64_t> selectable(static_cast<size_t>(L));
+    for (int64_t l = 0; l < L; ++l) selectable[l] = budgets.at(l) - r.k[l].size(0) * w;
+    if (pyramid_) {
+      int64_t total = 0;
+      for (int64_t s : selectable) total += std::max<int64_t>(s, 0);
+      selectable = pyramid_budgets(L, total, r.k[0].size(0) * (T - w), o_.beta);
+    }
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t Hkv = r.k[l].size(0);
+      if (selectable[l] >= Hkv * (T - w)) {  // the budget covers the context
+        out.push_back(at::ones({T, Hkv}, at::kBool));
+        continue;
+      }
+      if (selectable[l] < 0) {  // smaller than the window: the most recent tokens only
+        at::Tensor f = at::zeros({T, Hkv}, at::kBool);
+        const auto b = head_budgets(budgets.at(l), Hkv, T);
+        for (int64_t g = 0; g < Hkv; ++g) f.select(1, g).slice(0, T - b[static_cast<size_t>(g)], T).fill_(true);
+        out.push_back(f);
+        continue;
+      }
+      const at::Tensor s = snapkv_scores(r.q[l], r.k[l], o);  // [Hkv, T-w]
+      const auto extra = ada_ ? ada_allocate(s, selectable[l], o_.alpha) : split_even(selectable[l], Hkv);
+      out.push_back(top_plus_tail(T, s, extra, w));
+    }
+    return out;
+  }
+
+ private:
+  std::string name_;
+  PolicyOptions o_;
+  bool pyramid_, ada_;
+};
+
+class GatePolicy : public Policy {
+ public:
+  explicit GatePolicy(Gates* gates) : gates_(gates) {}
+  std::string name() const override { return "gate"; }
+  bool learned() const override { return true; }
+  Compressed compress(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
+                      const std::vector<int64_t>&) const override {
+    c10::InferenceMode guard;
+    const int64_t L = model.config().num_hidden_layers, Hkv = model.config().num_key_value_heads;
+    Compressed c;
+    c.cache = std::make_unique<RaggedKVCache>(L);
+    gates_->set_decode_cache(false);
+    ForwardOptions fo;
+    fo.cache = c.cache.get();
+    fo.visibility = gates_;
+    fo.adapter = adapter;
+    const double t0 = now_seconds();
+    c.last_logits = model.forward(context_tensor(context), fo)[0][-1].to(at::kFloat);
+    c.prefill_seconds = now_seconds() - t0;
+    for (int64_t l = 0; l < L; ++l) {
+      int64_t n = 0;
+      for (int64_t g = 0; g < Hkv; ++g) n += c.cache->entries(l, g);
+      c.layer_entries.push_back(n);
+    }
+    return c;
+  }
+
+ private:
+  Gates* gates_;
+};
+
+}  // namespace
+
+at::Tensor record_prefill(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
+                          PrefillRecord& record) {
+  c10::InferenceMode guard;
+  record = PrefillRecord();
+  RecordingCache cache(record);
+  ForwardOptions fo;
+  fo.cache = &cache;
+  fo.adapter = adapter;
+  return model.forward(context_tensor(context), fo)[0][-1].to(at::kFloat);
+}
+
+Compressed ScoredPolicy::compress(const LlamaModel& model, ProjectionAdapter* adapter,
+                                  const std::vector<int64_t>& context, const std::vector<int64_t>& budgets) const {
+  c10::InferenceMode guard;
+  const int64_t L = model.config().num_hidden_layers;
+  if (static_cast<int64_t>(budgets.size()) != L) throw_usage("a policy needs one budget per layer");
+  Compressed c;
+  PrefillRecord rec;
+  double t0 = now_seconds();
+  c.last_logits = record_prefill(model, adapter, context, rec);
+  c.prefill_seconds = now_seconds() - t0;
+  t0 = now_seconds();
+  const std::vector<at::Tensor> flags = select(rec, budgets);
+  c.select_seconds = now_seconds() - t0;
+  c.cache = std::make_unique<RaggedKVCache>(L);
+  for (int64_t l = 0; l < L; ++l) {
+    c.cache->insert(l, rec.k[l], rec.v[l], flags[l]);
+    c.layer_entries.push_back(flags[l].sum().item<int64_t>());
+  }
+  c.cache->advance(rec.length());
+  return c;
+}
+
+const std::vector<std::string>& baseline_names() {
+  static const std::vector<std::string> names = {"full", "streamingllm", "h2o", "snapkv", "pyramidkv", "ada-snapkv",
+                                                 "ada-pyramid"};
+  return names;
+}
+
+std::unique_ptr<ScoredPolicy> make_policy(const std::string& name, const PolicyOptions& o) {
+  if (name == "full") return std::make_unique<FullPolicy>();
+  if (name == "streamingllm") return std::make_unique<StreamingPolicy>(o);
+  if (name == "h2o") return std::make_unique<H2OPolicy>(o);
+  if (name == "snapkv") return std::make_unique<SnapFamilyPolicy>(name, o, false, false);
+  if (name == "pyramidkv") return std::make_unique<SnapFamilyPolicy>(name, o, true, false);
+  if (name == "ada-snapkv") return std::make_unique<SnapFamilyPolicy>(name, o, false, true);
+  if (name == "ada-pyramid") return std::make_unique<SnapFamilyPolicy>(name, o, true, true);
+  std::string list;
+  for (const auto& n : baseline_names()) list += (list.empty() ? "" : ", ") + n;
+  throw_usage("unknown policy '" + name + "' (choose from " + list + ", gate)");
+}
+
+std::unique_ptr<Policy> gate_policy(Gates* gates) { return std::make_unique<GatePolicy>(gates); }
+
+}  // namespace agate::evict
