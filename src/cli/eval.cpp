@@ -28,7 +28,7 @@ int cmd_eval(const Argv& argv) {
              {"task", "NAME", "ppl | choice | passkey", ""},
              {"data", "DIR", "token dataset (ppl)", ""},
              {"file", "FILE", "JSONL task file (choice, passkey)", ""},
-             {"policies", "LIST", "policies to run (default: every baseline, and gate with --gates)", ""},
+             {"policies", "LIST", "policies to run (default: every baseline, and gate, gate-post with --gates)", ""},
              {"keep", "LIST", "keep ratios of the context, e.g. 0.5,0.25", ""},
              {"budget", "LIST", "absolute budgets in tokens per KV head, e.g. 32,64", ""},
              {"match-gate", "", "run every baseline at exactly the entries the gates kept, per sample and layer", ""},
@@ -73,10 +73,10 @@ int cmd_eval(const Argv& argv) {
     o.policies = args.get_list("policies");
   } else {
     o.policies = evict::baseline_names();
-    if (args.has("gates")) o.policies.insert(o.policies.begin(), "gate");
+    if (args.has("gates")) o.policies.insert(o.policies.begin(), {"gate", "gate-post"});
   }
   for (const auto& p : o.policies) {
-    if (p != "gate") evict::make_policy(p, o.policy);  // refuses unknown names before any work
+    if (p != "gate" && p != "gate-post") evict::make_policy(p, o.policy);  // refuses unknown names before any work
   }
 
   LlamaModel model = LlamaModel::load(model_dir, parse_compute_dtype(args.get("dtype")));

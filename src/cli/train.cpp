@@ -52,7 +52,7 @@ int cmd_train(const Argv& argv) {
   resume.fresh = args.flag("fresh");
   resume.resume_from = args.get_or("resume-from", "");
   if (resume.fresh && !resume.resume_from.empty()) throw_usage("--fresh and --resume-from exclude each other");
-  Trainer trainer(recipe, resume);
+  Trainer trainer(recipe, resume, args.flag("dry-run"));
   if (args.flag("dry-run")) {
     std::printf("recipe %s is valid\n%s", args.positionals()[0].c_str(), trainer.plan().describe().c_str());
     return 0;

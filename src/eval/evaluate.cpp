@@ -71,10 +71,11 @@ Report evaluate(const LlamaModel& model, const Task& task, const EvalOptions& o)
   const ModelConfig& mc = model.config();
   const int64_t L = mc.num_hidden_layers, Hkv = mc.num_key_value_heads;
   if (task.samples.empty()) throw_usage("the task has no samples");
-  const bool want_gate = std::find(o.policies.begin(), o.policies.end(), "gate") != o.policies.end();
+  auto wants = [&](const char* name) { return std::find(o.policies.begin(), o.policies.end(), name) != o.policies.end(); };
+  const bool want_gate = wants("gate"), want_post = wants("gate-post");
   bool match = false;
   for (const Budget& b : o.budgets) match |= b.kind == Budget::MatchGate;
-  if ((want_gate || match) && !o.gates) throw_usage("the gate policy and --match-gate need --gates EXPORT");
+  if ((want_gate || want_post || match) && !o.gates) throw_usage("the gate policies and --match-gate need --gates EXPORT");
   int64_t shortest = INT64_MAX;
   size_t shortest_i = 0;
   for (size_t i = 0; i < task.samples.size(); ++i) {
@@ -89,7 +90,7 @@ Report evaluate(const LlamaModel& model, const Task& task, const EvalOptions& o)
   }
   std::vector<std::unique_ptr<evict::ScoredPolicy>> baselines;
   for (const auto& name : o.policies) {
-    if (name != "gate" && name != "full") baselines.push_back(evict::make_policy(name, o.policy));
+    if (name != "gate" && name != "gate-post" && name != "full") baselines.push_back(evict::make_policy(name, o.policy));
   }
 
   Report rep;
@@ -116,7 +117,7 @@ Report evaluate(const LlamaModel& model, const Task& task, const EvalOptions& o)
       keep += static_cast<double>(stored) / static_cast<double>(L * Hkv * static_cast<int64_t>(s.context.size()));
       bytes += static_cast<double>(c.cache->bytes());
       prefill += c.prefill_seconds + c.select_seconds;
-      if (p.learned()) gate_entries[i] = c.layer_entries;
+      if (p.name() == "gate") gate_entries[i] = c.layer_entries;
       bool ok = false;
       if (task.metric == Metric::Perplexity) {
         nll -= score(model, o.adapter, c, s.candidates[0]).logprob;
@@ -159,6 +160,7 @@ Report evaluate(const LlamaModel& model, const Task& task, const EvalOptions& o)
   run(*evict::make_policy("full", o.policy), "-", [&](size_t) { return none; });
   std::unique_ptr<evict::Policy> gate = o.gates ? evict::gate_policy(o.gates) : nullptr;
   if (want_gate || match) run(*gate, "learned", [&](size_t) { return none; });
+  if (want_post) run(*evict::gate_policy(o.gates, true), "learned", [&](size_t) { return none; });
   for (const Budget& b : o.budgets) {
     for (const auto& p : baselines) {
       run(*p, b.label(), [&](size_t i) {

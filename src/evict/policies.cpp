@@ -177,6 +177,50 @@ class SnapFamilyPolicy : public ScoredPolicy {
   bool pyramid_, ada_;
 };
 
+// Asks the gates for their flags on a full prefill's hidden states, but keeps every key visible
+// (the gates' decisions applied after the prefill, as the baselines apply theirs).
+class FlagRecorder : public KeyVisibility {
+ public:
+  explicit FlagRecorder(Gates* gates) : gates_(gates) {}
+  at::Tensor key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions) override {
+    at::Tensor keep = gates_->key_keep(layer, x, positions);  // [1, T, Hkv]
+    flags.push_back(keep.defined() ? (keep[0] > 0.5) : at::Tensor());
+    return at::Tensor();
+  }
+  std::vector<at::Tensor> flags;  // per layer [T, Hkv] bool
+
+ private:
+  Gates* gates_;
+};
+
+class GatePostPolicy : public ScoredPolicy {
+ public:
+  explicit GatePostPolicy(Gates* gates) : gates_(gates) {}
+  std::string name() const override { return "gate-post"; }
+  bool learned() const override { return true; }
+  Compressed compress(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
+                      const std::vector<int64_t>& budgets) const override {
+    FlagRecorder rec(gates_);
+    recorder_ = &rec;
+    Compressed c = ScoredPolicy::compress(model, adapter, context, budgets);
+    recorder_ = nullptr;
+    return c;
+  }
+  KeyVisibility* observer() const override { return recorder_; }
+  std::vector<at::Tensor> select(const PrefillRecord& r, const std::vector<int64_t>&) const override {
+    std::vector<at::Tensor> out;
+    for (size_t l = 0; l < r.k.size(); ++l) {
+      const at::Tensor& f = recorder_->flags.at(l);
+      out.push_back(f.defined() ? f : at::ones({r.length(), r.k[l].size(0)}, at::kBool));
+    }
+    return out;
+  }
+
+ private:
+  Gates* gates_;
+  mutable FlagRecorder* recorder_ = nullptr;
+};
+
 class GatePolicy : public Policy {
  public:
   explicit GatePolicy(Gates* gates) : gates_(gates) {}
@@ -211,13 +255,14 @@ class GatePolicy : public Policy {
 }  // namespace
 
 at::Tensor record_prefill(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
-                          PrefillRecord& record) {
+                          PrefillRecord& record, KeyVisibility* observer) {
   c10::InferenceMode guard;
   record = PrefillRecord();
   RecordingCache cache(record);
   ForwardOptions fo;
   fo.cache = &cache;
   fo.adapter = adapter;
+  fo.visibility = observer;
   return model.forward(context_tensor(context), fo)[0][-1].to(at::kFloat);
 }
 
@@ -229,7 +274,7 @@ Compressed ScoredPolicy::compress(const LlamaModel& model, ProjectionAdapter* ad
   Compressed c;
   PrefillRecord rec;
   double t0 = now_seconds();
-  c.last_logits = record_prefill(model, adapter, context, rec);
+  c.last_logits = record_prefill(model, adapter, context, rec, observer());
   c.prefill_seconds = now_seconds() - t0;
   t0 = now_seconds();
   const std::vector<at::Tensor> flags = select(rec, budgets);
@@ -259,9 +304,12 @@ std::unique_ptr<ScoredPolicy> make_policy(const std::string& name, const PolicyO
   if (name == "ada-pyramid") return std::make_unique<SnapFamilyPolicy>(name, o, true, true);
   std::string list;
   for (const auto& n : baseline_names()) list += (list.empty() ? "" : ", ") + n;
-  throw_usage("unknown policy '" + name + "' (choose from " + list + ", gate)");
+  throw_usage("unknown policy '" + name + "' (choose from " + list + ", gate, gate-post)");
 }
 
-std::unique_ptr<Policy> gate_policy(Gates* gates) { return std::make_unique<GatePolicy>(gates); }
+std::unique_ptr<Policy> gate_policy(Gates* gates, bool after_prefill) {
+  if (after_prefill) return std::make_unique<GatePostPolicy>(gates);
+  return std::make_unique<GatePolicy>(gates);
+}
 
 }  // namespace agate::evict

@@ -98,7 +98,9 @@ struct Trainer::Impl {
   const Recipe r;  // a copy: callers may pass a temporary
   std::string run_dir;
   bool pretrain = false;
-  std::optional<LlamaModel> model;
+  std::optional<LlamaModel> model;      // absent in a plan of a config-only model folder
+  std::optional<ModelConfig> config_only;
+  c10::ScalarType dtype = at::kFloat;
   std::unique_ptr<Gates> gates;
   std::unique_ptr<LoraAdapters> lora;
   std::optional<Dataset> train_data, val_data;
@@ -108,24 +110,31 @@ struct Trainer::Impl {
   LaunchEnv env;
   std::unique_ptr<ProcessGroup> pg;  // created by run(); a dry run needs no peers
 
-  explicit Impl(const Recipe& recipe) : r(recipe) {
+  const ModelConfig& config() const { return model ? model->config() : *config_only; }
+
+  Impl(const Recipe& recipe, bool plan_only) : r(recipe) {
     env = detect_launch_env();
     configure_threads(static_cast<int>(r.integer("run.threads")), env.local_world);
     pretrain = r.str("train.mode") == "pretrain";
     run_dir = r.str("run.dir");
     validate();
     const std::string model_dir = r.str("model.path");
-    const auto dtype = parse_compute_dtype(r.str("model.dtype"));
+    dtype = parse_compute_dtype(r.str("model.dtype"));
     // Model.
     if (!fs::exists(fs::path(model_dir) / "config.json")) r.fail("model.path", "model folder '" + model_dir + "' has no config.json", "point model.path at a Hugging Face model folder");
     if (r.integer("model.init_seed") >= 0) {
       if (!pretrain) r.fail("model.init_seed", "model.init_seed (random weights) only makes sense with train.mode: pretrain");
       model.emplace(LlamaModel::init_random(load_model_config((fs::path(model_dir) / "config.json").string()),
                                              static_cast<uint64_t>(r.integer("model.init_seed")), dtype));
+    } else if (plan_only && !fs::exists(fs::path(model_dir) / "model.safetensors") &&
+               !fs::exists(fs::path(model_dir) / "model.safetensors.index.json")) {
+      // A config-only folder (e.g. a real model's config.json without its weights): plan only.
+      config_only = load_model_config((fs::path(model_dir) / "config.json").string());
+      spdlog::info("{} holds no weights: planning from its config.json alone", model_dir);
     } else {
       model.emplace(LlamaModel::load(model_dir, dtype));
     }
-    const ModelConfig& mc = model->config();
+    const ModelConfig& mc = config();
     // Data: the model's vocabulary must cover the dataset's.
     const std::string train_dir = r.str("data.train");
     if (!fs::exists(fs::path(train_dir) / "manifest.json")) r.fail("data.train", "'" + train_dir + "' is not a dataset folder (no manifest.json)", "create it with agate tokenize (use DIR/train)");
@@ -144,10 +153,9 @@ struct Trainer::Impl {
     // Trainable parts.
     const uint64_t seed = static_cast<uint64_t>(r.integer("run.seed"));
     if (pretrain) {
-      model->set_requires_grad(true);
-      trainable = model->parameters();
+      if (model) model->set_requires_grad(true), trainable = model->parameters();
     } else {
-      model->set_requires_grad(false);
+      if (model) model->set_requires_grad(false);
       if (r.str("gate.type") != "none") {
         gates = Gates::create(gate_config_from(r), mc, seed);
         trainable.insert(trainable.end(), gates->parameters().begin(), gates->parameters().end());
@@ -161,7 +169,7 @@ struct Trainer::Impl {
         trainable.insert(trainable.end(), lora->parameters().begin(), lora->parameters().end());
       }
       if (trainable.empty()) r.fail("gate.type", "nothing to train: gate.type is none and lora.rank is 0", "enable gates or LoRA, or use train.mode: pretrain");
-      for (const auto& [name, p] : model->parameters()) {
+      for (const auto& [name, p] : model ? model->parameters() : NamedTensors{}) {
         if (p.requires_grad()) throw_runtime("base weight " + name + " is trainable in gates mode");
       }
     }
@@ -218,9 +226,9 @@ struct Trainer::Impl {
 
   TrainPlan plan() const {
     TrainPlan p;
-    const ModelConfig& c = model->config();
+    const ModelConfig& c = config();
     p.parameters = c.parameter_count();
-    p.trainable = numel(trainable);
+    p.trainable = pretrain && !model ? p.parameters : numel(trainable);
     p.gate_parameters = gates ? numel(gates->parameters()) : 0;
     p.tokens_per_step = global_batch * seq_len;
     LoaderOptions o;
@@ -229,7 +237,7 @@ struct Trainer::Impl {
     o.sft_mode = r.str("data.sft_mode");
     o.prefetch = 0;
     p.train_samples = DataLoader(*train_data, o, {}).num_samples();
-    const double wb = model->dtype() == at::kBFloat16 ? 2 : 4;
+    const double wb = dtype == at::kBFloat16 ? 2 : 4;
     p.weights_mb = p.parameters * wb / 1e6;
     p.optimizer_mb = p.trainable * 4.0 * 3 / 1e6;  // grad + Adam m, v (float32)
     // Saved activations per micro-batch: per layer and token, ~ (6D + 3I + 2(H + 2Hkv)hd)
@@ -689,12 +697,17 @@ struct Trainer::Impl {
   }
 };
 
-Trainer::Trainer(const Recipe& recipe, ResumeOptions resume) : impl_(std::make_unique<Impl>(recipe)), resume_(std::move(resume)) {
+Trainer::Trainer(const Recipe& recipe, ResumeOptions resume, bool plan_only)
+    : impl_(std::make_unique<Impl>(recipe, plan_only)), resume_(std::move(resume)) {
   impl_->check_run_folder(resume_);
 }
 Trainer::~Trainer() = default;
 TrainPlan Trainer::plan() const { return impl_->plan(); }
 TrainSummary Trainer::run() {
+  if (!impl_->model) {
+    throw_input(impl_->r.str("model.path"), "holds only config.json, no weights",
+                "--dry-run plans with it; training needs the model's safetensors");
+  }
   StopSignals signals;
   return impl_->run(resume_);
 }

@@ -17,7 +17,8 @@
 //   pyramidkv     snapkv with a per-layer budget decreasing from bottom to top (beta)
 //   ada-snapkv    snapkv scores; the layer's budget split across heads (Ada-KV, floor alpha)
 //   ada-pyramid   pyramidkv's layer budgets, Ada-KV's split within each layer
-// The learned policy (gate) evicts during the prefill itself, as it was trained to.
+// The learned policy (gate) evicts during the prefill itself, as it was trained to; gate-post
+// asks the same gates on a full prefill and applies their flags afterwards, as the baselines do.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -34,6 +35,7 @@ namespace agate {
 class LlamaModel;
 class Gates;
 class ProjectionAdapter;
+class KeyVisibility;
 
 namespace evict {
 
@@ -82,19 +84,22 @@ class ScoredPolicy : public Policy {
   // Keep flags per layer, [T, Hkv] bool, with exactly the budgeted number of kept entries per
   // layer (all of them when the budget reaches the context).
   virtual std::vector<at::Tensor> select(const PrefillRecord& record, const std::vector<int64_t>& layer_budgets) const = 0;
+  // Sees each layer's input during the recorded prefill without changing it (gate-post).
+  virtual KeyVisibility* observer() const { return nullptr; }
 };
 
 // One of the training-free names above; throws a usage error listing them otherwise.
 std::unique_ptr<ScoredPolicy> make_policy(const std::string& name, const PolicyOptions& options);
-// The gates (not owned) as a policy.
-std::unique_ptr<Policy> gate_policy(Gates* gates);
+// The gates (not owned) as a policy: "gate", or "gate-post" with after_prefill.
+std::unique_ptr<Policy> gate_policy(Gates* gates, bool after_prefill = false);
 const std::vector<std::string>& baseline_names();  // full, streamingllm, ..., ada-pyramid
 
 // ---- the pieces, exposed for tests ----------------------------------------------------------
 
 // Runs the context with full attention, recording q, k, v per layer; returns the last logits.
+// `observer` (optional) sees each layer's input; its keep flags are ignored.
 at::Tensor record_prefill(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
-                          PrefillRecord& record);
+                          PrefillRecord& record, KeyVisibility* observer = nullptr);
 
 // SnapKV's score of every key before the window: [Hkv, T - window] (window < T).
 at::Tensor snapkv_scores(const at::Tensor& q, const at::Tensor& k, const PolicyOptions& o);

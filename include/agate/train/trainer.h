@@ -37,7 +37,8 @@ class Trainer {
  public:
   // Loads and validates everything the run needs (model, data, output folder) before any
   // training work; throws agate::Error with file:line and a hint on bad recipes.
-  explicit Trainer(const Recipe& recipe, ResumeOptions resume = {});
+  // plan_only (--dry-run): a model folder with config.json but no weights is enough for plan().
+  explicit Trainer(const Recipe& recipe, ResumeOptions resume = {}, bool plan_only = false);
   ~Trainer();
 
   TrainPlan plan() const;
