@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs every build and test dependency of agate from Debian 12 packages.
 # Idempotent: returns in well under a second when everything is already installed.
-# Usage: scripts/setup.sh [--with-python]   (--with-python adds Debian's python3-torch for tools/)
+# Usage: scripts/setup.sh [--with-python]   (--with-python adds Debian's python3-torch and python3-matplotlib for tools/)
 set -euo pipefail
 
 PKGS=(
@@ -12,7 +12,7 @@ PKGS=(
   libgtest-dev googletest nlohmann-json3-dev zlib1g-dev
 )
 if [[ "${1:-}" == "--with-python" || "${AGATE_WITH_PYTHON:-0}" == "1" ]]; then
-  PKGS+=(python3-torch python3-numpy)
+  PKGS+=(python3-torch python3-numpy python3-matplotlib)
 fi
 
 missing=()
