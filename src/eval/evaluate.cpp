@@ -20,6 +20,7 @@ namespace {
 struct CandidateScore {
   double logprob = 0;  // summed over the candidate's tokens
   bool greedy = true;  // every token is the argmax
+  int64_t hits = 0;    // tokens that are the argmax
 };
 
 // Scores `cand` after a compressed context, over a copy of its cache (the compressed cache
@@ -39,7 +40,8 @@ CandidateScore score(const LlamaModel& model, ProjectionAdapter* adapter, const 
   at::Tensor lp = at::log_softmax(logits, -1).gather(1, target.unsqueeze(1));
   CandidateScore s;
   s.logprob = lp.sum().item<double>();
-  s.greedy = logits.argmax(-1).eq(target).all().item<bool>();
+  s.hits = logits.argmax(-1).eq(target).sum().item<int64_t>();
+  s.greedy = s.hits == static_cast<int64_t>(cand.size());
   return s;
 }
 
@@ -106,7 +108,7 @@ Report evaluate(const LlamaModel& model, const Task& task, const EvalOptions& o)
     Row row;
     row.policy = p.name();
     row.budget = label;
-    double nll = 0, tokens = 0, correct = 0, keep = 0, bytes = 0, prefill = 0, seconds = 0;
+    double nll = 0, tokens = 0, hits = 0, correct = 0, keep = 0, bytes = 0, prefill = 0, seconds = 0;
     const size_t n = task.samples.size();
     for (size_t i = 0; i < n; ++i) {
       const Sample& s = task.samples[i];
@@ -123,7 +125,10 @@ Report evaluate(const LlamaModel& model, const Task& task, const EvalOptions& o)
         nll -= score(model, o.adapter, c, s.candidates[0]).logprob;
         tokens += static_cast<double>(s.candidates[0].size());
       } else if (task.metric == Metric::ExactMatch) {
-        ok = score(model, o.adapter, c, s.candidates[0]).greedy;
+        const CandidateScore cs = score(model, o.adapter, c, s.candidates[0]);
+        ok = cs.greedy;
+        hits += static_cast<double>(cs.hits);
+        tokens += static_cast<double>(s.candidates[0].size());
       } else {
         size_t best = 0;
         double best_lp = -INFINITY;
@@ -148,6 +153,7 @@ Report evaluate(const LlamaModel& model, const Task& task, const EvalOptions& o)
     row.kv_bytes = bytes / dn;
     row.metric = task.metric == Metric::Perplexity ? std::exp(nll / tokens) : correct / dn;
     row.samples_per_s = dn / std::max(seconds, 1e-9);
+    if (task.metric == Metric::ExactMatch) row.token_accuracy = hits / tokens;
     if (row.policy == "full") full_prefill = prefill;
     row.overhead = prefill / std::max(full_prefill, 1e-12);
     row.delta = rep.rows.empty() ? 0 : row.metric - rep.rows.front().metric;

@@ -24,12 +24,15 @@ std::string metric_text(const Report& r, double v) { return r.higher_is_better ?
 }  // namespace
 
 std::string markdown(const Report& r) {
-  std::string out = "| policy | budget | keep | KV MB | " + r.metric_name + " | delta vs full | samples/s | prefill+select vs full |\n";
-  out += "|---|---|---|---|---|---|---|---|\n";
+  const bool tokens = !r.rows.empty() && r.rows[0].token_accuracy >= 0;
+  std::string out = "| policy | budget | keep | KV MB | " + r.metric_name + " | delta vs full |" +
+                    (tokens ? " target-token acc |" : "") + " samples/s | prefill+select vs full |\n";
+  out += std::string("|---|---|---|---|---|---|") + (tokens ? "---|" : "") + "---|---|\n";
   for (const Row& w : r.rows) {
     out += "| " + w.policy + " | " + w.budget + " | " + fmt("%.3f", w.keep) + " | " + fmt("%.3f", w.kv_bytes / 1e6) + " | " +
            metric_text(r, w.metric) + " | " + (w.policy == "full" ? std::string("-") : fmt("%+.3f", w.delta)) + " | " +
-           fmt("%.1f", w.samples_per_s) + " | " + fmt("%.2fx", w.overhead) + " |\n";
+           (tokens ? fmt("%.3f", w.token_accuracy) + " | " : "") + fmt("%.1f", w.samples_per_s) + " | " +
+           fmt("%.2fx", w.overhead) + " |\n";
   }
   std::set<std::string> groups;
   for (const Row& w : r.rows)
@@ -60,6 +63,7 @@ std::string json_text(const Report& r) {
     rows.push_back({{"policy", w.policy}, {"budget", w.budget}, {"keep", w.keep}, {"kv_bytes", w.kv_bytes},
                     {"metric", w.metric}, {"delta", w.delta}, {"samples_per_s", w.samples_per_s},
                     {"overhead", w.overhead}, {"groups", g}});
+    if (w.token_accuracy >= 0) rows.back()["token_accuracy"] = w.token_accuracy;
   }
   nlohmann::json j = {{"task", r.task}, {"metric", r.metric_name}, {"higher_is_better", r.higher_is_better},
                       {"samples", r.samples}, {"rows", rows}};

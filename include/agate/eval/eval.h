@@ -11,7 +11,7 @@
 //   passkey     JSONL {"prompt", "response", "depth"} (tools/make_passkey.py) rendered with
 //               the SFT template; correct when greedy decoding reproduces the response
 //               exactly (every target token is the argmax); accuracy, broken down by context
-//               length and depth
+//               length and depth, and the share of target tokens that are the argmax
 #pragma once
 
 #include <cstdint>
@@ -80,6 +80,7 @@ struct Row {
   double delta = 0;           // metric - full cache's
   double samples_per_s = 0;   // compress + score
   double overhead = 1;        // (prefill + selection) / the full cache's prefill
+  double token_accuracy = -1; // passkey: share of target tokens that are the argmax (teacher-forced)
   std::map<std::string, std::pair<int64_t, int64_t>> groups;  // group -> (correct, total)
 };
 
