@@ -12,7 +12,9 @@
 #include "agate/gate/losses.h"
 #include "agate/infer/ragged_kv_cache.h"
 #include "agate/io/safetensors.h"
+#include "agate/model/attention.h"
 #include "agate/model/llama.h"
+#include "agate/train/adamw.h"
 #include "agate/util/error.h"
 #include "agate/util/threads.h"
 #include "agate/util/timer.h"
@@ -97,6 +99,48 @@ int bench_loader(const Args& args, int threads) {
   return 0;
 }
 
+// Model FLOPs of one gate-training token (PaLM-style counting of what the step must compute,
+// recomputation not counted): the frozen base's matmuls forward (2 x weights) and backward to
+// the inputs only (another 2 x: no weight gradients); attention scores and mixing over the
+// whole T x T map forward (4 T H hd per layer) and backward (twice that); the gates forward
+// and backward with weight gradients (3 x their forward).
+double train_flops_per_token(const ModelConfig& c, const GateConfig& g, int64_t T) {
+  const double D = c.hidden_size, I = c.intermediate_size, H = c.num_attention_heads, Hkv = c.num_key_value_heads,
+               hd = c.head_dim, L = c.num_hidden_layers, V = c.vocab_size, t = static_cast<double>(T);
+  const double linear = L * (D * (H + 2 * Hkv) * hd + H * hd * D + 3 * D * I) + V * D;
+  const double attention = L * 4 * t * H * hd;
+  double gate = 0;
+  if (g.type == "attention") {
+    const double W = static_cast<double>(g.heads * g.head_dim);
+    gate = L * (2 * (3 * W * D + Hkv * W) + 4 * t * W);
+  } else if (g.type == "mlp") {
+    gate = L * 2 * (D * g.mlp_hidden + g.mlp_hidden * Hkv);
+  }
+  return 2 * linear * 2 + attention * 3 + gate * 3;
+}
+
+// The machine's matmul peak in a dtype: the best median GFLOP/s of square GEMMs.
+int bench_matmul(const Args& args, int threads) {
+  c10::InferenceMode inference;
+  const std::string dtype = args.get("dtype");
+  const auto st = parse_compute_dtype(dtype);
+  const int iters = static_cast<int>(args.get_int("iters"));
+  nlohmann::json sizes = nlohmann::json::object();
+  double best = 0;
+  for (int64_t n : {256, 512, 1024, 2048}) {
+    at::Tensor a = at::randn({n, n}).to(st), b = at::randn({n, n}).to(st), c = at::empty({n, n}, a.options());
+    const int reps = static_cast<int>(std::max<int64_t>(1, (int64_t{1} << 30) / (n * n * n)));  // ~2 GFLOP per timing
+    const double s = median(time_runs([&] { for (int r = 0; r < reps; ++r) at::mm_out(c, a, b); }, iters)) / reps;
+    const double gflops = 2.0 * n * n * n / s / 1e9;
+    sizes[std::to_string(n)] = gflops;
+    best = std::max(best, gflops);
+  }
+  nlohmann::json j = {{"impl", "agate"}, {"mode", "matmul"}, {"dtype", dtype}, {"peak_gflops", best}, {"gflops_by_size", sizes}};
+  j.update(machine_info(threads));
+  std::cout << j.dump() << "\n";
+  return 0;
+}
+
 // Gate-training step time against the same frozen model's forward + backward without gates
 // (there the embeddings' output requires grad, so backward runs through every layer just as
 // it must to reach the gates of the first layers).
@@ -110,6 +154,10 @@ int bench_train(const Args& args, int threads) {
   g.head_dim = args.get_int("gate-head-dim");
   g.init_bias = 0.0;  // about half the tokens evicted: the masked path, as in real training
   auto gates = Gates::create(g, model.config(), 0);
+  AdamW opt(gates->parameters(), AdamWOptions{});
+  const std::string attn = args.get("attention");
+  if (attn != "fused" && attn != "reference") throw_usage("--attention takes fused or reference");
+  set_fused_masked_attention(attn == "fused");
   const long long seq = args.get_int("seq"), batch = args.get_int("batch"), iters = args.get_int("iters");
   auto gen = at::make_generator<at::CPUGeneratorImpl>(0);
   at::Tensor tokens = at::randint(0, model.config().vocab_size, {batch, seq + 1}, gen, at::kLong);
@@ -124,6 +172,7 @@ int bench_train(const Args& args, int threads) {
     at::Tensor loss = lm_loss(model.head(h), targets, w);
     if (with_gates) loss = loss + sparsity_loss(gates->stats().surrogate, "l2_target", 0.5);
     loss.backward();
+    if (with_gates) opt.step(1e-4);
     for (auto& kv : gates->parameters()) kv.second.mutable_grad() = at::Tensor();
   };
   // Interleave the two so machine noise hits both alike.
@@ -135,9 +184,11 @@ int bench_train(const Args& args, int threads) {
     without.push_back(time_runs([&] { step(false); }, 1, 0)[0]);
   }
   const double mw = median(with), mo = median(without);
+  const double flops = train_flops_per_token(model.config(), g, seq);
   nlohmann::json j = {{"impl", "agate"}, {"mode", "train"}, {"dtype", dtype}, {"gate", g.type}, {"seq", seq},
                       {"batch", batch}, {"iters", iters}, {"gate_step_s", mw}, {"frozen_step_s", mo},
-                      {"gate_tokens_per_s", batch * seq / mw}, {"overhead", mw / mo}};
+                      {"gate_tokens_per_s", batch * seq / mw}, {"overhead", mw / mo},
+                      {"attention", attn}, {"model_flops_per_token", flops}, {"model_gflops_per_s", flops * batch * seq / mw / 1e9}};
   j.update(machine_info(threads));
   std::cout << j.dump() << "\n";
   return 0;
@@ -225,13 +276,14 @@ int bench_decode(const Args& args, int threads) {
 }  // namespace
 
 int cmd_bench(const Argv& argv) {
-  Args args("bench", "forward|load|train|decode --model DIR [options] | loader --data DIR [options]",
+  Args args("bench", "forward|load|train|decode --model DIR [options] | loader --data DIR [options] | matmul [--dtype D]",
             "Micro-benchmarks, one JSON line each (medians of --iters runs after one warm-up):\n"
             "  forward  tokens/s of a full-sequence forward (no grad) on random tokens\n"
             "  load     weight-loading time against simply reading the files' bytes\n"
             "  loader   tokens/s the streaming data loader delivers (prefetch thread on)\n"
             "  train    gate-training step (fwd + bwd) time and its overhead over the frozen model's\n"
-            "  decode   decode tokens/s and KV bytes over the ragged cache at several keep ratios",
+            "  decode   decode tokens/s and KV bytes over the ragged cache at several keep ratios\n"
+            "  matmul   this machine's GEMM peak GFLOP/s in --dtype (for model FLOPs utilisation)",
             {{"model", "DIR", "Hugging Face model folder", ""},
              {"data", "DIR", "token dataset folder (loader)", ""},
              {"batches", "N", "batches to draw (loader)", "2000"},
@@ -240,6 +292,7 @@ int cmd_bench(const Argv& argv) {
              {"keeps", "LIST", "keep ratios (decode)", "1.0,0.5,0.25"},
              {"new", "N", "decoded tokens per measurement (decode)", "32"},
              {"gate-heads", "N", "attention gate heads (train)", "2"},
+             {"attention", "PATH", "gated attention (train): fused or reference (the composed plain path)", "fused"},
              {"gate-head-dim", "N", "attention gate head width (train)", "16"},
              {"dtype", "NAME", "compute dtype: float32 or bfloat16", "float32"},
              {"seq", "T", "sequence length (forward)", "256"},
@@ -254,8 +307,9 @@ int cmd_bench(const Argv& argv) {
   if (what == "load") return bench_load(args, threads);
   if (what == "loader") return bench_loader(args, threads);
   if (what == "train") return bench_train(args, threads);
+  if (what == "matmul") return bench_matmul(args, threads);
   if (what == "decode") return bench_decode(args, threads);
-  throw_usage("unknown benchmark '" + what + "'\n" + args.usage(), "use forward, load, loader, train or decode");
+  throw_usage("unknown benchmark '" + what + "'\n" + args.usage(), "use forward, load, loader, train, decode or matmul");
 }
 
 }  // namespace agate::cli

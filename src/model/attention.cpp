@@ -1,15 +1,109 @@
 #include "agate/model/attention.h"
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
 
+#include <atomic>
 #include <cmath>
 #include <limits>
 
 namespace agate {
 
+namespace {
+
+std::atomic<bool> g_fused{true};
+
+// The structural masks: allowed [Tq, Tk] (causal + window) and always [Tq, Tk] (self + recent).
+std::pair<at::Tensor, at::Tensor> structure(const at::Tensor& q_pos, const at::Tensor& k_pos, int64_t sliding_window,
+                                            int64_t recent_window) {
+  const int64_t Tq = q_pos.numel(), Tk = k_pos.numel();
+  at::Tensor qp = q_pos.view({Tq, 1}), kp = k_pos.view({1, Tk});
+  at::Tensor allowed = kp <= qp;
+  if (sliding_window > 0) allowed = allowed.logical_and(qp - kp < sliding_window);
+  at::Tensor always = (qp == kp);
+  if (recent_window > 0) always = always.logical_or(qp - kp < recent_window);
+  return {allowed, always};
+}
+
+// The gated path of masked_attention as one autograd node: the forward computes
+// A = e M / sum(e M) once and saves only e (float32, [B, Hkv, G, Tq, Tk]), M (G times smaller)
+// and the row sums; backward applies the closed-form gradients instead of replaying the
+// composed graph (which keeps scores, probabilities, M, e and e M alive and walks each).
+//   dA = dO V^T;  dV = A^T dO;  g = (dA - rowsum(dA * A)) / Z;  dS = g e M (zero where hidden);
+//   dQ = dS K / sqrt(hd);  dK = dS^T Q / sqrt(hd);  dM = g e -> d keep_j = sum over the rows
+//   that read key j through its flag (allowed, not self/recent) and the query group.
+class MaskedAttentionFn : public torch::autograd::Function<MaskedAttentionFn> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
+                                                const at::Tensor& k, const at::Tensor& v, const at::Tensor& keep,
+                                                const at::Tensor& allowed, const at::Tensor& always) {
+    const int64_t B = q.size(0), H = q.size(1), Tq = q.size(2), hd = q.size(3);
+    const int64_t Hkv = k.size(1), Tk = k.size(2), G = H / Hkv;
+    const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+    const auto acc = (q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf) ? at::kFloat : q.scalar_type();
+    at::Tensor s = at::matmul(q.reshape({B, Hkv, G * Tq, hd}), k.transpose(-1, -2)).mul_(scale).to(acc);
+    s = s.view({B, Hkv, G, Tq, Tk});
+    at::Tensor kt = keep.to(acc).permute({0, 2, 1}).reshape({B, Hkv, 1, 1, Tk});
+    at::Tensor m = at::where(always, at::ones({}, kt.options()), kt).mul_(allowed.to(acc));  // [B, Hkv, 1, Tq, Tk]
+    at::Tensor hidden = (m <= 0).expand_as(s);
+    at::Tensor row_max = std::get<0>(s.masked_fill(hidden, -std::numeric_limits<double>::infinity()).max(-1, true));
+    at::Tensor e = s.sub_(row_max).clamp_max_(0.0).exp_();  // in place: s is not needed again
+    at::Tensor a = e * m;
+    at::Tensor z = a.sum(-1, true);
+    a.div_(z);
+    at::Tensor out = at::matmul(a.to(v.scalar_type()).view({B, Hkv, G * Tq, Tk}), v).view({B, H, Tq, hd});
+    ctx->save_for_backward({q, k, v, e, m, z, allowed, always});
+    ctx->saved_data["keep_dtype"] = static_cast<int64_t>(keep.scalar_type());
+    return {out};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &e = saved[3], &m = saved[4], &z = saved[5];
+    const at::Tensor &allowed = saved[6], &always = saved[7];
+    const int64_t B = q.size(0), H = q.size(1), Tq = q.size(2), hd = q.size(3);
+    const int64_t Hkv = k.size(1), Tk = k.size(2), G = H / Hkv;
+    const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+    const auto acc = e.scalar_type();
+    at::Tensor dout = grads[0].reshape({B, Hkv, G * Tq, hd});
+    at::Tensor a = e * m / z;                                               // [B, Hkv, G, Tq, Tk]
+    at::Tensor dv = at::matmul(a.to(v.scalar_type()).view({B, Hkv, G * Tq, Tk}).transpose(-1, -2), dout);
+    at::Tensor da = at::matmul(dout, v.transpose(-1, -2)).to(acc).view({B, Hkv, G, Tq, Tk});
+    at::Tensor g = da.sub_((da * a).sum(-1, true)).div_(z);                 // dL/d(e M), in place on dA
+    at::Tensor dm = g * e;                                                  // dL/dM
+    at::Tensor ds = (dm * m).mul_(scale).to(q.scalar_type()).view({B, Hkv, G * Tq, Tk});
+    at::Tensor dq = at::matmul(ds, k).view({B, H, Tq, hd});
+    at::Tensor dk = at::matmul(ds.transpose(-1, -2), q.reshape({B, Hkv, G * Tq, hd}));
+    // keep_j reaches M only where the key is allowed and not always visible.
+    at::Tensor through = allowed.logical_and(always.logical_not()).to(acc);  // [Tq, Tk]
+    at::Tensor dkeep = (dm * through).sum({2, 3}).permute({0, 2, 1})          // [B, Tk, Hkv]
+                           .to(static_cast<c10::ScalarType>(ctx->saved_data["keep_dtype"].toInt()));
+    return {dq, dk, dv, dkeep, at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+void set_fused_masked_attention(bool on) { g_fused = on; }
+bool fused_masked_attention() { return g_fused; }
+
 at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const at::Tensor& q_pos, const at::Tensor& k_pos,
                             const at::Tensor& key_keep, int64_t sliding_window, int64_t recent_window) {
+  const bool grad = at::GradMode::is_enabled() &&
+                    (q.requires_grad() || k.requires_grad() || v.requires_grad() ||
+                     (key_keep.defined() && key_keep.requires_grad()));
+  if (key_keep.defined() && grad && g_fused) {
+    auto [allowed, always] = structure(q_pos, k_pos, sliding_window, recent_window);
+    return MaskedAttentionFn::apply(q, k, v, key_keep, allowed, always)[0];
+  }
+  return masked_attention_reference(q, k, v, q_pos, k_pos, key_keep, sliding_window, recent_window);
+}
+
+at::Tensor masked_attention_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      const at::Tensor& q_pos, const at::Tensor& k_pos, const at::Tensor& key_keep,
+                                      int64_t sliding_window, int64_t recent_window) {
   const int64_t B = q.size(0), H = q.size(1), Tq = q.size(2), hd = q.size(3);
   const int64_t Hkv = k.size(1), Tk = k.size(2), G = H / Hkv;
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
@@ -19,10 +113,8 @@ at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::
   at::Tensor scores = at::matmul(qg, k.transpose(-1, -2)).mul_(scale);   // [B, Hkv, G*Tq, Tk]
   scores = scores.view({B, Hkv, G, Tq, Tk});
 
-  // Structural mask (causal + window): [Tq, Tk] bool.
-  at::Tensor qp = q_pos.view({Tq, 1}), kp = k_pos.view({1, Tk});
-  at::Tensor allowed = kp <= qp;
-  if (sliding_window > 0) allowed = allowed.logical_and(qp - kp < sliding_window);
+  // Structural masks, [Tq, Tk] bool: allowed (causal + window), always (self + recent).
+  auto [allowed, always] = structure(q_pos, k_pos, sliding_window, recent_window);
 
   // Softmax accumulates in float32 for reduced-precision inputs (as HF does), else in their type.
   const auto st = scores.scalar_type();
@@ -37,8 +129,6 @@ at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::
     scores = scores.to(acc);
     // M = allowed * (self ? 1 : keep[j]); keep: [B, Tk, Hkv] -> [B, Hkv, 1, 1, Tk].
     at::Tensor keep = key_keep.to(acc).permute({0, 2, 1}).reshape({B, Hkv, 1, 1, Tk});
-    at::Tensor always = (qp == kp);                                         // [Tq, Tk]
-    if (recent_window > 0) always = always.logical_or(qp - kp < recent_window);
     at::Tensor m = at::where(always, at::ones({}, keep.options()), keep);   // [B, Hkv, 1, Tq, Tk]
     m = m * allowed.to(acc);
     // Max over the visible keys only (detached: it cancels in the ratio).

@@ -23,9 +23,19 @@ namespace agate {
 //   probabilities p > 0 every key is visible and A equals softmax(score + log p) (the "soft"
 //   relaxation).
 // Returns [B, H, Tq, hd] in q's dtype.
+// With gradients and a key_keep, this runs as one fused autograd node (closed-form backward,
+// only e and M saved); masked_attention_reference is the same function composed of ATen ops
+// (autograd derives its backward), the exact plain path the fused one is tested against.
 at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const at::Tensor& q_pos, const at::Tensor& k_pos,
                             const at::Tensor& key_keep, int64_t sliding_window = 0,
                             int64_t recent_window = 0);
+at::Tensor masked_attention_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      const at::Tensor& q_pos, const at::Tensor& k_pos,
+                                      const at::Tensor& key_keep, int64_t sliding_window = 0,
+                                      int64_t recent_window = 0);
+// Process-wide switch for the fused gated path (on by default; off = the reference path).
+void set_fused_masked_attention(bool on);
+bool fused_masked_attention();
 
 }  // namespace agate
