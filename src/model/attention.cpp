@@ -7,6 +7,8 @@
 #include <cmath>
 #include <limits>
 
+#include "attention_kernels.h"
+
 namespace agate {
 
 namespace {
@@ -25,13 +27,13 @@ std::pair<at::Tensor, at::Tensor> structure(const at::Tensor& q_pos, const at::T
   return {allowed, always};
 }
 
-// The gated path of masked_attention as one autograd node: the forward computes
-// A = e M / sum(e M) once and saves only e (float32, [B, Hkv, G, Tq, Tk]), M (G times smaller)
-// and the row sums; backward applies the closed-form gradients instead of replaying the
-// composed graph (which keeps scores, probabilities, M, e and e M alive and walks each).
-//   dA = dO V^T;  dV = A^T dO;  g = (dA - rowsum(dA * A)) / Z;  dS = g e M (zero where hidden);
-//   dQ = dS K / sqrt(hd);  dK = dS^T Q / sqrt(hd);  dM = g e -> d keep_j = sum over the rows
-//   that read key j through its flag (allowed, not self/recent) and the query group.
+// The gated path of masked_attention as one autograd node. Forward: S = Q K^T / sqrt(hd) by
+// a batched matmul, then one row kernel builds M on the fly and writes e (over S), the row sums
+// z and A = e M / z in V's dtype; O = A V. Saved: Q, K, V, e and z (the composed path keeps
+// scores, probabilities, M, e and e M alive). Backward, in closed form:
+//   dA = dO V^T;  one row kernel: A again, g = (dA - rowsum(dA * A)) / z, dS = g e M / sqrt(hd)
+//   (zero where hidden), d keep_j = sum of g e over the rows that read key j through its flag;
+//   dV = A^T dO;  dQ = dS K;  dK = dS^T Q.
 class MaskedAttentionFn : public torch::autograd::Function<MaskedAttentionFn> {
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
@@ -40,19 +42,14 @@ class MaskedAttentionFn : public torch::autograd::Function<MaskedAttentionFn> {
     const int64_t B = q.size(0), H = q.size(1), Tq = q.size(2), hd = q.size(3);
     const int64_t Hkv = k.size(1), Tk = k.size(2), G = H / Hkv;
     const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-    const auto acc = (q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf) ? at::kFloat : q.scalar_type();
-    at::Tensor s = at::matmul(q.reshape({B, Hkv, G * Tq, hd}), k.transpose(-1, -2)).mul_(scale).to(acc);
-    s = s.view({B, Hkv, G, Tq, Tk});
-    at::Tensor kt = keep.to(acc).permute({0, 2, 1}).reshape({B, Hkv, 1, 1, Tk});
-    at::Tensor m = at::where(always, at::ones({}, kt.options()), kt).mul_(allowed.to(acc));  // [B, Hkv, 1, Tq, Tk]
-    at::Tensor hidden = (m <= 0).expand_as(s);
-    at::Tensor row_max = std::get<0>(s.masked_fill(hidden, -std::numeric_limits<double>::infinity()).max(-1, true));
-    at::Tensor e = s.sub_(row_max).clamp_max_(0.0).exp_();  // in place: s is not needed again
-    at::Tensor a = e * m;
-    at::Tensor z = a.sum(-1, true);
-    a.div_(z);
-    at::Tensor out = at::matmul(a.to(v.scalar_type()).view({B, Hkv, G * Tq, Tk}), v).view({B, H, Tq, hd});
-    ctx->save_for_backward({q, k, v, e, m, z, allowed, always});
+    at::Tensor qg = q.reshape({B, Hkv, G * Tq, hd});
+    at::Tensor e = at::matmul(qg, k.transpose(-1, -2)).mul_(scale).to(at::kFloat).contiguous().view({-1, Tk});
+    at::Tensor keepf = keep.detach().to(at::kFloat).contiguous();
+    at::Tensor z = at::empty({e.size(0)}, e.options());
+    at::Tensor a = at::empty(e.sizes(), e.options().dtype(v.scalar_type()));
+    kernels::gated_softmax_forward(e, keepf, allowed, always, G, z, a);
+    at::Tensor out = at::matmul(a.view({B, Hkv, G * Tq, Tk}), v).view({B, H, Tq, hd});
+    ctx->save_for_backward({q, k, v, e, z, keepf, allowed, always});
     ctx->saved_data["keep_dtype"] = static_cast<int64_t>(keep.scalar_type());
     return {out};
   }
@@ -60,26 +57,22 @@ class MaskedAttentionFn : public torch::autograd::Function<MaskedAttentionFn> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &e = saved[3], &m = saved[4], &z = saved[5];
+    const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &e = saved[3], &z = saved[4], &keepf = saved[5];
     const at::Tensor &allowed = saved[6], &always = saved[7];
     const int64_t B = q.size(0), H = q.size(1), Tq = q.size(2), hd = q.size(3);
     const int64_t Hkv = k.size(1), Tk = k.size(2), G = H / Hkv;
     const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-    const auto acc = e.scalar_type();
     at::Tensor dout = grads[0].reshape({B, Hkv, G * Tq, hd});
-    at::Tensor a = e * m / z;                                               // [B, Hkv, G, Tq, Tk]
-    at::Tensor dv = at::matmul(a.to(v.scalar_type()).view({B, Hkv, G * Tq, Tk}).transpose(-1, -2), dout);
-    at::Tensor da = at::matmul(dout, v.transpose(-1, -2)).to(acc).view({B, Hkv, G, Tq, Tk});
-    at::Tensor g = da.sub_((da * a).sum(-1, true)).div_(z);                 // dL/d(e M), in place on dA
-    at::Tensor dm = g * e;                                                  // dL/dM
-    at::Tensor ds = (dm * m).mul_(scale).to(q.scalar_type()).view({B, Hkv, G * Tq, Tk});
+    at::Tensor da = at::matmul(dout, v.transpose(-1, -2)).to(at::kFloat).contiguous().view({-1, Tk});
+    at::Tensor a = at::empty(da.sizes(), da.options().dtype(v.scalar_type()));
+    at::Tensor dkeep = at::empty(keepf.sizes(), keepf.options());
+    kernels::gated_softmax_backward(da, e, z, keepf, allowed, always, G, scale, a, dkeep);  // da -> dS
+    at::Tensor dv = at::matmul(a.view({B, Hkv, G * Tq, Tk}).transpose(-1, -2), dout);
+    at::Tensor ds = da.to(q.scalar_type()).view({B, Hkv, G * Tq, Tk});
     at::Tensor dq = at::matmul(ds, k).view({B, H, Tq, hd});
     at::Tensor dk = at::matmul(ds.transpose(-1, -2), q.reshape({B, Hkv, G * Tq, hd}));
-    // keep_j reaches M only where the key is allowed and not always visible.
-    at::Tensor through = allowed.logical_and(always.logical_not()).to(acc);  // [Tq, Tk]
-    at::Tensor dkeep = (dm * through).sum({2, 3}).permute({0, 2, 1})          // [B, Tk, Hkv]
-                           .to(static_cast<c10::ScalarType>(ctx->saved_data["keep_dtype"].toInt()));
-    return {dq, dk, dv, dkeep, at::Tensor(), at::Tensor()};
+    return {dq, dk, dv, dkeep.to(static_cast<c10::ScalarType>(ctx->saved_data["keep_dtype"].toInt())), at::Tensor(),
+            at::Tensor()};
   }
 };
 
@@ -94,9 +87,12 @@ at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::
   const bool grad = at::GradMode::is_enabled() &&
                     (q.requires_grad() || k.requires_grad() || v.requires_grad() ||
                      (key_keep.defined() && key_keep.requires_grad()));
-  if (key_keep.defined() && grad && g_fused) {
+  // The fused node computes in float32 (the softmax precision of float32 and bfloat16 models).
+  const bool f32_softmax = (q.scalar_type() == at::kFloat || q.scalar_type() == at::kBFloat16) &&
+                           v.scalar_type() == q.scalar_type();
+  if (key_keep.defined() && grad && g_fused && f32_softmax) {
     auto [allowed, always] = structure(q_pos, k_pos, sliding_window, recent_window);
-    return MaskedAttentionFn::apply(q, k, v, key_keep, allowed, always)[0];
+    return MaskedAttentionFn::apply(q, k, v, key_keep, allowed.contiguous(), always.contiguous())[0];
   }
   return masked_attention_reference(q, k, v, q_pos, k_pos, key_keep, sliding_window, recent_window);
 }
