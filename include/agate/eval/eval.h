@@ -79,7 +79,7 @@ struct Row {
   double metric = 0;
   double delta = 0;           // metric - full cache's
   double samples_per_s = 0;   // compress + score
-  double overhead = 1;        // (prefill + selection) / the full cache's prefill
+  double overhead = 1;        // (prefill + selection) / a plain full prefill of the same context (interleaved)
   double token_accuracy = -1; // passkey: share of target tokens that are the argmax (teacher-forced)
   std::map<std::string, std::pair<int64_t, int64_t>> groups;  // group -> (correct, total)
 };
