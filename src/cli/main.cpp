@@ -8,6 +8,7 @@
 
 #include "agate/util/error.h"
 #include "agate/util/logging.h"
+#include "agate/util/memory.h"
 #include "commands.h"
 
 namespace {
@@ -61,6 +62,7 @@ int main(int argc, char** argv) {
     if (name != c.name) continue;
     try {
       agate::init_logging();
+      agate::tune_allocator();
       return c.run(agate::cli::Argv(argv + 2, argv + argc));
     } catch (const agate::Error& e) {
       std::cerr << "error: " << e.what() << "\n";
