@@ -300,7 +300,7 @@ int cmd_bench(const Argv& argv) {
              {"iters", "K", "timed repetitions", "5"},
              {"threads", "N", "intra-op threads (0 = all cores)", "0"}});
   if (!args.parse(argv)) return 0;
-  args.expect_positionals(1, "the benchmark name (forward or load)");
+  args.expect_positionals(1, "the benchmark name (forward, load, loader, train, decode or matmul)");
   const int threads = configure_threads(static_cast<int>(args.get_int("threads")));
   const std::string what = args.positionals()[0];
   if (what == "forward") return bench_forward(args, threads);

@@ -20,7 +20,7 @@ struct Command {
 };
 
 const Command kCommands[] = {
-    {"bench", agate::cli::cmd_bench, "micro-benchmarks: forward tokens/s, weight loading"},
+    {"bench", agate::cli::cmd_bench, "micro-benchmarks (forward, load, loader, train, decode, matmul), one JSON line each"},
     {"data", agate::cli::cmd_data, "check a token dataset, or show one of its samples"},
     {"eval", agate::cli::cmd_eval, "every eviction policy side by side at matched KV budgets (perplexity, choice, passkey)"},
     {"export", agate::cli::cmd_export, "write a run's trained gates on their own, for any inference backend"},
