@@ -63,6 +63,20 @@ std::vector<int64_t> head_budgets(int64_t layer_budget, int64_t Hkv, int64_t T) 
   return split_even(std::clamp<int64_t>(layer_budget, 0, Hkv * T), Hkv);
 }
 
+// Flags per layer for policies that fill each layer's [T, Hkv] flags from its per-head budgets:
+// fill(layer, flags, head budgets).
+template <typename Fill>
+std::vector<at::Tensor> per_layer(const PrefillRecord& r, const std::vector<int64_t>& budgets, Fill fill) {
+  std::vector<at::Tensor> out;
+  for (size_t l = 0; l < r.k.size(); ++l) {
+    const int64_t Hkv = r.k[l].size(0);
+    at::Tensor f = at::zeros({r.length(), Hkv}, at::kBool);
+    fill(l, f, head_budgets(budgets.at(l), Hkv, r.length()));
+    out.push_back(f);
+  }
+  return out;
+}
+
 class FullPolicy : public ScoredPolicy {
  public:
   std::string name() const override { return "full"; }
@@ -79,19 +93,13 @@ class StreamingPolicy : public ScoredPolicy {
   std::string name() const override { return "streamingllm"; }
   std::vector<at::Tensor> select(const PrefillRecord& r, const std::vector<int64_t>& budgets) const override {
     const int64_t T = r.length();
-    std::vector<at::Tensor> out;
-    for (size_t l = 0; l < r.k.size(); ++l) {
-      const int64_t Hkv = r.k[l].size(0);
-      at::Tensor f = at::zeros({T, Hkv}, at::kBool);
-      const auto b = head_budgets(budgets.at(l), Hkv, T);
-      for (int64_t g = 0; g < Hkv; ++g) {
-        const int64_t c = b[static_cast<size_t>(g)], s = std::min(o_.sinks, c);
-        f.select(1, g).slice(0, 0, s).fill_(true);
-        f.select(1, g).slice(0, T - (c - s), T).fill_(true);
+    return per_layer(r, budgets, [&](size_t, at::Tensor& f, const std::vector<int64_t>& b) {
+      for (size_t g = 0; g < b.size(); ++g) {
+        const int64_t c = b[g], s = std::min(o_.sinks, c);
+        f.select(1, static_cast<int64_t>(g)).slice(0, 0, s).fill_(true);
+        f.select(1, static_cast<int64_t>(g)).slice(0, T - (c - s), T).fill_(true);
       }
-      out.push_back(f);
-    }
-    return out;
+    });
   }
 
  private:
@@ -104,24 +112,16 @@ class H2OPolicy : public ScoredPolicy {
   std::string name() const override { return "h2o"; }
   std::vector<at::Tensor> select(const PrefillRecord& r, const std::vector<int64_t>& budgets) const override {
     const int64_t T = r.length();
-    std::vector<at::Tensor> out;
-    for (size_t l = 0; l < r.k.size(); ++l) {
-      const int64_t Hkv = r.k[l].size(0);
+    return per_layer(r, budgets, [&](size_t l, at::Tensor& f, const std::vector<int64_t>& b) {
       const at::Tensor s = h2o_scores(r.q[l], r.k[l], o_);  // [Hkv, T]
-      at::Tensor f = at::zeros({T, Hkv}, at::kBool);
-      const auto b = head_budgets(budgets.at(l), Hkv, T);
-      for (int64_t g = 0; g < Hkv; ++g) {
+      for (size_t g = 0; g < b.size(); ++g) {
         // Half recent (rounded up), half heavy hitters among the older tokens (H2O's 1:1 split).
-        const int64_t c = b[static_cast<size_t>(g)], recent = c - c / 2, heavy = c / 2;
-        f.select(1, g).slice(0, T - recent, T).fill_(true);
-        if (heavy > 0) {
-          at::Tensor idx = std::get<1>(s[g].slice(0, 0, T - recent).topk(heavy, 0, true, true));
-          f.select(1, g).index_fill_(0, idx, true);
-        }
+        const int64_t c = b[g], recent = c - c / 2, heavy = c / 2;
+        at::Tensor col = f.select(1, static_cast<int64_t>(g));
+        col.slice(0, T - recent, T).fill_(true);
+        if (heavy > 0) col.index_fill_(0, std::get<1>(s[g].slice(0, 0, T - recent).topk(heavy, 0, true, true)), true);
       }
-      out.push_back(f);
-    }
-    return out;
+    });
   }
 
  private:
@@ -177,6 +177,30 @@ class SnapFamilyPolicy : public ScoredPolicy {
   bool pyramid_, ada_;
 };
 
+// A full prefill recorded (observer, if any, sees each layer's input), flags chosen from the
+// record by select(record), the chosen entries stored in a fresh ragged cache.
+template <typename Select>
+Compressed compress_recorded(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
+                             KeyVisibility* observer, Select select) {
+  c10::InferenceMode guard;
+  const int64_t L = model.config().num_hidden_layers;
+  Compressed c;
+  PrefillRecord rec;
+  double t0 = now_seconds();
+  c.last_logits = record_prefill(model, adapter, context, rec, observer);
+  c.prefill_seconds = now_seconds() - t0;
+  t0 = now_seconds();
+  const std::vector<at::Tensor> flags = select(rec);
+  c.select_seconds = now_seconds() - t0;
+  c.cache = std::make_unique<RaggedKVCache>(L);
+  for (int64_t l = 0; l < L; ++l) {
+    c.cache->insert(l, rec.k[l], rec.v[l], flags[l]);
+    c.layer_entries.push_back(flags[l].sum().item<int64_t>());
+  }
+  c.cache->advance(rec.length());
+  return c;
+}
+
 // Asks the gates for their flags on a full prefill's hidden states, but keeps every key visible
 // (the gates' decisions applied after the prefill, as the baselines apply theirs).
 class FlagRecorder : public KeyVisibility {
@@ -193,32 +217,26 @@ class FlagRecorder : public KeyVisibility {
   Gates* gates_;
 };
 
-class GatePostPolicy : public ScoredPolicy {
+class GatePostPolicy : public Policy {
  public:
   explicit GatePostPolicy(Gates* gates) : gates_(gates) {}
   std::string name() const override { return "gate-post"; }
   bool learned() const override { return true; }
   Compressed compress(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
-                      const std::vector<int64_t>& budgets) const override {
+                      const std::vector<int64_t>&) const override {
     FlagRecorder rec(gates_);
-    recorder_ = &rec;
-    Compressed c = ScoredPolicy::compress(model, adapter, context, budgets);
-    recorder_ = nullptr;
-    return c;
-  }
-  KeyVisibility* observer() const override { return recorder_; }
-  std::vector<at::Tensor> select(const PrefillRecord& r, const std::vector<int64_t>&) const override {
-    std::vector<at::Tensor> out;
-    for (size_t l = 0; l < r.k.size(); ++l) {
-      const at::Tensor& f = recorder_->flags.at(l);
-      out.push_back(f.defined() ? f : at::ones({r.length(), r.k[l].size(0)}, at::kBool));
-    }
-    return out;
+    return compress_recorded(model, adapter, context, &rec, [&](const PrefillRecord& r) {
+      std::vector<at::Tensor> out;
+      for (size_t l = 0; l < r.k.size(); ++l) {
+        const at::Tensor& f = rec.flags.at(l);
+        out.push_back(f.defined() ? f : at::ones({r.length(), r.k[l].size(0)}, at::kBool));
+      }
+      return out;
+    });
   }
 
  private:
   Gates* gates_;
-  mutable FlagRecorder* recorder_ = nullptr;
 };
 
 class GatePolicy : public Policy {
@@ -268,24 +286,11 @@ at::Tensor record_prefill(const LlamaModel& model, ProjectionAdapter* adapter, c
 
 Compressed ScoredPolicy::compress(const LlamaModel& model, ProjectionAdapter* adapter,
                                   const std::vector<int64_t>& context, const std::vector<int64_t>& budgets) const {
-  c10::InferenceMode guard;
-  const int64_t L = model.config().num_hidden_layers;
-  if (static_cast<int64_t>(budgets.size()) != L) throw_usage("a policy needs one budget per layer");
-  Compressed c;
-  PrefillRecord rec;
-  double t0 = now_seconds();
-  c.last_logits = record_prefill(model, adapter, context, rec, observer());
-  c.prefill_seconds = now_seconds() - t0;
-  t0 = now_seconds();
-  const std::vector<at::Tensor> flags = select(rec, budgets);
-  c.select_seconds = now_seconds() - t0;
-  c.cache = std::make_unique<RaggedKVCache>(L);
-  for (int64_t l = 0; l < L; ++l) {
-    c.cache->insert(l, rec.k[l], rec.v[l], flags[l]);
-    c.layer_entries.push_back(flags[l].sum().item<int64_t>());
+  if (static_cast<int64_t>(budgets.size()) != model.config().num_hidden_layers) {
+    throw_usage("a policy needs one budget per layer");
   }
-  c.cache->advance(rec.length());
-  return c;
+  return compress_recorded(model, adapter, context, nullptr,
+                           [&](const PrefillRecord& r) { return select(r, budgets); });
 }
 
 const std::vector<std::string>& baseline_names() {

@@ -84,8 +84,6 @@ class ScoredPolicy : public Policy {
   // Keep flags per layer, [T, Hkv] bool, with exactly the budgeted number of kept entries per
   // layer (all of them when the budget reaches the context).
   virtual std::vector<at::Tensor> select(const PrefillRecord& record, const std::vector<int64_t>& layer_budgets) const = 0;
-  // Sees each layer's input during the recorded prefill without changing it (gate-post).
-  virtual KeyVisibility* observer() const { return nullptr; }
 };
 
 // One of the training-free names above; throws a usage error listing them otherwise.
