@@ -72,8 +72,8 @@ else "$AGATE" eval --model "$base/model" --gates "$gates/export" --task ppl --da
 step "7/8 generating over the ragged KV cache, with the eviction picture"
 "$AGATE" generate --model "$base/model" --gates "$gates/export" --max-new 24 --show-evictions \
   --prompt "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife."
-if /usr/bin/python3 -c "import matplotlib" 2>/dev/null; then tools/plot_metrics "$gates" >/dev/null
-else echo "(training curves: install python3-matplotlib, then tools/plot_metrics $gates)"; fi
+if .venv/bin/python -c "import matplotlib" 2>/dev/null; then .venv/bin/python tools/plot_metrics "$gates" >/dev/null
+else echo "(training curves: run scripts/setup.sh, then .venv/bin/python tools/plot_metrics $gates)"; fi
 
 step "8/8 results"
 python3 - "$gates/summary.json" <<'PY'

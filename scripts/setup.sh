@@ -1,41 +1,65 @@
 #!/usr/bin/env bash
-# Installs every build and test dependency of agate from Debian 12 packages.
-# Idempotent: returns in well under a second when everything is already installed.
-# Usage: scripts/setup.sh [--with-python]   (--with-python adds Debian's python3-torch and python3-matplotlib for tools/)
+# Installs every build and test dependency of agate. Idempotent: a second run checks and returns
+# in about a second.
+#   - Debian 12 packages: compilers, cmake, ccache, yaml-cpp, spdlog/fmt, SentencePiece, Gloo
+#     headers, GoogleTest, nlohmann-json, zlib.
+#   - A project venv at .venv/ (or $AGATE_VENV) with LibTorch from the PyPI wheel torch==2.11.0
+#     (the +cu130 build the GPU machines run; C++ headers, libraries and the CMake package) and
+#     the pinned Python packages the tools and tests use.
+# First run on a fresh cpp-kernels machine: ~2-3 min, ~5 GB (the CUDA wheels are most of it).
+# Usage: scripts/setup.sh            (AGATE_SKIP_APT=1 skips the Debian step, e.g. on a GPU box
+#                                     that has no apt; AGATE_VENV=DIR uses another venv)
 set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH_VERSION=2.11.0
+PY_PKGS=("torch==${TORCH_VERSION}" "numpy==2.4.6" "matplotlib==3.11.2")
 
 PKGS=(
-  build-essential cmake pkg-config ccache git python3
-  libtorch-dev libgloo-dev libopenblas0-openmp
-  libsentencepiece-dev sentencepiece
+  build-essential cmake pkg-config ccache git python3 python3-venv
+  libgloo-dev libsentencepiece-dev sentencepiece
   libyaml-cpp-dev libspdlog-dev libfmt-dev
   libgtest-dev googletest nlohmann-json3-dev zlib1g-dev
 )
-if [[ "${1:-}" == "--with-python" || "${AGATE_WITH_PYTHON:-0}" == "1" ]]; then
-  PKGS+=(python3-torch python3-numpy python3-matplotlib)
+
+if [[ "${AGATE_SKIP_APT:-0}" != "1" ]]; then
+  missing=()
+  for p in "${PKGS[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+      missing+=("$p")
+    fi
+  done
+  if ((${#missing[@]} == 0)); then
+    echo "[setup] all ${#PKGS[@]} Debian packages present"
+  else
+    SUDO=""
+    if [[ $(id -u) -ne 0 ]]; then
+      if command -v sudo >/dev/null; then SUDO="sudo"; else
+        echo "[setup] error: need root or sudo to install: ${missing[*]}" >&2; exit 1
+      fi
+    fi
+    echo "[setup] installing ${#missing[@]} Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
 fi
 
-missing=()
-for p in "${PKGS[@]}"; do
-  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-    missing+=("$p")
-  fi
-done
-
-if ((${#missing[@]} == 0)); then
-  echo "[setup] all ${#PKGS[@]} packages present"
+VENV=${AGATE_VENV:-.venv}
+PY=$VENV/bin/python
+stamp="$VENV/.agate-setup"
+want="${PY_PKGS[*]}"
+if [[ -x $PY && -f $stamp && "$(cat "$stamp")" == "$want" ]]; then
+  echo "[setup] venv $VENV up to date (torch $TORCH_VERSION)"
   exit 0
 fi
-
-SUDO=""
-if [[ $(id -u) -ne 0 ]]; then
-  if command -v sudo >/dev/null; then SUDO="sudo"; else
-    echo "[setup] error: need root or sudo to install: ${missing[*]}" >&2; exit 1
-  fi
+start=$(date +%s)
+if [[ ! -x $PY ]]; then
+  # Prefer a python3 that has venv + pip; Debian's needs python3-venv (installed above).
+  python3 -m venv "$VENV"
 fi
-
-echo "[setup] installing ${#missing[@]} packages: ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-echo "[setup] done"
+echo "[setup] installing into $VENV: ${PY_PKGS[*]} (first time: ~2 min, ~5 GB)"
+"$PY" -m pip install -q --disable-pip-version-check "${PY_PKGS[@]}"
+"$PY" -c "import torch; assert torch.__version__.startswith('$TORCH_VERSION'), torch.__version__"
+echo "$want" >"$stamp"
+echo "[setup] venv ready in $(( $(date +%s) - start )) s: $("$PY" -c 'import torch; print(torch.__version__)')"

@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Python peer of agate's forward benchmark: time full-sequence forwards of the reference.
 
-    /usr/bin/python3 tools/bench_forward.py --model DIR [--seq 256] [--batch 1] [--threads N]
+    .venv/bin/python tools/bench_forward.py --model DIR [--seq 256] [--batch 1] [--threads N]
         [--dtype float32|bfloat16] [--iters K] [--seed S]
   -> one JSON line:
     {"impl": "python-ref", "dtype": ..., "threads": ..., "seq": ..., "batch": ..., "iters": ...,
      "tokens_per_s_median": ..., "median_s": ..., "times": [seconds per forward, ...]}
 
-    /usr/bin/python3 tools/bench_forward.py --model DIR --load-only [--dtype ...] [--iters K]
+    .venv/bin/python tools/bench_forward.py --model DIR --load-only [--dtype ...] [--iters K]
   -> {"impl": "python-ref", "mode": "load-only", "bytes": ..., "read_s": ..., "load_s": ...,
       "read_GBps": ..., "load_GBps": ..., ...}
      read_s: median time to read the checkpoint files' bytes into memory (page cache warmed by an

@@ -1,8 +1,8 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """Python peer of agate's gate-training benchmark (`agate bench train`): the same training step
-written as a competent PyTorch user would write it, on Debian's python3-torch.
+written as a competent PyTorch user would write it, on the venv's torch 2.11 (scripts/setup.sh).
 
-    /usr/bin/python3 tools/bench_train.py --model DIR [--seq 128] [--batch 16] [--iters 5]
+    .venv/bin/python tools/bench_train.py --model DIR [--seq 128] [--batch 16] [--iters 5]
         [--threads 2] [--dtype float32|bfloat16] [--gate-heads 2] [--gate-head-dim 16]
   -> one JSON line: {"impl": "python", "gate_tokens_per_s": ..., "gate_step_s": ..., "times": [...], ...}
 

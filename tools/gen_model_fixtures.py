@@ -10,7 +10,7 @@ Writes, for every case, tests/fixtures/models/<case>/:
                                                  semantics) computed in the case's dtype
 
 Run from the repository root:
-    /usr/bin/python3 tools/gen_model_fixtures.py [--out tests/fixtures/models] [--only CASE ...]
+    .venv/bin/python tools/gen_model_fixtures.py [--out tests/fixtures/models] [--only CASE ...]
 
 Output is deterministic for a given torch build and CPU (fixed seeds, 1 thread).
 Before writing, the generator self-checks the reference: safetensors round trip, causality,

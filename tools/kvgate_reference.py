@@ -26,7 +26,7 @@ Gates (tensors model.layers.{l}.self_attn.kv_gate.*, float32):
              p = sigmoid(fc2(gelu(fc1(x))))   (exact, erf-based GELU)
 
 CLI:
-  /usr/bin/python3 tools/kvgate_reference.py --model MODEL_DIR --gates EXPORT_DIR \\
+  .venv/bin/python tools/kvgate_reference.py --model MODEL_DIR --gates EXPORT_DIR \\
       --tokens 1,5,9 [--dtype float32] [--out flags.json]
   -> {"tokens": [...], "kept": [[[0/1 per token] per KV head] per layer], "keep_ratio": mean}
   (the "tokens" and "kept" members have the layout of `agate generate --flags-out FILE`.)

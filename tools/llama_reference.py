@@ -19,7 +19,7 @@ Contents
   * ModelConfig: config.json parsing with HF's defaults (incl. transformers-v5 `rope_parameters`)
   * compute_inv_freq: RoPE inverse frequencies (default / linear / llama3)
   * CausalLM: the forward pass
-  * CLI:  /usr/bin/python3 tools/llama_reference.py --model DIR --tokens 1,2,3 [--dtype bfloat16]
+  * CLI:  .venv/bin/python tools/llama_reference.py --model DIR --tokens 1,2,3 [--dtype bfloat16]
           -> {"tokens": [...], "logprobs": [log p(tok[t+1] | tok[:t+1]) for t in 0..n-2], "total": sum}
 
 Shapes: B batch, T sequence, D hidden, H query heads, G key/value heads, Hd head_dim,

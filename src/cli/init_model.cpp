@@ -1,4 +1,4 @@
-#include <spdlog/spdlog.h>
+#include "agate/util/logging.h"
 
 #include <filesystem>
 #include <iostream>
@@ -35,7 +35,7 @@ int cmd_init_model(const Argv& argv) {
   ModelConfig config = load_model_config(args.get("config"));
   LlamaModel model = LlamaModel::init_random(config, static_cast<uint64_t>(seed), parse_compute_dtype(args.get("dtype")));
   model.save(out, static_cast<uint64_t>(shard_mb) << 20);
-  spdlog::info("wrote {} ({:.2f} M parameters, {}) to {}", config.model_type, config.parameter_count() / 1e6,
+  log::info("wrote {} ({:.2f} M parameters, {}) to {}", config.model_type, config.parameter_count() / 1e6,
                args.get("dtype"), out);
   return 0;
 }

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "agate/util/device.h"
 #include "agate/util/error.h"
 #include "agate/util/logging.h"
 #include "agate/util/memory.h"
@@ -55,7 +56,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (name == "--version") {
-    std::cout << "agate 0.1.0\n";
+    std::cout << agate::build_info() << "\n";
     return 0;
   }
   for (const auto& c : kCommands) {

@@ -1,4 +1,4 @@
-#include <spdlog/spdlog.h>
+#include "agate/util/logging.h"
 
 
 #include "agate/data/tokenizer.h"
@@ -34,7 +34,7 @@ int cmd_tokenizer(const Argv& argv) {
   const double t0 = now_seconds();
   train_tokenizer(o);
   auto tok = Tokenizer::load(o.out);
-  spdlog::info("wrote {} (vocab {}, {}) in {:.1f} s", o.out, tok->vocab_size(), o.model_type, now_seconds() - t0);
+  log::info("wrote {} (vocab {}, {}) in {:.1f} s", o.out, tok->vocab_size(), o.model_type, now_seconds() - t0);
   return 0;
 }
 

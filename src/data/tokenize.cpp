@@ -3,7 +3,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <spdlog/spdlog.h>
+#include "agate/util/logging.h"
 #include <thread>
 
 #include "agate/data/tokenizer.h"
@@ -272,7 +272,7 @@ TokenizeSummary tokenize_corpus(const Tokenizer& tok, const TokenizeOptions& o) 
     chunk.clear();
     if (now_seconds() - last_report > 5) {
       last_report = now_seconds();
-      spdlog::info("tokenize: {:.1f} MB read, {} documents, {:.1f} MB/s", sum.input_bytes / 1e6,
+      log::info("tokenize: {:.1f} MB read, {} documents, {:.1f} MB/s", sum.input_bytes / 1e6,
                    sum.train.documents + sum.val.documents, sum.input_bytes / 1e6 / (last_report - t0));
     }
   };

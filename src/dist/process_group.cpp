@@ -8,7 +8,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
-#include <spdlog/spdlog.h>
+#include "agate/util/logging.h"
 
 #include <cstdlib>
 #include <thread>
@@ -152,7 +152,7 @@ class C10dGroup : public ProcessGroup {
   std::string backend_;
   int64_t step_ = 0;
   c10::intrusive_ptr<c10d::Store> store_;
-  c10::intrusive_ptr<c10d::ProcessGroup> pg_;
+  c10::intrusive_ptr<c10d::Backend> pg_;  // Gloo or NCCL: both are c10d::Backend in torch 2.x
 };
 
 }  // namespace
@@ -160,7 +160,7 @@ class C10dGroup : public ProcessGroup {
 std::unique_ptr<ProcessGroup> ProcessGroup::create(const LaunchEnv& env, const DistOptions& o) {
   if (o.backend != "auto" && o.backend != "gloo" && o.backend != "nccl") throw_usage("dist.backend must be auto, gloo or nccl");
   if (env.world == 1) return std::make_unique<SingleProcess>();
-  spdlog::info("joining the process group: rank {} of {} ({}, store {}:{})", env.rank, env.world, env.launcher,
+  log::info("joining the process group: rank {} of {} ({}, store {}:{})", env.rank, env.world, env.launcher,
                env.master_addr, env.master_port);
   return std::make_unique<C10dGroup>(env, o);
 }

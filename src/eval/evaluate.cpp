@@ -10,7 +10,7 @@
 #include "agate/eval/eval.h"
 #include "agate/model/llama.h"
 #include "agate/util/error.h"
-#include <spdlog/spdlog.h>
+#include "agate/util/logging.h"
 #include "agate/util/timer.h"
 
 namespace agate::eval {
@@ -151,7 +151,7 @@ Report evaluate(const LlamaModel& model, const Task& task, const EvalOptions& o)
       }
       seconds += now_seconds() - t0;
       if ((i + 1) % std::max<size_t>(1, n / 4) == 0 || i + 1 == n) {
-        spdlog::info("eval {} {}: {}/{} samples ({:.1f} samples/s)", row.policy, label, i + 1, n, (i + 1) / seconds);
+        log::info("eval {} {}: {}/{} samples ({:.1f} samples/s)", row.policy, label, i + 1, n, (i + 1) / seconds);
       }
     }
     const double dn = static_cast<double>(n);

@@ -95,7 +95,7 @@ void Gates::load(const NamedTensors& values, const std::string& source) {
     if (it->second.sizes() != t.sizes()) {
       throw_input(source, "gate tensor '" + name + "' has the wrong shape", "was it written for another model or gate size?");
     }
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     t.copy_(it->second.to(at::kFloat));
   }
 }

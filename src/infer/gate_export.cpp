@@ -1,7 +1,8 @@
 #include "agate/infer/gate_export.h"
 
+#include <c10/core/GradMode.h>
 #include <ATen/ATen.h>
-#include <spdlog/spdlog.h>
+#include "agate/util/logging.h"
 
 #include <cstdio>
 #include <filesystem>
@@ -68,7 +69,7 @@ double export_gates(const ExportOptions& o) {
   at::Tensor keep = at::zeros({base.config().num_hidden_layers, base.config().num_key_value_heads}, at::kDouble);
   int64_t measured = 0;
   {
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     const std::string data_dir = r.str("data.val").empty() ? r.str("data.train") : r.str("data.val");
     Dataset ds = Dataset::open(data_dir);
     LoaderOptions lo;

@@ -1,5 +1,6 @@
 #include "agate/train/adamw.h"
 
+#include <c10/core/GradMode.h>
 #include <ATen/ATen.h>
 
 #include <cmath>
@@ -17,7 +18,7 @@ AdamW::AdamW(NamedTensors params, AdamWOptions options) : params_(std::move(para
 }
 
 void AdamW::step(double lr) {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   steps_ += 1;
   const double bc1 = 1.0 - std::pow(opt_.beta1, static_cast<double>(steps_));
   const double bc2 = 1.0 - std::pow(opt_.beta2, static_cast<double>(steps_));

@@ -1,5 +1,6 @@
 #include "agate/train/recompute.h"
 
+#include <c10/core/GradMode.h>
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -41,7 +42,7 @@ class RecomputeFn : public torch::autograd::Function<RecomputeFn> {
     ctx->saved_data["adapter"] = reinterpret_cast<int64_t>(call.options.adapter);
     ctx->saved_data["gates"] = reinterpret_cast<int64_t>(call.gates);
     ctx->save_for_backward({h});
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     auto [out, s] = call.run(h);
     return {out, s};
   }

@@ -1,8 +1,9 @@
 #include "agate/train/trainer.h"
 
+#include <c10/core/GradMode.h>
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/anomaly_mode.h>
-#include <spdlog/spdlog.h>
+#include "agate/util/logging.h"
 
 #include <unistd.h>
 
@@ -130,7 +131,7 @@ struct Trainer::Impl {
                !fs::exists(fs::path(model_dir) / "model.safetensors.index.json")) {
       // A config-only folder (e.g. a real model's config.json without its weights): plan only.
       config_only = load_model_config((fs::path(model_dir) / "config.json").string());
-      spdlog::info("{} holds no weights: planning from its config.json alone", model_dir);
+      log::info("{} holds no weights: planning from its config.json alone", model_dir);
     } else {
       model.emplace(LlamaModel::load(model_dir, dtype));
     }
@@ -286,7 +287,7 @@ struct Trainer::Impl {
 
   // Mean LM loss and keep ratio over eval.batches of the validation set (same batches each time).
   std::pair<double, double> validate_once(bool with_gates) {
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     LoaderOptions o;
     o.seq_len = seq_len;
     o.global_batch = micro_batch;
@@ -376,7 +377,7 @@ struct Trainer::Impl {
     }
     for (auto it = st.at("recipe").begin(); it != st.at("recipe").end(); ++it) {
       if (key_value(it.key()) != it.value().get<std::string>()) {
-        spdlog::info("resume: {} changed from '{}' to '{}' (allowed)", it.key(), it.value().get<std::string>(), key_value(it.key()));
+        log::info("resume: {} changed from '{}' to '{}' (allowed)", it.key(), it.value().get<std::string>(), key_value(it.key()));
       }
     }
   }
@@ -415,7 +416,7 @@ struct Trainer::Impl {
       check_resume_compatible(st, *from);
     }
     if (lead) write_file_atomic((fs::path(run_dir) / "config.resolved.yaml").string(), r.to_yaml());
-    spdlog::info("run folder {}; {} rank(s), backend {}; plan:\n{}", run_dir, pg->world(), pg->backend(), plan().describe());
+    log::info("run folder {}; {} rank(s), backend {}; plan:\n{}", run_dir, pg->world(), pg->backend(), plan().describe());
 
     // AGATE_DETECT_ANOMALY=1: autograd names the op that produced a NaN (slow; for debugging).
     if (const char* a = std::getenv("AGATE_DETECT_ANOMALY"); a && std::string(a) == "1") {
@@ -441,7 +442,7 @@ struct Trainer::Impl {
     if (ckpt) {
       // Parameters, optimizer, data cursor, counters and the metric window: exactly as saved.
       {
-        at::NoGradGuard no_grad;
+        c10::NoGradGuard no_grad;
         std::map<std::string, at::Tensor> saved(ckpt->trainable.begin(), ckpt->trainable.end());
         for (auto& [name, p] : trainable) {
           auto it = saved.find(name);
@@ -464,7 +465,7 @@ struct Trainer::Impl {
       summary.keep = st.at("keep");
       summary.steps = start;
       summary.resumed_from = start;
-      spdlog::info("resuming from {} (step {}, {} tokens seen, data epoch {} sample {})", *from, start, tokens_seen,
+      log::info("resuming from {} (step {}, {} tokens seen, data epoch {} sample {})", *from, start, tokens_seen,
                    cursor.epoch, cursor.sample);
       // Drop metrics the interrupted run wrote after this checkpoint.
       std::ifstream in(metrics_path);
@@ -488,7 +489,7 @@ struct Trainer::Impl {
     };
     // Identical starting parameters everywhere (they are seeded alike; this makes it certain).
     {
-      at::NoGradGuard no_grad;
+      c10::NoGradGuard no_grad;
       for (auto& kv : trainable) pg->broadcast(kv.second, 0);
     }
     DataLoader loader(*train_data, lo, cursor);
@@ -496,7 +497,7 @@ struct Trainer::Impl {
     const bool has_gates = gates != nullptr;
     if (!ckpt && val_data && has_gates) {
       summary.val_base_loss = validate_once(false).first;
-      spdlog::info("validation loss of the base model without gates: {:.4f}", summary.val_base_loss);
+      log::info("validation loss of the base model without gates: {:.4f}", summary.val_base_loss);
       record({{"step", 0}, {"val_base_loss", summary.val_base_loss}});
     }
     const double target = r.number("loss.target_keep");
@@ -532,7 +533,7 @@ struct Trainer::Impl {
         NamedTensors opt_state = optimizer.state();
         const std::string path = save_checkpoint(run_dir, step, {trainable, opt_state, state.dump(2) + "\n"},
                                                  r.integer("checkpoint.keep_last"));
-        spdlog::info("checkpoint {}", path);
+        log::info("checkpoint {}", path);
       }
       pg->barrier();  // nobody moves on (or exits) before the checkpoint is complete
     };
@@ -571,7 +572,7 @@ struct Trainer::Impl {
         if (distill > 0 && has_gates) {
           at::Tensor teacher;
           {
-            at::NoGradGuard ng;
+            c10::NoGradGuard ng;
             teacher = forward(inputs, false, false).first;
           }
           loss = loss + distill * share * distill_loss(logits, teacher, w);
@@ -606,7 +607,7 @@ struct Trainer::Impl {
         optimizer.zero_grad();
         summary.skipped_steps += 1;
         bad_in_row += 1;
-        spdlog::warn("step {}: non-finite {}, step skipped ({} in a row)", step + 1, bad_what, bad_in_row);
+        log::warn("step {}: non-finite {}, step skipped ({} in a row)", step + 1, bad_what, bad_in_row);
         record({{"step", step + 1}, {"skipped", true}, {"bad_in_row", bad_in_row}});
         if (bad_in_row >= r.integer("train.max_bad_steps")) {
           throw_runtime("the loss or gradient was NaN/infinite for " + std::to_string(bad_in_row) +
@@ -626,7 +627,7 @@ struct Trainer::Impl {
       if ((step + 1) % r.integer("train.log_every") == 0 || last) {
         const double now = now_seconds(), tps = tokens_window / std::max(now - t_window, 1e-9);
         const double eta = (now - t_start) / (step + 1 - start) * (steps - step - 1);
-        spdlog::info("step {}/{} | loss {:.4f} (lm {:.4f} + sparsity {:.4f}) | keep {:.3f} | lr {:.2e} | {:.0f} tok/s | ETA {}",
+        log::info("step {}/{} | loss {:.4f} (lm {:.4f} + sparsity {:.4f}) | keep {:.3f} | lr {:.2e} | {:.0f} tok/s | ETA {}",
                      step + 1, steps, loss_window / n_window, lm_window / n_window, sp_window / n_window,
                      keep_window / n_window, lr, tps, eta_text(eta));
         record({{"step", step + 1}, {"loss", loss_window / n_window}, {"lm_loss", lm_window / n_window},
@@ -644,7 +645,7 @@ struct Trainer::Impl {
         auto [vl, vk] = validate_once(has_gates);
         summary.val_loss = vl;
         if (has_gates) summary.keep = vk;
-        spdlog::info("validation at step {}: loss {:.4f} (ppl {:.2f}), keep {:.3f}", step + 1, vl, std::exp(vl), vk);
+        log::info("validation at step {}: loss {:.4f} (ppl {:.2f}), keep {:.3f}", step + 1, vl, std::exp(vl), vk);
         record({{"step", step + 1}, {"val_loss", vl}, {"val_ppl", std::exp(vl)}, {"val_keep", vk}});
       }
       at::Tensor stop_t = at::full({1}, StopSignals::requested() ? 1.0 : 0.0, at::kDouble);
@@ -652,7 +653,7 @@ struct Trainer::Impl {
       const bool stop = stop_t.item<double>() > 0;
       if (last || stop || (ckpt_every > 0 && (step + 1) % ckpt_every == 0)) write_checkpoint(step + 1);
       if (stop && !last) {
-        spdlog::warn("stopped by signal {} after step {}; re-run the same command to resume",
+        log::warn("stopped by signal {} after step {}; re-run the same command to resume",
                      StopSignals::signal_number() ? StopSignals::signal_number() : 15, step + 1);
         summary.preempted = true;
         return summary;
@@ -684,11 +685,11 @@ struct Trainer::Impl {
   void save_outputs(const TrainSummary& s) {
     if (pretrain) {
       model->save((fs::path(run_dir) / "model").string());
-      spdlog::info("saved the trained model to {}/model", run_dir);
+      log::info("saved the trained model to {}/model", run_dir);
     } else {
       std::map<std::string, std::string> meta{{"gate_type", r.str("gate.type")}, {"lora_rank", r.str("lora.rank")}};
       save_safetensors((fs::path(run_dir) / "trainable.safetensors").string(), trainable, meta);
-      spdlog::info("saved {} trainable tensors to {}/trainable.safetensors", trainable.size(), run_dir);
+      log::info("saved {} trainable tensors to {}/trainable.safetensors", trainable.size(), run_dir);
     }
     json j = {{"steps", s.steps}, {"train_loss", s.train_loss}, {"val_loss", s.val_loss},
               {"val_base_loss", s.val_base_loss}, {"keep", s.keep}, {"tokens_per_s", s.tokens_per_s},

@@ -2,11 +2,11 @@
 # The gate export read by another program: tools/kvgate_reference.py (plain PyTorch on top of
 # tools/llama_reference.py) recomputes, from the export folder and the base model alone, the
 # keep flags per (layer, KV head, prompt token) that `agate generate --gates` uses, for both
-# gate types (attention; mlp with a recent window). Needs the Debian python3-torch.
+# gate types (attention; mlp with a recent window). Needs the venv from scripts/setup.sh (torch 2.11).
 set -uo pipefail
 AGATE=$1; SRC=$2
-PY=/usr/bin/python3
-if ! "$PY" -c "import torch" >/dev/null 2>&1; then echo "skip: no python3-torch"; exit 0; fi
+PY=${AGATE_PYTHON:-$SRC/.venv/bin/python}
+if ! "$PY" -c "import torch" >/dev/null 2>&1; then echo "skip: no torch in $PY (run scripts/setup.sh)"; exit 0; fi
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 source "$SRC/tests/e2e/lib/common.bash"
 cd "$SRC"

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Forward tokens/s of agate vs the Python reference (tools/llama_reference.py, Debian's
+# Forward tokens/s of agate vs the Python reference (tools/llama_reference.py, the venv's
 # python3-torch) on the same ~9M-parameter model, side by side in one run, plus weight loading.
-# Usage: tools/bench/forward.sh [AGATE_BIN] [ROUNDS]     (needs scripts/setup.sh --with-python)
+# Usage: tools/bench/forward.sh [AGATE_BIN] [ROUNDS]     (needs the venv from scripts/setup.sh)
 # Prints a markdown table. Each cell: median over ROUNDS rounds of (median of 5 forwards);
 # agate and Python alternate within each round so machine noise hits both alike.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 AGATE=${1:-build/agate}
 ROUNDS=${2:-3}
-PY=/usr/bin/python3
+PY=${AGATE_PYTHON:-.venv/bin/python}
 model=$(mktemp -d)/tiny-9m
 trap 'rm -rf "$(dirname "$model")"' EXIT
 "$AGATE" init-model --config tools/bench/model_9m.json --out "$model" --seed 0 2>/dev/null

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One run, one table: agate's gate-training tokens/s against the same step in PyTorch
-# (tools/bench_train.py on Debian's python3-torch), this machine's matmul peak and the model
+# (tools/bench_train.py on the venv's torch 2.11), this machine's matmul peak and the model
 # FLOPs utilisation (MFU), the gates' overhead, the loader's tokens/s and decode tokens/s
 # against keep ratio; on the tiny base and on a ~100M-parameter model (random weights: speed
 # does not depend on them). Same model, data shape, dtype and thread count on both sides;
@@ -15,7 +15,8 @@ AGATE=${AGATE:-build/agate}
 THREADS=${THREADS:-$(nproc)}
 TINY=${TINY_MODEL:-runs/tiny-pretrain/model}
 [[ -f $TINY/config.json ]] || { echo "no tiny model at $TINY: run recipes/tiny/pretrain.yaml (or scripts/demo.sh) first" >&2; exit 1; }
-/usr/bin/python3 -c "import torch" 2>/dev/null || { echo "python3-torch is missing: scripts/setup.sh --with-python" >&2; exit 1; }
+PY=${AGATE_PYTHON:-.venv/bin/python}
+"$PY" -c "import torch" 2>/dev/null || { echo "no torch in $PY: run scripts/setup.sh" >&2; exit 1; }
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 "$AGATE" init-model --config tools/bench/model_100m.json --out "$work/m100" --dtype "$DTYPE" >/dev/null
 field() { python3 -c "import json,sys; print(json.loads(sys.stdin.readline())['$1'])"; }
@@ -23,7 +24,7 @@ med() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+
 
 peak=$("$AGATE" bench matmul --dtype "$DTYPE" --threads "$THREADS" --iters 3 | field peak_gflops)
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); dtype $DTYPE; $THREADS threads;" \
-  "OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}; torch $(/usr/bin/python3 -c 'import torch; print(torch.__version__)')"
+  "OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}; torch $("$PY" -c 'import torch; print(torch.__version__)')"
 printf 'matmul peak (%s, best of 256..2048 square GEMMs): %.1f GFLOP/s\n\n' "$DTYPE" "$peak"
 echo "| model | params | seq x batch | agate tok/s | PyTorch tok/s | agate / PyTorch | MFU | gate overhead |"
 echo "|---|---|---|---|---|---|---|---|"
@@ -33,7 +34,7 @@ for spec in "tiny:$TINY:128:16:6.8M" "100m:$work/m100:256:4:$("$AGATE" inspect "
   for ((r = 0; r < ROUNDS; r++)); do
     j=$("$AGATE" bench train --model "$dir" --dtype "$DTYPE" --seq "$seq" --batch "$batch" --iters 3 --threads "$THREADS")
     a+=("$(echo "$j" | field gate_tokens_per_s)"); o+=("$(echo "$j" | field overhead)"); g+=("$(echo "$j" | field model_gflops_per_s)")
-    p+=("$(/usr/bin/python3 tools/bench_train.py --model "$dir" --dtype "$DTYPE" --seq "$seq" --batch "$batch" --iters 3 --threads "$THREADS" | field gate_tokens_per_s)")
+    p+=("$("$PY" tools/bench_train.py --model "$dir" --dtype "$DTYPE" --seq "$seq" --batch "$batch" --iters 3 --threads "$THREADS" | field gate_tokens_per_s)")
   done
   am=$(med "${a[@]}"); pm=$(med "${p[@]}"); om=$(med "${o[@]}"); gm=$(med "${g[@]}")
   printf '| %s | %s | %s x %s | %.0f | %.0f | %.2fx | %.1f%% | %.2fx |\n' "$name" "$params" "$seq" "$batch" "$am" "$pm" \

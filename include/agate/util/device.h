@@ -1,0 +1,23 @@
+// Devices: what `run.device` / `--device` mean, and what this build can run on.
+#pragma once
+
+#include <c10/core/Device.h>
+
+#include <string>
+
+namespace agate {
+
+// Resolves a device spec: "auto" (cuda:local_rank when CUDA is available, else cpu), "cpu",
+// "cuda" (= cuda:local_rank) or "cuda:N". Refuses, with one line and a hint, CUDA on a machine
+// or a build without it, an index past the visible devices, and anything else.
+// `what` names the key or flag for the message (e.g. "--device" or "run.device").
+c10::Device resolve_device(const std::string& spec, int local_rank = 0, const std::string& what = "--device");
+
+// True when this binary was built with agate's CUDA kernels (AGATE_USE_CUDA).
+bool built_with_cuda();
+
+// One line: agate and torch versions, whether CUDA kernels are compiled (and for which
+// architectures), and how many CUDA devices are visible now.
+std::string build_info();
+
+}  // namespace agate

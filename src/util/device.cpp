@@ -1,0 +1,62 @@
+#include "agate/util/device.h"
+
+#include <torch/cuda.h>
+#include <torch/version.h>
+
+#include <exception>
+
+#include "agate/util/error.h"
+
+namespace agate {
+
+bool built_with_cuda() {
+#ifdef AGATE_USE_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+c10::Device resolve_device(const std::string& spec, int local_rank, const std::string& what) {
+  const bool cuda = torch::cuda::is_available();
+  if (spec == "auto") return cuda ? c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(local_rank)) : c10::Device(c10::kCPU);
+  if (spec == "cpu") return c10::Device(c10::kCPU);
+  if (spec == "cuda" || spec.rfind("cuda:", 0) == 0) {
+    if (!cuda) {
+      throw_usage(what + " " + spec + ": no CUDA device is available on this machine" +
+                      (built_with_cuda() ? "" : " (and this agate was built without CUDA kernels)"),
+                  "use " + what + " cpu (or auto), or run on a machine with an NVIDIA GPU and a CUDA build of torch");
+    }
+    int index = local_rank;
+    if (spec != "cuda") {
+      try {
+        size_t used = 0;
+        index = std::stoi(spec.substr(5), &used);
+        if (used != spec.size() - 5 || index < 0) throw std::invalid_argument(spec);
+      } catch (const std::exception&) {
+        throw_usage(what + " '" + spec + "' is not a device", "use auto, cpu, cuda or cuda:N");
+      }
+    }
+    const auto n = static_cast<int>(torch::cuda::device_count());
+    if (index >= n) {
+      throw_usage(what + " " + spec + ": only " + std::to_string(n) + " CUDA device(s) are visible" +
+                      (spec == "cuda" ? " (cuda means cuda:LOCAL_RANK = cuda:" + std::to_string(index) + ")" : ""),
+                  "check CUDA_VISIBLE_DEVICES and the number of ranks per node");
+    }
+    return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
+  }
+  throw_usage(what + " '" + spec + "' is not a device", "use auto, cpu, cuda or cuda:N");
+}
+
+std::string build_info() {
+  std::string s = "agate 0.1.0 (torch " TORCH_VERSION ", ";
+#ifdef AGATE_USE_CUDA
+  s += std::string("CUDA kernels compiled for sm_") + AGATE_CUDA_ARCHS_STR;
+#else
+  s += "CPU build, no CUDA kernels";
+#endif
+  s += ", " + std::to_string(torch::cuda::is_available() ? torch::cuda::device_count() : 0) + " CUDA device(s) visible)";
+  return s;
+}
+
+}  // namespace agate
