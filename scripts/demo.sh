@@ -33,7 +33,7 @@ else
 fi
 
 if [[ -z ${DEMO_CORPUS:-} ]]; then
-  step "3/8 default corpus: Austen + King James Bible + Brown -> tokenizer -> token shards"
+  step "3/8 default corpus: Austen + King James Bible + Shakespeare -> tokenizer -> token shards"
   AGATE=$AGATE scripts/prepare_corpus.sh
 else
   step "3/8 using the corpus in $CORPUS (DEMO_CORPUS)"

@@ -5,7 +5,7 @@
 #   scripts/prepare_corpus.sh [--force]        (AGATE=path/to/agate, VOCAB=4096)
 #
 # Writes (git-ignored):
-#   data/corpus/raw/{austen,kjv,brown}.txt
+#   data/corpus/raw/{austen,kjv,shakespeare}.txt
 #   data/corpus/tokenizer.model
 #   data/corpus/tokens/{train,val}/       (manifest.json + shards)
 #   data/corpus/passkey/tokens/{train,val}/  synthetic passkey retrieval, SFT form
@@ -17,11 +17,13 @@ FORCE=${1:-}
 [[ -x $AGATE ]] || { echo "[corpus] error: $AGATE not found (build first: cmake --build build, or set AGATE=...)" >&2; exit 1; }
 
 bash data/fetch_corpus.sh $FORCE
-raw=(data/corpus/raw/austen.txt data/corpus/raw/kjv.txt data/corpus/raw/brown.txt)
+raw=(data/corpus/raw/austen.txt data/corpus/raw/kjv.txt data/corpus/raw/shakespeare.txt)
 inputs=$(IFS=,; echo "${raw[*]}")
 
 tok=data/corpus/tokenizer.model
-if [[ -f $tok && $FORCE != --force ]]; then
+raw_newer=0  # a raw file rebuilt since the tokenizer was trained (e.g. a new source)
+for f in "${raw[@]}"; do [[ -f $tok && $f -nt $tok ]] && raw_newer=1; done
+if [[ -f $tok && $FORCE != --force && $raw_newer == 0 ]]; then
   echo "[corpus] $tok exists, skipping"
 else
   echo "[corpus] training a $VOCAB-piece BPE tokenizer"

@@ -1,5 +1,9 @@
 #include "args.h"
 
+#include <cstdlib>
+
+#include "agate/util/device.h"
+
 #include <iostream>
 #include <sstream>
 
@@ -143,6 +147,15 @@ std::vector<long long> parse_int_list(const std::string& text, const std::string
     }
   }
   return out;
+}
+
+Option device_option() {
+  return {"device", "D", "auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda or cuda:N", "auto"};
+}
+
+c10::Device device_from(const Args& args) {
+  const char* lr = std::getenv("LOCAL_RANK");
+  return resolve_device(args.get("device"), lr ? std::atoi(lr) : 0, "--device");
 }
 
 }  // namespace agate::cli

@@ -1,6 +1,8 @@
 // Minimal, strict command-line parsing shared by the subcommands (cli-internal header).
 #pragma once
 
+#include <c10/core/Device.h>
+
 #include <map>
 #include <string>
 #include <vector>
@@ -48,6 +50,11 @@ class Args {
   std::map<std::string, std::vector<std::string>> all_values_;
   std::vector<std::string> positionals_;
 };
+
+// The --device option every compute command takes (default auto).
+Option device_option();
+// Resolves --device (auto = cuda:LOCAL_RANK when CUDA is available, else cpu).
+c10::Device device_from(const Args& args);
 
 // Splits "1,2,3" into integers; throws a usage error naming `what` on bad input.
 std::vector<long long> parse_int_list(const std::string& text, const std::string& what);

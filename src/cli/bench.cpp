@@ -16,6 +16,7 @@
 #include "agate/model/llama.h"
 #include "agate/train/adamw.h"
 #include "agate/util/error.h"
+#include "agate/util/device.h"
 #include "agate/util/threads.h"
 #include "agate/util/timer.h"
 #include "args.h"
@@ -25,25 +26,32 @@ namespace agate::cli {
 
 namespace {
 
-nlohmann::json machine_info(int threads) {
+nlohmann::json machine_info(int threads, c10::Device device = c10::kCPU) {
   const char* coretype = std::getenv("OPENBLAS_CORETYPE");
-  return {{"threads", threads}, {"openblas_coretype", coretype ? coretype : "(unset)"}};
+  return {{"threads", threads}, {"openblas_coretype", coretype ? coretype : "(unset)"}, {"device", device.str()}};
+}
+
+// Times f on `device`: the device's queue is drained after each run.
+template <typename F>
+std::vector<double> time_on(c10::Device device, F&& f, int iters, int warmup = 1) {
+  return time_runs([&] { f(); synchronize(device); }, iters, warmup);
 }
 
 int bench_forward(const Args& args, int threads) {
   c10::InferenceMode inference;
   const std::string dtype = args.get("dtype");
-  LlamaModel model = LlamaModel::load(args.get("model"), parse_compute_dtype(dtype));
+  const c10::Device device = device_from(args);
+  LlamaModel model = LlamaModel::load(args.get("model"), parse_compute_dtype(dtype), device);
   const long long seq = args.get_int("seq"), batch = args.get_int("batch"), iters = args.get_int("iters");
   if (seq < 1 || batch < 1 || iters < 1) throw_usage("--seq, --batch and --iters must be positive");
   auto gen = at::make_generator<at::CPUGeneratorImpl>(0);
-  at::Tensor tokens = at::randint(0, model.config().vocab_size, {batch, seq}, gen, at::kLong);
-  std::vector<double> times = time_runs([&] { model.forward(tokens); }, static_cast<int>(iters));
+  at::Tensor tokens = at::randint(0, model.config().vocab_size, {batch, seq}, gen, at::kLong).to(device);
+  std::vector<double> times = time_on(device, [&] { model.forward(tokens); }, static_cast<int>(iters));
   const double med = median(times);
   nlohmann::json j = {{"impl", "agate"}, {"mode", "forward"}, {"dtype", dtype}, {"seq", seq}, {"batch", batch},
                       {"iters", iters}, {"tokens_per_s_median", batch * seq / med}, {"median_s", med},
                       {"times", times}};
-  j.update(machine_info(threads));
+  j.update(machine_info(threads, device));
   std::cout << j.dump() << "\n";
   return 0;
 }
@@ -72,11 +80,12 @@ int bench_load(const Args& args, int threads) {
     }
   };
   const double read_s = median(time_runs(read_all, iters));
-  const double load_s = median(time_runs([&] { LlamaModel::load(dir, dtype); }, iters));
+  const c10::Device device = device_from(args);
+  const double load_s = median(time_on(device, [&] { LlamaModel::load(dir, dtype, device); }, iters));
   nlohmann::json j = {{"impl", "agate"}, {"mode", "load"}, {"dtype", args.get("dtype")}, {"bytes", bytes},
                       {"read_s", read_s}, {"load_s", load_s}, {"load_over_read", load_s / read_s},
                       {"read_GBps", bytes / read_s / 1e9}, {"load_GBps", bytes / load_s / 1e9}};
-  j.update(machine_info(threads));
+  j.update(machine_info(threads, device));
   std::cout << j.dump() << "\n";
   return 0;
 }
@@ -127,16 +136,19 @@ int bench_matmul(const Args& args, int threads) {
   const int iters = static_cast<int>(args.get_int("iters"));
   nlohmann::json sizes = nlohmann::json::object();
   double best = 0;
-  for (int64_t n : {256, 512, 1024, 2048}) {
-    at::Tensor a = at::randn({n, n}).to(st), b = at::randn({n, n}).to(st), c = at::empty({n, n}, a.options());
+  const c10::Device device = device_from(args);
+  const std::vector<int64_t> ns = device.is_cuda() ? std::vector<int64_t>{1024, 2048, 4096, 8192}
+                                                   : std::vector<int64_t>{256, 512, 1024, 2048};
+  for (int64_t n : ns) {
+    at::Tensor a = at::randn({n, n}).to(device, st), b = at::randn({n, n}).to(device, st), c = at::empty({n, n}, a.options());
     const int reps = static_cast<int>(std::max<int64_t>(1, (int64_t{1} << 30) / (n * n * n)));  // ~2 GFLOP per timing
-    const double s = median(time_runs([&] { for (int r = 0; r < reps; ++r) at::mm_out(c, a, b); }, iters)) / reps;
+    const double s = median(time_on(device, [&] { for (int r = 0; r < reps; ++r) at::mm_out(c, a, b); }, iters)) / reps;
     const double gflops = 2.0 * n * n * n / s / 1e9;
     sizes[std::to_string(n)] = gflops;
     best = std::max(best, gflops);
   }
   nlohmann::json j = {{"impl", "agate"}, {"mode", "matmul"}, {"dtype", dtype}, {"peak_gflops", best}, {"gflops_by_size", sizes}};
-  j.update(machine_info(threads));
+  j.update(machine_info(threads, device));
   std::cout << j.dump() << "\n";
   return 0;
 }
@@ -146,22 +158,24 @@ int bench_matmul(const Args& args, int threads) {
 // it must to reach the gates of the first layers).
 int bench_train(const Args& args, int threads) {
   const std::string dtype = args.get("dtype");
-  LlamaModel model = LlamaModel::load(args.get("model"), parse_compute_dtype(dtype));
+  const c10::Device device = device_from(args);
+  LlamaModel model = LlamaModel::load(args.get("model"), parse_compute_dtype(dtype), device);
   model.set_requires_grad(false);
   GateConfig g;
   g.type = args.get("gate");
   g.heads = args.get_int("gate-heads");
   g.head_dim = args.get_int("gate-head-dim");
   g.init_bias = 0.0;  // about half the tokens evicted: the masked path, as in real training
-  auto gates = Gates::create(g, model.config(), 0);
+  auto gates = Gates::create(g, model.config(), 0, device);
   AdamW opt(gates->parameters(), AdamWOptions{});
   const std::string attn = args.get("attention");
   if (attn != "fused" && attn != "reference") throw_usage("--attention takes fused or reference");
   set_fused_masked_attention(attn == "fused");
   const long long seq = args.get_int("seq"), batch = args.get_int("batch"), iters = args.get_int("iters");
   auto gen = at::make_generator<at::CPUGeneratorImpl>(0);
-  at::Tensor tokens = at::randint(0, model.config().vocab_size, {batch, seq + 1}, gen, at::kLong);
-  at::Tensor inputs = tokens.slice(1, 0, seq), targets = tokens.slice(1, 1), w = at::ones({batch, seq});
+  at::Tensor tokens = at::randint(0, model.config().vocab_size, {batch, seq + 1}, gen, at::kLong).to(device);
+  at::Tensor inputs = tokens.slice(1, 0, seq), targets = tokens.slice(1, 1);
+  at::Tensor w = at::ones({batch, seq}, tokens.options().dtype(at::kFloat));
   auto step = [&](bool with_gates) {
     ForwardOptions o;
     o.visibility = with_gates ? gates.get() : nullptr;
@@ -180,8 +194,8 @@ int bench_train(const Args& args, int threads) {
   step(true);
   step(false);
   for (long long i = 0; i < iters; ++i) {
-    with.push_back(time_runs([&] { step(true); }, 1, 0)[0]);
-    without.push_back(time_runs([&] { step(false); }, 1, 0)[0]);
+    with.push_back(time_on(device, [&] { step(true); }, 1, 0)[0]);
+    without.push_back(time_on(device, [&] { step(false); }, 1, 0)[0]);
   }
   const double mw = median(with), mo = median(without);
   const double flops = train_flops_per_token(model.config(), g, seq);
@@ -189,7 +203,7 @@ int bench_train(const Args& args, int threads) {
                       {"batch", batch}, {"iters", iters}, {"gate_step_s", mw}, {"frozen_step_s", mo},
                       {"gate_tokens_per_s", batch * seq / mw}, {"overhead", mw / mo},
                       {"attention", attn}, {"model_flops_per_token", flops}, {"model_gflops_per_s", flops * batch * seq / mw / 1e9}};
-  j.update(machine_info(threads));
+  j.update(machine_info(threads, device));
   std::cout << j.dump() << "\n";
   return 0;
 }
@@ -197,10 +211,11 @@ int bench_train(const Args& args, int threads) {
 // Random keep flags at a given ratio, by absolute position (sink: position 0 always kept).
 class RandomKeep : public KeyVisibility {
  public:
-  RandomKeep(int64_t layers, int64_t T, int64_t Hkv, double keep, uint64_t seed) {
+  RandomKeep(int64_t layers, int64_t T, int64_t Hkv, double keep, uint64_t seed, c10::Device device) {
     auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
     table_ = (at::rand({layers, T, Hkv}, gen) < keep).to(at::kFloat);
     table_.select(1, 0).fill_(1.0);
+    table_ = table_.to(device);
   }
   at::Tensor key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions) override {
     return table_[layer].index_select(0, positions).unsqueeze(0).to(x.scalar_type());
@@ -215,16 +230,17 @@ class RandomKeep : public KeyVisibility {
 int bench_decode(const Args& args, int threads) {
   c10::InferenceMode guard;
   const std::string dtype = args.get("dtype");
-  LlamaModel model = LlamaModel::load(args.get("model"), parse_compute_dtype(dtype));
+  const c10::Device device = device_from(args);
+  LlamaModel model = LlamaModel::load(args.get("model"), parse_compute_dtype(dtype), device);
   const ModelConfig& c = model.config();
   const long long n_new = args.get_int("new");
   std::vector<double> keeps;
   for (const auto& k : args.get_list("keeps")) keeps.push_back(std::stod(k));
   auto gen = at::make_generator<at::CPUGeneratorImpl>(0);
   for (long long T : parse_int_list(args.get("contexts"), "--contexts")) {
-    at::Tensor prompt = at::randint(0, c.vocab_size, {1, T}, gen, at::kLong);
+    at::Tensor prompt = at::randint(0, c.vocab_size, {1, T}, gen, at::kLong).to(device);
     for (double keep : keeps) {
-      RandomKeep flags(c.num_hidden_layers, T, c.num_key_value_heads, keep, 1);
+      RandomKeep flags(c.num_hidden_layers, T, c.num_key_value_heads, keep, 1, device);
       std::vector<double> rates;
       int64_t bytes = 0, full = 0;
       for (int rep = 0; rep < 3; ++rep) {
@@ -237,21 +253,23 @@ int bench_decode(const Args& args, int threads) {
         full = T * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 2 * (dtype == "bfloat16" ? 2 : 4);
         ForwardOptions dec;
         dec.cache = &cache;
-        at::Tensor tok = at::zeros({1, 1}, at::kLong);
+        at::Tensor tok = at::zeros({1, 1}, prompt.options());
+        synchronize(device);
         const double t0 = now_seconds();
         for (long long i = 0; i < n_new; ++i) model.forward(tok, dec);
+        synchronize(device);
         rates.push_back(n_new / (now_seconds() - t0));
       }
       nlohmann::json j = {{"impl", "agate"}, {"mode", "decode"}, {"dtype", dtype}, {"context", T}, {"keep", keep},
                           {"kv_bytes", bytes}, {"kv_bytes_full", full}, {"decode_tokens_per_s", median(rates)}};
-      j.update(machine_info(threads));
+      j.update(machine_info(threads, device));
       std::cout << j.dump() << "\n";
     }
     // Prefill with fresh attention gates (ragged cache) against prefill without gates.
     GateConfig g;
     g.heads = args.get_int("gate-heads");
     g.head_dim = args.get_int("gate-head-dim");
-    auto gates = Gates::create(g, c, 0);
+    auto gates = Gates::create(g, c, 0, device);
     auto prefill = [&](bool with_gates) {
       RaggedKVCache cache(c.num_hidden_layers);
       ForwardOptions o;
@@ -261,13 +279,13 @@ int bench_decode(const Args& args, int threads) {
     };
     std::vector<double> with, without;
     for (int rep = 0; rep < 3; ++rep) {
-      with.push_back(time_runs([&] { prefill(true); }, 1, rep == 0 ? 1 : 0)[0]);
-      without.push_back(time_runs([&] { prefill(false); }, 1, rep == 0 ? 1 : 0)[0]);
+      with.push_back(time_on(device, [&] { prefill(true); }, 1, rep == 0 ? 1 : 0)[0]);
+      without.push_back(time_on(device, [&] { prefill(false); }, 1, rep == 0 ? 1 : 0)[0]);
     }
     nlohmann::json j = {{"impl", "agate"}, {"mode", "prefill"}, {"dtype", dtype}, {"context", T},
                         {"prefill_s_gates", median(with)}, {"prefill_s_plain", median(without)},
                         {"gate_prefill_overhead", median(with) / median(without)}};
-    j.update(machine_info(threads));
+    j.update(machine_info(threads, device));
     std::cout << j.dump() << "\n";
   }
   return 0;
@@ -298,7 +316,8 @@ int cmd_bench(const Argv& argv) {
              {"seq", "T", "sequence length (forward)", "256"},
              {"batch", "B", "batch size (forward)", "1"},
              {"iters", "K", "timed repetitions", "5"},
-             {"threads", "N", "intra-op threads (0 = all cores)", "0"}});
+             {"threads", "N", "intra-op threads (0 = all cores)", "0"},
+             device_option()});
   if (!args.parse(argv)) return 0;
   args.expect_positionals(1, "the benchmark name (forward, load, loader, train, decode or matmul)");
   const int threads = configure_threads(static_cast<int>(args.get_int("threads")));

@@ -48,7 +48,8 @@ int cmd_eval(const Argv& argv) {
              {"json", "FILE", "also write the results as JSON", ""},
              {"plot", "FILE", "also write an SVG plot of the metric against keep ratio", ""},
              {"dtype", "NAME", "compute dtype: float32 or bfloat16", "float32"},
-             {"threads", "N", "intra-op threads (0 = all cores)", "0"}});
+             {"threads", "N", "intra-op threads (0 = all cores)", "0"},
+             device_option()});
   if (!args.parse(argv)) return 0;
   args.expect_positionals(0);
   configure_threads(static_cast<int>(args.get_int("threads")));
@@ -79,7 +80,7 @@ int cmd_eval(const Argv& argv) {
     if (p != "gate" && p != "gate-post") evict::make_policy(p, o.policy);  // refuses unknown names before any work
   }
 
-  LlamaModel model = LlamaModel::load(model_dir, parse_compute_dtype(args.get("dtype")));
+  LlamaModel model = LlamaModel::load(model_dir, parse_compute_dtype(args.get("dtype")), device_from(args));
   std::unique_ptr<Gates> gates;
   std::unique_ptr<LoraAdapters> lora;
   if (args.has("gates")) {

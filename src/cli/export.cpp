@@ -17,7 +17,8 @@ int cmd_export(const Argv& argv) {
             {{"step", "N", "checkpoint step to export (default: the newest)", ""},
              {"out", "DIR", "output folder", ""},
              {"batches", "K", "validation sequences used to measure keep ratios", "4"},
-             {"threads", "N", "intra-op threads (0 = all cores)", "0"}});
+             {"threads", "N", "intra-op threads (0 = all cores)", "0"},
+             device_option()});
   if (!args.parse(argv)) return 0;
   args.expect_positionals(1, "the run folder RUN_DIR");
   configure_threads(static_cast<int>(args.get_int("threads")));
@@ -26,6 +27,7 @@ int cmd_export(const Argv& argv) {
   o.step = args.has("step") ? args.get_int("step") : -1;
   o.out = args.get("out");
   o.batches = args.get_int("batches");
+  o.device = args.get("device");
   const double keep = export_gates(o);
   std::printf("exported gates to %s (mean keep ratio %.3f)\n", o.out.c_str(), keep);
   return 0;

@@ -69,7 +69,8 @@ int cmd_generate(const Argv& argv) {
              {"show-evictions", "", "draw which prompt tokens each layer/head kept", ""},
              {"gate-decode", "", "also gate generated tokens (default: every generated token is kept)", ""},
              {"flags-out", "FILE", "write the prompt's keep flags as JSON {tokens, kept[layer][kv_head][token]}", ""},
-             {"threads", "N", "intra-op threads (0 = all cores)", "0"}});
+             {"threads", "N", "intra-op threads (0 = all cores)", "0"},
+             device_option()});
   if (!args.parse(argv)) return 0;
   args.expect_positionals(0);
   configure_threads(static_cast<int>(args.get_int("threads")));
@@ -77,7 +78,7 @@ int cmd_generate(const Argv& argv) {
   const std::string model_dir = args.get("model");
   const std::string text = args.has("prompt") ? args.get("prompt") : read_file(args.get("prompt-file"));
   auto tok = Tokenizer::load(args.get_or("tokenizer", (std::filesystem::path(model_dir) / "tokenizer.model").string()));
-  LlamaModel model = LlamaModel::load(model_dir, parse_compute_dtype(args.get("dtype")));
+  LlamaModel model = LlamaModel::load(model_dir, parse_compute_dtype(args.get("dtype")), device_from(args));
   std::unique_ptr<Gates> gates;
   if (args.has("gates")) gates = load_gate_export(args.get("gates"), model, model_dir);
   std::vector<int64_t> prompt;

@@ -22,11 +22,12 @@ int cmd_score(const Argv& argv) {
              {"text", "TEXT", "text to score instead of --tokens", ""},
              {"tokenizer", "FILE", "SentencePiece model for --text", ""},
              {"dtype", "NAME", "compute dtype: float32 or bfloat16", "float32"},
-             {"threads", "N", "intra-op threads (0 = all cores)", "0"}});
+             {"threads", "N", "intra-op threads (0 = all cores)", "0"},
+             device_option()});
   if (!args.parse(argv)) return 0;
   args.expect_positionals(0);
   configure_threads(static_cast<int>(args.get_int("threads")));
-  LlamaModel model = LlamaModel::load(args.get("model"), parse_compute_dtype(args.get("dtype")));
+  LlamaModel model = LlamaModel::load(args.get("model"), parse_compute_dtype(args.get("dtype")), device_from(args));
   std::vector<int64_t> tokens;
   if (args.has("text") == args.has("tokens")) throw_usage("pass exactly one of --tokens and --text\n" + args.usage());
   if (args.has("text")) {

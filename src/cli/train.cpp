@@ -39,7 +39,8 @@ int cmd_train(const Argv& argv) {
             {{"dry-run", "", "validate and print the plan, train nothing", ""},
              {"fresh", "", "refuse to touch a run folder that already holds a run (default: resume it)", ""},
              {"resume-from", "DIR", "resume from this checkpoint folder instead of the newest", ""},
-             {"print-schema", "", "print every recipe key as a markdown table and exit", ""}});
+             {"print-schema", "", "print every recipe key as a markdown table and exit", ""},
+             {"device", "D", "run.device: auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda or cuda:N", ""}});
   if (!args.parse(argv)) return 0;
   if (args.flag("print-schema")) {
     print_schema();
@@ -47,6 +48,7 @@ int cmd_train(const Argv& argv) {
   }
   if (args.positionals().empty()) throw_usage("missing the recipe\n" + args.usage(), "e.g. agate train recipes/tiny/cpt.yaml");
   std::vector<std::string> overrides(args.positionals().begin() + 1, args.positionals().end());
+  if (args.has("device")) overrides.push_back("run.device=" + args.get("device"));
   Recipe recipe = Recipe::load(args.positionals()[0], overrides);
   ResumeOptions resume;
   resume.fresh = args.flag("fresh");

@@ -35,7 +35,7 @@ class SingleProcess : public ProcessGroup {
 
 class C10dGroup : public ProcessGroup {
  public:
-  C10dGroup(const LaunchEnv& env, const DistOptions& o) : env_(env), timeout_(o.timeout) {
+  C10dGroup(const LaunchEnv& env, const DistOptions& o) : env_(env), timeout_(o.timeout), device_(o.device) {
     const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(o.timeout);
     try {
       if (!o.file_store.empty()) {
@@ -50,9 +50,17 @@ class C10dGroup : public ProcessGroup {
         store_ = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
       }
       store_ = c10::make_intrusive<c10d::PrefixStore>("agate", store_);
-      backend_ = o.backend == "auto" ? "gloo" : o.backend;
+      backend_ = o.backend == "auto" ? (o.device.is_cuda() ? "nccl" : "gloo") : o.backend;
+      if (backend_ == "nccl" && !o.device.is_cuda()) {
+        throw_usage("dist.backend nccl needs CUDA tensors, but run.device is " + o.device.str(),
+                    "use dist.backend: gloo (or auto) on CPU, or run.device: cuda");
+      }
       if (backend_ == "nccl") {
 #ifdef USE_C10D_NCCL
+        // Blocking waits turn a collective timeout into an exception that run() reports with the
+        // lost ranks, instead of the watchdog aborting the process (a user's setting wins).
+        setenv("TORCH_NCCL_BLOCKING_WAIT", "1", /*overwrite=*/0);
+        setenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", "0", /*overwrite=*/0);
         auto opts = c10d::ProcessGroupNCCL::Options::create();
         opts->timeout = ms;
         pg_ = c10::make_intrusive<c10d::ProcessGroupNCCL>(store_, env.rank, env.world, opts);
@@ -87,10 +95,12 @@ class C10dGroup : public ProcessGroup {
   void all_reduce_max(at::Tensor& t) override { reduce(t, c10d::ReduceOp::MAX, "all-reduce"); }
 
   void broadcast(at::Tensor& t, int root) override {
-    std::vector<at::Tensor> ts{t};
+    const bool stage = backend_ == "nccl" && !t.is_cuda();
+    std::vector<at::Tensor> ts{stage ? t.to(device_) : t};
     c10d::BroadcastOptions o;
     o.rootRank = root;
     run("broadcast", [&] { pg_->broadcast(ts, o)->wait(); });
+    if (stage) t.copy_(ts[0]);
   }
 
   void barrier() override {
@@ -108,10 +118,14 @@ class C10dGroup : public ProcessGroup {
 
  private:
   void reduce(at::Tensor& t, c10d::ReduceOp op, const char* what) {
-    std::vector<at::Tensor> ts{t};
+    // NCCL reduces device memory only: host scalars (step agreement, counters) take a round
+    // trip through the rank's device.
+    const bool stage = backend_ == "nccl" && !t.is_cuda();
+    std::vector<at::Tensor> ts{stage ? t.to(device_) : t};
     c10d::AllreduceOptions o;
     o.reduceOp = op;
     run(what, [&] { pg_->allreduce(ts, o)->wait(); });
+    if (stage) t.copy_(ts[0]);
   }
 
   template <typename F>
@@ -149,6 +163,7 @@ class C10dGroup : public ProcessGroup {
 
   LaunchEnv env_;
   std::chrono::seconds timeout_;
+  c10::Device device_;
   std::string backend_;
   int64_t step_ = 0;
   c10::intrusive_ptr<c10d::Store> store_;

@@ -36,7 +36,7 @@ CandidateScore score(const LlamaModel& model, ProjectionAdapter* adapter, const 
     at::Tensor inputs = at::tensor(std::vector<int64_t>(cand.begin(), cand.end() - 1), at::kLong).unsqueeze(0);
     logits = at::cat({logits, model.forward(inputs, fo)[0].to(at::kFloat)});  // [n, V]
   }
-  at::Tensor target = at::tensor(cand, at::kLong);
+  at::Tensor target = at::tensor(cand, at::kLong).to(logits.device());
   at::Tensor lp = at::log_softmax(logits, -1).gather(1, target.unsqueeze(1));
   CandidateScore s;
   s.logprob = lp.sum().item<double>();

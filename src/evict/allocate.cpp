@@ -59,7 +59,7 @@ std::vector<int64_t> ada_allocate(const at::Tensor& scores, int64_t selectable, 
   selectable = std::clamp<int64_t>(selectable, 0, heads * n);
   std::vector<int64_t> count(static_cast<size_t>(heads), 0);
   if (selectable > 0) {
-    at::Tensor top = std::get<1>(scores.reshape({-1}).to(at::kFloat).topk(selectable, 0, true, true));
+    at::Tensor top = std::get<1>(scores.reshape({-1}).to(at::kFloat).topk(selectable, 0, true, true)).cpu();
     auto idx = top.accessor<int64_t, 1>();
     for (int64_t i = 0; i < selectable; ++i) ++count[static_cast<size_t>(idx[i] / n)];
   }

@@ -28,7 +28,7 @@ class RecordingCache : public KVCache {
     r_.q.push_back(q[0].to(at::kFloat));
     r_.k.push_back(k[0]);
     r_.v.push_back(v[0]);
-    at::Tensor pos = at::arange(0, q.size(2), at::kLong);
+    at::Tensor pos = at::arange(0, q.size(2), q.options().dtype(at::kLong));
     return masked_attention(q, k, v, pos, pos, at::Tensor(), sliding_window, 0);
   }
   void advance(int64_t) override {}
@@ -47,7 +47,7 @@ at::Tensor context_tensor(const std::vector<int64_t>& context) {
 // `extra[g]` of scores[g] over positions [0, n).
 at::Tensor top_plus_tail(int64_t T, const at::Tensor& scores, const std::vector<int64_t>& extra, int64_t tail) {
   const int64_t Hkv = static_cast<int64_t>(extra.size());
-  at::Tensor f = at::zeros({T, Hkv}, at::kBool);
+  at::Tensor f = at::zeros({T, Hkv}, scores.options().dtype(at::kBool));
   if (tail > 0) f.slice(0, T - tail, T).fill_(true);
   for (int64_t g = 0; g < Hkv; ++g) {
     const int64_t n = std::min(extra[static_cast<size_t>(g)], scores.size(1));
@@ -70,7 +70,7 @@ std::vector<at::Tensor> per_layer(const PrefillRecord& r, const std::vector<int6
   std::vector<at::Tensor> out;
   for (size_t l = 0; l < r.k.size(); ++l) {
     const int64_t Hkv = r.k[l].size(0);
-    at::Tensor f = at::zeros({r.length(), Hkv}, at::kBool);
+    at::Tensor f = at::zeros({r.length(), Hkv}, r.k[l].options().dtype(at::kBool));
     fill(l, f, head_budgets(budgets.at(l), Hkv, r.length()));
     out.push_back(f);
   }
@@ -82,7 +82,7 @@ class FullPolicy : public ScoredPolicy {
   std::string name() const override { return "full"; }
   std::vector<at::Tensor> select(const PrefillRecord& r, const std::vector<int64_t>&) const override {
     std::vector<at::Tensor> out;
-    for (const auto& k : r.k) out.push_back(at::ones({r.length(), k.size(0)}, at::kBool));
+    for (const auto& k : r.k) out.push_back(at::ones({r.length(), k.size(0)}, k.options().dtype(at::kBool)));
     return out;
   }
 };
@@ -154,11 +154,11 @@ class SnapFamilyPolicy : public ScoredPolicy {
     for (int64_t l = 0; l < L; ++l) {
       const int64_t Hkv = r.k[l].size(0);
       if (selectable[l] >= Hkv * (T - w)) {  // the budget covers the context
-        out.push_back(at::ones({T, Hkv}, at::kBool));
+        out.push_back(at::ones({T, Hkv}, r.k[l].options().dtype(at::kBool)));
         continue;
       }
       if (selectable[l] < 0) {  // smaller than the window: the most recent tokens only
-        at::Tensor f = at::zeros({T, Hkv}, at::kBool);
+        at::Tensor f = at::zeros({T, Hkv}, r.k[l].options().dtype(at::kBool));
         const auto b = head_budgets(budgets.at(l), Hkv, T);
         for (int64_t g = 0; g < Hkv; ++g) f.select(1, g).slice(0, T - b[static_cast<size_t>(g)], T).fill_(true);
         out.push_back(f);
@@ -229,7 +229,7 @@ class GatePostPolicy : public Policy {
       std::vector<at::Tensor> out;
       for (size_t l = 0; l < r.k.size(); ++l) {
         const at::Tensor& f = rec.flags.at(l);
-        out.push_back(f.defined() ? f : at::ones({r.length(), r.k[l].size(0)}, at::kBool));
+        out.push_back(f.defined() ? f : at::ones({r.length(), r.k[l].size(0)}, r.k[l].options().dtype(at::kBool)));
       }
       return out;
     });

@@ -16,7 +16,8 @@ namespace {
 at::Tensor causal_probs(const at::Tensor& q, const at::Tensor& k, int64_t first) {
   const int64_t Tq = q.size(2), T = k.size(1), hd = q.size(3);
   at::Tensor s = at::matmul(q, k.unsqueeze(1).transpose(-1, -2)) / std::sqrt(static_cast<double>(hd));
-  at::Tensor qp = at::arange(first, first + Tq, at::kLong).view({Tq, 1}), kp = at::arange(0, T, at::kLong).view({1, T});
+  const auto pos = q.options().dtype(at::kLong);
+  at::Tensor qp = at::arange(first, first + Tq, pos).view({Tq, 1}), kp = at::arange(0, T, pos).view({1, T});
   s.masked_fill_(kp > qp, -std::numeric_limits<float>::infinity());
   return at::softmax(s, -1);
 }
@@ -51,7 +52,7 @@ at::Tensor snapkv_scores(const at::Tensor& q, const at::Tensor& k, const PolicyO
 at::Tensor h2o_scores(const at::Tensor& q, const at::Tensor& k, const PolicyOptions& o) {
   const int64_t T = k.size(1), Hkv = k.size(0);
   at::Tensor qg = grouped(q, Hkv), kf = k.to(at::kFloat);
-  at::Tensor acc = at::zeros({Hkv, qg.size(1), T}, at::kFloat);
+  at::Tensor acc = at::zeros({Hkv, qg.size(1), T}, qg.options());
   constexpr int64_t kBlock = 256;  // query rows per block: bounds the [Hkv, G, rows, T] maps
   for (int64_t s = 0; s < T; s += kBlock) {
     const int64_t e = std::min(T, s + kBlock);

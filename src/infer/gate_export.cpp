@@ -13,6 +13,7 @@
 #include "agate/model/inspect.h"
 #include "agate/train/checkpoint.h"
 #include "agate/train/recipe_gate.h"
+#include "agate/util/device.h"
 #include "agate/util/error.h"
 #include "agate/util/fs.h"
 
@@ -58,9 +59,10 @@ double export_gates(const ExportOptions& o) {
   CheckpointData data = load_checkpoint(ckpt);
   const json state = json::parse(data.state_json);
   const std::string base_dir = r.str("model.path");
-  LlamaModel base = LlamaModel::load(base_dir, parse_compute_dtype(r.str("model.dtype")));
+  const c10::Device device = resolve_device(o.device, 0, "--device");
+  LlamaModel base = LlamaModel::load(base_dir, parse_compute_dtype(r.str("model.dtype")), device);
   const GateConfig g = gate_config_from(r);
-  auto gates = Gates::create(g, base.config(), 0);
+  auto gates = Gates::create(g, base.config(), 0, device);
   NamedTensors gate_t, lora_t;
   for (const auto& kv : data.trainable) (is_gate_tensor(kv.first) ? gate_t : lora_t).push_back(kv);
   gates->load(gate_t, ckpt);
@@ -85,7 +87,7 @@ double export_gates(const ExportOptions& o) {
       Batch batch = loader.next();
       gates->reset_stats();
       base.forward(batch.tokens.slice(1, 0, lo.seq_len), fo);
-      keep += gates->stats().flags.to(at::kDouble);
+      keep += gates->stats().flags.to(at::kCPU, at::kDouble);
       measured += 1;
     }
     if (measured > 0) keep /= static_cast<double>(measured);
@@ -195,7 +197,7 @@ std::unique_ptr<Gates> load_gate_export(const std::string& dir, const LlamaModel
   g.estimator = gj.at("estimator");
   g.sink_tokens = gj.at("sink_tokens");
   g.recent_window = gj.at("recent_window");
-  auto gates = Gates::create(g, mc, 0);
+  auto gates = Gates::create(g, mc, 0, base.device());
   SafetensorsFile f = SafetensorsFile::open((fs::path(dir) / "gates.safetensors").string());
   NamedTensors t;
   for (const auto& e : f.entries()) t.push_back({e.name, f.tensor(e.name)});
@@ -216,7 +218,7 @@ std::unique_ptr<LoraAdapters> load_lora_export(const std::string& dir, const Lla
   lc.rank = cfg["lora"].at("rank");
   lc.alpha = cfg["lora"].at("alpha");
   lc.targets = cfg["lora"].at("targets").get<std::vector<std::string>>();
-  auto lora = std::make_unique<LoraAdapters>(lc, base.config(), 0);
+  auto lora = std::make_unique<LoraAdapters>(lc, base.config(), 0, base.device());
   SafetensorsFile f = SafetensorsFile::open(file.string());
   for (const auto& [name, t] : lora->parameters()) {
     if (!f.find(name)) throw_input(file.string(), "lacks tensor " + name, "re-export the run with agate export");

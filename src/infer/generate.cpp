@@ -56,22 +56,25 @@ GenerateResult generate(const LlamaModel& model, Gates* gates, const std::vector
                                                  std::vector<bool>(prompt.size(), false)));
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     at::Tensor f = gates ? gates->flags(l) : at::Tensor();  // [1, T, Hkv]
+    if (f.defined()) f = f.to(at::kCPU, at::kFloat).contiguous();  // one read per layer
     for (int64_t g = 0; g < c.num_key_value_heads; ++g)
       for (size_t p = 0; p < prompt.size(); ++p)
-        res.kept[l][g][p] = !f.defined() || f[0][static_cast<int64_t>(p)][g].item<float>() > 0.5f;
+        res.kept[l][g][p] = !f.defined() || f.data_ptr<float>()[static_cast<int64_t>(p) * c.num_key_value_heads + g] > 0.5f;
   }
 
   ForwardOptions decode;
   decode.cache = &cache;
   if (o.gate_decode) decode.visibility = gates;  // else every decoded token is kept
   const double t1 = now_seconds();
-  at::Tensor last = logits[0][-1].to(at::kFloat);
+  // Logits come to the host once per token (the next id is needed there, for stop tokens and
+  // printing); sampling runs on the CPU, so a seed gives the same text on every device.
+  at::Tensor last = logits[0][-1].to(at::kCPU, at::kFloat);
   for (int64_t i = 0; i < o.max_new; ++i) {
     const int64_t next = pick(last, o, gen);
     res.tokens.push_back(next);
     if (std::find(o.stop_ids.begin(), o.stop_ids.end(), next) != o.stop_ids.end()) break;
     if (i + 1 == o.max_new) break;
-    last = model.forward(at::full({1, 1}, next, at::kLong), decode)[0][-1].to(at::kFloat);
+    last = model.forward(at::full({1, 1}, next, at::kLong), decode)[0][-1].to(at::kCPU, at::kFloat);
   }
   const double dt = now_seconds() - t1;
   res.decode_tokens_per_s = res.tokens.empty() ? 0 : static_cast<double>(res.tokens.size()) / std::max(dt, 1e-9);

@@ -24,9 +24,11 @@ at::Tensor RaggedKVCache::attend(int64_t layer, const at::Tensor& q, const at::T
   auto& heads = layers_.at(static_cast<size_t>(layer));
   if (heads.empty()) heads.resize(static_cast<size_t>(Hkv));
   const int64_t first = length_;  // position of the first new token
-  at::Tensor flags = keep.defined() ? (keep.detach()[0].to(at::kFloat) > 0.5) : at::ones({Tn, Hkv}, at::kBool);  // [Tn, Hkv]
+  // The per-head bookkeeping (positions, expiry) is on the host: one read of the flags per
+  // layer and chunk. (A device-resident ragged cache with batched decode is the kernel issue's.)
+  at::Tensor flags = keep.defined() ? (keep.detach()[0].to(at::kFloat) > 0.5).cpu() : at::ones({Tn, Hkv}, at::kBool);  // [Tn, Hkv]
   auto fa = flags.accessor<bool, 2>();
-  auto long_opts = at::TensorOptions().dtype(at::kLong);
+  auto long_opts = at::TensorOptions().dtype(at::kLong).device(k.device());
   at::Tensor q_pos = at::arange(first, first + Tn, long_opts);
   std::vector<at::Tensor> outs;
   for (int64_t g = 0; g < Hkv; ++g) {
@@ -67,8 +69,9 @@ at::Tensor RaggedKVCache::attend(int64_t layer, const at::Tensor& q, const at::T
       for (int64_t t = 0; t < Tn; ++t) kpos.push_back(first + t);
       // keep for masked_attention: stored entries 1 (their expiry is handled below), new
       // tokens by their flag.
-      at::Tensor kv_keep = at::ones({1, n_old + Tn, 1}, at::kFloat);
-      for (int64_t t = 0; t < Tn; ++t) kv_keep[0][n_old + t][0] = fa[t][g] ? 1.0f : 0.0f;
+      std::vector<float> keep_host(static_cast<size_t>(n_old + Tn), 1.0f);
+      for (int64_t t = 0; t < Tn; ++t) keep_host[static_cast<size_t>(n_old + t)] = fa[t][g] ? 1.0f : 0.0f;
+      at::Tensor kv_keep = at::tensor(keep_host, at::kFloat).view({1, n_old + Tn, 1}).to(k.device());
       bool any_expiring = false;
       for (int64_t e : h.expires) any_expiring |= e != kForever && e < first + Tn - 1;
       if (!any_expiring) {
@@ -77,8 +80,9 @@ at::Tensor RaggedKVCache::attend(int64_t layer, const at::Tensor& q, const at::T
       } else {  // some stored entry expires within this chunk: one query at a time
       std::vector<at::Tensor> rows;
       for (int64_t t = 0; t < Tn; ++t) {
-        at::Tensor kk = kv_keep.clone();
-        for (int64_t i = 0; i < n_old; ++i) kk[0][i][0] = h.expires[static_cast<size_t>(i)] >= first + t ? 1.0f : 0.0f;
+        std::vector<float> kk_host = keep_host;
+        for (int64_t i = 0; i < n_old; ++i) kk_host[static_cast<size_t>(i)] = h.expires[static_cast<size_t>(i)] >= first + t ? 1.0f : 0.0f;
+        at::Tensor kk = at::tensor(kk_host, at::kFloat).view({1, n_old + Tn, 1}).to(k.device());
         rows.push_back(masked_attention(qg.slice(2, t, t + 1), keys.unsqueeze(0).unsqueeze(0),
                                         vals.unsqueeze(0).unsqueeze(0), q_pos.slice(0, t, t + 1),
                                         at::tensor(kpos, long_opts), kk, sliding_window, recent_window));
@@ -116,11 +120,12 @@ void RaggedKVCache::insert(int64_t layer, const at::Tensor& k, const at::Tensor&
   if (heads.empty()) heads.resize(static_cast<size_t>(Hkv));
   for (int64_t g = 0; g < Hkv; ++g) {
     Head& h = heads[static_cast<size_t>(g)];
-    at::Tensor idx = keep.select(1, g).nonzero().view({-1});  // kept positions, ascending
+    at::Tensor idx = keep.select(1, g).to(k.device()).nonzero().view({-1});  // kept positions, ascending
     at::Tensor nk = k[g].index_select(0, idx), nv = v[g].index_select(0, idx);
     h.k = h.pos.empty() ? nk : at::cat({h.k, nk});
     h.v = h.pos.empty() ? nv : at::cat({h.v, nv});
-    auto ia = idx.accessor<int64_t, 1>();
+    const at::Tensor idx_host = idx.cpu();
+    auto ia = idx_host.accessor<int64_t, 1>();
     for (int64_t i = 0; i < ia.size(0); ++i) h.pos.push_back(length_ + ia[i]), h.expires.push_back(kForever);
   }
 }

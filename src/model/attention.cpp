@@ -90,7 +90,9 @@ at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::
   // The fused node computes in float32 (the softmax precision of float32 and bfloat16 models).
   const bool f32_softmax = (q.scalar_type() == at::kFloat || q.scalar_type() == at::kBFloat16) &&
                            v.scalar_type() == q.scalar_type();
-  if (key_keep.defined() && grad && g_fused && f32_softmax) {
+  // The fused node's row kernels are CPU code; CUDA tensors take the composed ATen path until
+  // the flash-style CUDA kernel replaces it.
+  if (key_keep.defined() && grad && g_fused && f32_softmax && q.is_cpu()) {
     auto [allowed, always] = structure(q_pos, k_pos, sliding_window, recent_window);
     return MaskedAttentionFn::apply(q, k, v, key_keep, allowed.contiguous(), always.contiguous())[0];
   }

@@ -23,7 +23,7 @@ at::Tensor DenseKVCache::attend(int64_t layer, const at::Tensor& q, const at::Te
     L.keep = flags;
   }
   const int64_t T = L.k.size(2);
-  auto pos_opts = at::TensorOptions().dtype(at::kLong);
+  auto pos_opts = at::TensorOptions().dtype(at::kLong).device(k.device());
   at::Tensor k_pos = at::arange(0, T, pos_opts);
   at::Tensor q_pos = at::arange(T - Tn, T, pos_opts);
   // Everything kept -> the plain causal path (identical to a cache-free forward).

@@ -74,8 +74,9 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> expected_weight_shapes
 }
 
 LlamaModel::LlamaModel(ModelConfig config, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
-                       c10::ScalarType dtype, const std::string& source)
-    : config_(std::move(config)), dtype_(dtype), rope_(config_) {
+                       c10::ScalarType dtype, const std::string& source, c10::Device device)
+    : config_(std::move(config)), dtype_(dtype), device_(device), rope_(config_) {
+  rope_.to(device_);
   if (dtype != at::kFloat && dtype != at::kBFloat16) throw_usage("compute dtype must be float32 or bfloat16");
   std::map<std::string, at::Tensor> by_name(tensors.begin(), tensors.end());
   for (const auto& [name, shape] : expected_weight_shapes(config_)) {
@@ -88,8 +89,9 @@ LlamaModel::LlamaModel(ModelConfig config, const std::vector<std::pair<std::stri
                               " but config.json implies " + shape_text(shape),
                   "wrong config.json for these weights?");
     }
-    // Own the memory in the compute dtype (the source may be a read-only memory map).
-    at::Tensor t = it->second.to(at::kCPU).to(dtype, /*non_blocking=*/false, /*copy=*/true).contiguous();
+    // Own the memory in the compute dtype on the device (the source may be a read-only memory
+    // map): one copy per tensor, converted on the way.
+    at::Tensor t = it->second.to(device_, dtype, /*non_blocking=*/false, /*copy=*/true).contiguous();
     params_.push_back({name, t});
   }
   std::map<std::string, at::Tensor> p(params_.begin(), params_.end());
@@ -117,7 +119,7 @@ LlamaModel::LlamaModel(ModelConfig config, const std::vector<std::pair<std::stri
   }
 }
 
-LlamaModel LlamaModel::load(const std::string& dir, c10::ScalarType dtype) {
+LlamaModel LlamaModel::load(const std::string& dir, c10::ScalarType dtype, c10::Device device) {
   const std::string config_path = (fs::path(dir) / "config.json").string();
   if (!fs::is_directory(dir)) throw_input(dir, "is not a folder", "pass a Hugging Face model folder");
   if (!fs::exists(config_path)) throw_input(dir, "has no config.json", "pass a Hugging Face model folder");
@@ -137,10 +139,11 @@ LlamaModel LlamaModel::load(const std::string& dir, c10::ScalarType dtype) {
                   "is config.json the one that belongs to these weights?");
     }
   }
-  return LlamaModel(config, tensors, dtype, dir);
+  return LlamaModel(config, tensors, dtype, dir, device);
 }
 
-LlamaModel LlamaModel::init_random(const ModelConfig& config, uint64_t seed, c10::ScalarType dtype) {
+LlamaModel LlamaModel::init_random(const ModelConfig& config, uint64_t seed, c10::ScalarType dtype,
+                                   c10::Device device) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   for (const auto& [name, shape] : expected_weight_shapes(config)) {
@@ -152,7 +155,7 @@ LlamaModel LlamaModel::init_random(const ModelConfig& config, uint64_t seed, c10
     else t = at::normal(0.0, config.initializer_range, shape, gen);
     tensors.push_back({name, t});
   }
-  return LlamaModel(config, tensors, dtype, "init_random");
+  return LlamaModel(config, tensors, dtype, "init_random", device);
 }
 
 void LlamaModel::save(const std::string& dir, uint64_t max_shard_bytes) const {
@@ -174,7 +177,9 @@ at::Tensor LlamaModel::rms_norm(const at::Tensor& x, const at::Tensor& weight) c
 }
 
 at::Tensor LlamaModel::embed(const at::Tensor& tokens) const {
-  if (tokens.numel() > 0) {
+  // Ids are checked where they are still on the host (a device-side check would cost a sync in
+  // every step; token datasets are checked against the vocabulary when they are opened).
+  if (tokens.numel() > 0 && tokens.is_cpu()) {
     const int64_t lo = tokens.min().item<int64_t>(), hi = tokens.max().item<int64_t>();
     if (lo < 0 || hi >= config_.vocab_size) {
       throw_input("tokens", "token id " + std::to_string(lo < 0 ? lo : hi) + " is outside the vocabulary [0, " +
@@ -182,12 +187,12 @@ at::Tensor LlamaModel::embed(const at::Tensor& tokens) const {
                   "were these tokens made with this model's tokenizer?");
     }
   }
-  return at::embedding(embed_tokens_, tokens);
+  return at::embedding(embed_tokens_, tokens.to(device_));
 }
 
 Positions LlamaModel::positions(int64_t start, int64_t T) const {
   Positions p;
-  p.ids = at::arange(start, start + T, at::TensorOptions().dtype(at::kLong));
+  p.ids = at::arange(start, start + T, at::TensorOptions().dtype(at::kLong).device(device_));
   std::tie(p.cos, p.sin) = rope_.cos_sin(p.ids, dtype_);
   return p;
 }

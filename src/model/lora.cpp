@@ -8,7 +8,7 @@
 
 namespace agate {
 
-LoraAdapters::LoraAdapters(const LoraConfig& c, const ModelConfig& m, uint64_t seed)
+LoraAdapters::LoraAdapters(const LoraConfig& c, const ModelConfig& m, uint64_t seed, c10::Device device)
     : config_(c), scale_(c.alpha / static_cast<double>(c.rank)) {
   if (c.rank <= 0) throw_usage("lora.rank must be positive to create adapters");
   const int64_t D = m.hidden_size, I = m.intermediate_size, hd = m.head_dim;
@@ -38,8 +38,8 @@ LoraAdapters::LoraAdapters(const LoraConfig& c, const ModelConfig& m, uint64_t s
       const std::string base = "model.layers." + std::to_string(i) + (p <= Projection::O ? ".self_attn." : ".mlp.") + name;
       // A: uniform(-1/sqrt(in), 1/sqrt(in)) (PEFT's kaiming_uniform with a = sqrt(5)); B: zeros.
       const double bound = 1.0 / std::sqrt(static_cast<double>(in));
-      at::Tensor A = at::empty({c.rank, in}, at::kFloat).uniform_(-bound, bound, gen).requires_grad_(true);
-      at::Tensor B = at::zeros({out, c.rank}, at::kFloat).requires_grad_(true);
+      at::Tensor A = at::empty({c.rank, in}, at::kFloat).uniform_(-bound, bound, gen).to(device).requires_grad_(true);
+      at::Tensor B = at::zeros({out, c.rank}, at::TensorOptions(at::kFloat).device(device)).requires_grad_(true);
       params_.push_back({base + ".lora_A.weight", A});
       params_.push_back({base + ".lora_B.weight", B});
       ab_[{i, static_cast<int>(p)}] = {A, B};
@@ -51,7 +51,7 @@ at::Tensor LoraAdapters::delta(int64_t layer, Projection which, const at::Tensor
   auto it = ab_.find({layer, static_cast<int>(which)});
   if (it == ab_.end()) return {};
   const auto& [A, B] = it->second;
-  return at::linear(at::linear(x.to(at::kFloat), A), B) * scale_;
+  return at::linear(at::linear(x.to(at::kFloat), A), B) * scale_;  // A, B live on x's device (see to())
 }
 
 }  // namespace agate

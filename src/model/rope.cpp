@@ -29,7 +29,7 @@ Rope::Rope(const ModelConfig& c, int64_t head_dim) : head_dim_(head_dim > 0 ? he
 }
 
 std::pair<at::Tensor, at::Tensor> Rope::cos_sin(const at::Tensor& positions, c10::ScalarType dtype) const {
-  at::Tensor freqs = positions.to(at::kFloat).unsqueeze(1) * inv_freq_.unsqueeze(0);  // [T, d/2]
+  at::Tensor freqs = positions.to(at::kFloat).unsqueeze(1) * inv_freq_.to(positions.device()).unsqueeze(0);  // [T, d/2]
   at::Tensor emb = at::cat({freqs, freqs}, -1);                                        // [T, d]
   return {emb.cos().to(dtype), emb.sin().to(dtype)};
 }

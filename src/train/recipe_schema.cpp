@@ -11,6 +11,7 @@ const std::vector<RecipeKey>& recipe_schema() {
       {"run.dir", "string", "runs/${run.name}", "run folder: resolved config, metrics.jsonl, logs/, checkpoints/"},
       {"run.seed", "int", "0", "seed for gate/LoRA initialisation and the data order"},
       {"run.threads", "int", "0", "intra-op threads (0 = all cores / local ranks)"},
+      {"run.device", "string", "auto", "auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda or cuda:N"},
       // model
       {"model.path", "string", "", "Hugging Face model folder (config.json + safetensors)", {}, true},
       {"model.dtype", "string", "float32", "compute dtype of the frozen base", {"float32", "bfloat16"}},
@@ -63,7 +64,7 @@ const std::vector<RecipeKey>& recipe_schema() {
       {"checkpoint.every_steps", "int", "0", "steps between checkpoints (0 = only the final one)"},
       {"checkpoint.keep_last", "int", "2", "complete checkpoints kept (>= 2; older ones are pruned after a new one is complete)"},
       // dist
-      {"dist.backend", "string", "auto", "c10d backend: auto (gloo on CPU), gloo or nccl", {"auto", "gloo", "nccl"}},
+      {"dist.backend", "string", "auto", "c10d backend: auto (nccl on CUDA, gloo on CPU), gloo or nccl", {"auto", "gloo", "nccl"}},
       {"dist.timeout_s", "int", "300", "seconds before a lost or hung rank fails every collective"},
       {"dist.store", "string", "tcp", "rendezvous: tcp (TCPStore at MASTER_ADDR:MASTER_PORT) or file (a shared file)", {"tcp", "file"}},
       {"dist.store_path", "string", "", "file store path (default: RUN_DIR/.store)"},

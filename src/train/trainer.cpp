@@ -1,8 +1,10 @@
 #include "agate/train/trainer.h"
 
 #include <c10/core/GradMode.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/anomaly_mode.h>
+#include "agate/util/device.h"
 #include "agate/util/logging.h"
 
 #include <unistd.h>
@@ -102,6 +104,7 @@ struct Trainer::Impl {
   std::optional<LlamaModel> model;      // absent in a plan of a config-only model folder
   std::optional<ModelConfig> config_only;
   c10::ScalarType dtype = at::kFloat;
+  c10::Device device = c10::kCPU;  // run.device, resolved
   std::unique_ptr<Gates> gates;
   std::unique_ptr<LoraAdapters> lora;
   std::optional<Dataset> train_data, val_data;
@@ -121,19 +124,21 @@ struct Trainer::Impl {
     validate();
     const std::string model_dir = r.str("model.path");
     dtype = parse_compute_dtype(r.str("model.dtype"));
+    device = resolve_device(r.str("run.device"), env.local_rank, "run.device");
+    if (device.is_cuda()) c10::impl::VirtualGuardImpl(device.type()).setDevice(device);  // NCCL and allocations follow it
     // Model.
     if (!fs::exists(fs::path(model_dir) / "config.json")) r.fail("model.path", "model folder '" + model_dir + "' has no config.json", "point model.path at a Hugging Face model folder");
     if (r.integer("model.init_seed") >= 0) {
       if (!pretrain) r.fail("model.init_seed", "model.init_seed (random weights) only makes sense with train.mode: pretrain");
       model.emplace(LlamaModel::init_random(load_model_config((fs::path(model_dir) / "config.json").string()),
-                                             static_cast<uint64_t>(r.integer("model.init_seed")), dtype));
+                                             static_cast<uint64_t>(r.integer("model.init_seed")), dtype, device));
     } else if (plan_only && !fs::exists(fs::path(model_dir) / "model.safetensors") &&
                !fs::exists(fs::path(model_dir) / "model.safetensors.index.json")) {
       // A config-only folder (e.g. a real model's config.json without its weights): plan only.
       config_only = load_model_config((fs::path(model_dir) / "config.json").string());
       log::info("{} holds no weights: planning from its config.json alone", model_dir);
     } else {
-      model.emplace(LlamaModel::load(model_dir, dtype));
+      model.emplace(LlamaModel::load(model_dir, dtype, device));
     }
     const ModelConfig& mc = config();
     // Data: the model's vocabulary must cover the dataset's.
@@ -158,7 +163,7 @@ struct Trainer::Impl {
     } else {
       if (model) model->set_requires_grad(false);
       if (r.str("gate.type") != "none") {
-        gates = Gates::create(gate_config_from(r), mc, seed);
+        gates = Gates::create(gate_config_from(r), mc, seed, device);
         trainable.insert(trainable.end(), gates->parameters().begin(), gates->parameters().end());
       }
       if (r.integer("lora.rank") > 0) {
@@ -166,7 +171,7 @@ struct Trainer::Impl {
         lc.rank = r.integer("lora.rank");
         lc.alpha = r.number("lora.alpha");
         lc.targets = r.list("lora.targets");
-        lora = std::make_unique<LoraAdapters>(lc, mc, seed + 1);
+        lora = std::make_unique<LoraAdapters>(lc, mc, seed + 1, device);
         trainable.insert(trainable.end(), lora->parameters().begin(), lora->parameters().end());
       }
       if (trainable.empty()) r.fail("gate.type", "nothing to train: gate.type is none and lora.rank is 0", "enable gates or LoRA, or use train.mode: pretrain");
@@ -300,6 +305,7 @@ struct Trainer::Impl {
     for (int64_t b = 0; b < n; ++b) {
       Batch batch = loader.next();
       if (b % world != rank) continue;  // ranks split the validation batches
+      batch.tokens = batch.tokens.to(device), batch.mask = batch.mask.to(device);
       at::Tensor inputs = batch.tokens.slice(1, 0, seq_len), targets = batch.tokens.slice(1, 1);
       at::Tensor w = batch.mask.slice(1, 1);
       auto [logits, keep] = forward(inputs, with_gates, false);
@@ -390,6 +396,7 @@ struct Trainer::Impl {
     init_logging(env.rank, (fs::path(run_dir) / "logs" / log_name).string());
     DistOptions dopt;
     dopt.backend = r.str("dist.backend");
+    dopt.device = device;
     dopt.timeout = std::chrono::seconds(r.integer("dist.timeout_s"));
     if (r.str("dist.store") == "file") dopt.file_store = r.str("dist.store_path").empty() ? (fs::path(run_dir) / ".store").string() : r.str("dist.store_path");
     pg = ProcessGroup::create(env, dopt);
@@ -542,7 +549,8 @@ struct Trainer::Impl {
       const double lr = sched.at(step);
       const double lambda = sparsity_lambda(r.number("loss.lambda"), r.integer("loss.lambda_warmup_steps"), step);
       Batch batch = loader.next();
-      const at::Tensor w_all = batch.mask.slice(1, 1);
+      const at::Tensor w_all = batch.mask.slice(1, 1);  // on the host: the target count needs no device read
+      batch.tokens = batch.tokens.to(device, /*non_blocking=*/true), batch.mask = batch.mask.to(device, /*non_blocking=*/true);
       pg->heartbeat(step);
       at::Tensor targets_t = at::full({1}, w_all.sum().item<double>(), at::kDouble);
       pg->all_reduce_sum(targets_t);  // the LM loss averages over the global batch's targets

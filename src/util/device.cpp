@@ -48,6 +48,10 @@ c10::Device resolve_device(const std::string& spec, int local_rank, const std::s
   throw_usage(what + " '" + spec + "' is not a device", "use auto, cpu, cuda or cuda:N");
 }
 
+void synchronize(c10::Device device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index());
+}
+
 std::string build_info() {
   std::string s = "agate 0.1.0 (torch " TORCH_VERSION ", ";
 #ifdef AGATE_USE_CUDA

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 #include <chrono>
 #include <cstdint>
@@ -27,7 +28,8 @@ struct LaunchEnv {
 LaunchEnv detect_launch_env();
 
 struct DistOptions {
-  std::string backend = "auto";       // auto | gloo | nccl
+  std::string backend = "auto";       // auto (nccl on CUDA, gloo on CPU) | gloo | nccl
+  c10::Device device = c10::kCPU;     // where the tensors to reduce live (the rank's device)
   std::chrono::seconds timeout{300};  // every collective and the rendezvous
   std::string file_store;             // a FileStore path instead of the TCPStore (tests, shared FS)
 };

@@ -22,6 +22,7 @@ struct ExportOptions {
   std::string run_dir;
   int64_t step = -1;        // checkpoint step; -1 = the newest complete one
   std::string out;
+  std::string device = "auto";  // where the keep ratios are measured (see resolve_device)
   int64_t batches = 4;      // validation batches used to measure the keep ratios
 };
 
@@ -30,6 +31,7 @@ double export_gates(const ExportOptions& options);
 
 // Loads an export for `base` (loaded from `base_dir`). Refuses, with a hint, a base whose
 // layers, hidden size, KV heads or head_dim differ, or whose weights fingerprint differs.
+// The gates are created on base.device().
 std::unique_ptr<Gates> load_gate_export(const std::string& dir, const LlamaModel& base, const std::string& base_dir);
 // The LoRA adapters trained with the gates (DIR/lora.safetensors), or null when there are none.
 // Call after load_gate_export, which checks that the export fits `base`.

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 #include <cstdint>
 #include <memory>
@@ -66,32 +67,38 @@ struct LayerWeights {
 class LlamaModel {
  public:
   // Builds a model from HF-named tensors, checking that every expected tensor is there with the
-  // expected shape; converts to `dtype` (float32 or bfloat16) into memory the model owns.
+  // expected shape; converts each tensor straight to `dtype` (float32 or bfloat16) on `device`
+  // into memory the model owns (one tensor at a time: never a full host copy of the model).
   // `source` names where the tensors came from, for errors.
   LlamaModel(ModelConfig config, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
-             c10::ScalarType dtype, const std::string& source);
+             c10::ScalarType dtype, const std::string& source, c10::Device device = c10::kCPU);
 
-  // Loads `dir/config.json` and the weights (single file or sharded) from a HF model folder.
-  static LlamaModel load(const std::string& dir, c10::ScalarType dtype);
-  // Random initialisation as HF does it (normal(0, initializer_range), norms 1, biases 0).
-  static LlamaModel init_random(const ModelConfig& config, uint64_t seed, c10::ScalarType dtype);
+  // Loads `dir/config.json` and the weights (single file or sharded) from a HF model folder,
+  // from the memory map to `device`.
+  static LlamaModel load(const std::string& dir, c10::ScalarType dtype, c10::Device device = c10::kCPU);
+  // Random initialisation as HF does it (normal(0, initializer_range), norms 1, biases 0);
+  // drawn on the CPU (the same weights on every device), then moved.
+  static LlamaModel init_random(const ModelConfig& config, uint64_t seed, c10::ScalarType dtype,
+                                c10::Device device = c10::kCPU);
 
   // Writes `dir/config.json` and the weights in HF layout (sharded above max_shard_bytes > 0).
   void save(const std::string& dir, uint64_t max_shard_bytes = 0) const;
 
   const ModelConfig& config() const { return config_; }
   c10::ScalarType dtype() const { return dtype_; }
+  c10::Device device() const { return device_; }
   const Rope& rope() const { return rope_; }
   // Every parameter under its HF name, in a fixed order (tensors shared with the model).
   const NamedTensors& parameters() const { return params_; }
   void set_requires_grad(bool on);
 
-  // tokens: [B, T] int64 -> logits [B, T, V] in the model's dtype.
+  // tokens: [B, T] int64 (moved to the model's device if needed) -> logits [B, T, V] in the
+  // model's dtype, on its device.
   at::Tensor forward(const at::Tensor& tokens, const ForwardOptions& options = {}) const;
 
   // The pieces of forward, for trainers that run layers one at a time.
   at::Tensor embed(const at::Tensor& tokens) const;  // [B, T] -> [B, T, D]
-  // Positions start, ..., start + T - 1 with their RoPE tables.
+  // Positions start, ..., start + T - 1 with their RoPE tables, on the model's device.
   Positions positions(int64_t start, int64_t T) const;
   // h: [B, T, D] -> [B, T, D]
   at::Tensor layer_forward(int64_t i, const at::Tensor& h, const Positions& positions,
@@ -104,6 +111,7 @@ class LlamaModel {
  private:
   ModelConfig config_;
   c10::ScalarType dtype_;
+  c10::Device device_;
   Rope rope_;
   at::Tensor embed_tokens_, final_norm_, lm_head_;  // lm_head_ aliases embed_tokens_ when tied
   std::vector<LayerWeights> layers_;

@@ -6,6 +6,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <c10/core/Device.h>
+
 #include <map>
 #include <string>
 #include <vector>
@@ -24,7 +26,8 @@ struct LoraConfig {
 
 class LoraAdapters : public ProjectionAdapter {
  public:
-  LoraAdapters(const LoraConfig& config, const ModelConfig& model, uint64_t seed);
+  // Parameters are float32 on `device`, drawn on the CPU from `seed` (the same on every device).
+  LoraAdapters(const LoraConfig& config, const ModelConfig& model, uint64_t seed, c10::Device device = c10::kCPU);
 
   at::Tensor delta(int64_t layer, Projection which, const at::Tensor& x) override;
   const NamedTensors& parameters() const { return params_; }

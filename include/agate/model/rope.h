@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 #include <utility>
 
@@ -18,6 +19,8 @@ class Rope {
   // positions: [T] int64 -> (cos, sin), each [T, head_dim] in `dtype`, computed in float32
   // (as HF does) and then cast.
   std::pair<at::Tensor, at::Tensor> cos_sin(const at::Tensor& positions, c10::ScalarType dtype) const;
+  // Keeps the frequency table on `device` (cos_sin on positions elsewhere still works, with a copy).
+  void to(c10::Device device) { inv_freq_ = inv_freq_.to(device); }
 
   // x: [B, T, H, head_dim]; cos, sin: [T, head_dim] -> x * cos + rotate_half(x) * sin.
   static at::Tensor apply(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);

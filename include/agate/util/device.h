@@ -13,6 +13,9 @@ namespace agate {
 // `what` names the key or flag for the message (e.g. "--device" or "run.device").
 c10::Device resolve_device(const std::string& spec, int local_rank = 0, const std::string& what = "--device");
 
+// Waits for the device's queued work (CUDA); nothing on the CPU. For timing only.
+void synchronize(c10::Device device);
+
 // True when this binary was built with agate's CUDA kernels (AGATE_USE_CUDA).
 bool built_with_cuda();
 
