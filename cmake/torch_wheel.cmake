@@ -56,7 +56,9 @@ if(AGATE_CUDA)
     list(APPEND _list "${a}")
   endforeach()
   string(REPLACE ";" " " _list "${_list}")
-  set(ENV{TORCH_CUDA_ARCH_LIST} "${_list}")
+  # PTX of the newest architecture too, so later GPUs (sm_100, ...) JIT-compile instead of
+  # failing with "no kernel image".
+  set(ENV{TORCH_CUDA_ARCH_LIST} "${_list}+PTX")
   set(CMAKE_CUDA_ARCHITECTURES "${AGATE_CUDA_ARCHS}")
   set(CMAKE_CUDA_STANDARD 17)
   set(CMAKE_CUDA_STANDARD_REQUIRED ON)

@@ -38,7 +38,11 @@ inline std::string read_bytes(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-inline std::string source_path(const std::string& rel) { return std::string(AGATE_SOURCE_DIR) + "/" + rel; }
+// The source tree: the build's, or $AGATE_SOURCE_DIR (a bundle run elsewhere, scripts/test_gpu.sh).
+inline std::string source_path(const std::string& rel) {
+  const char* env = std::getenv("AGATE_SOURCE_DIR");
+  return std::string(env && *env ? env : AGATE_SOURCE_DIR) + "/" + rel;
+}
 
 // Runs `body` and returns the agate::Error message it threw ("" if none): for asserting that
 // bad input is refused with a message that names the file and the problem.

@@ -3,12 +3,12 @@
 written as a competent PyTorch user would write it, on the venv's torch 2.11 (scripts/setup.sh).
 
     .venv/bin/python tools/bench_train.py --model DIR [--seq 128] [--batch 16] [--iters 5]
-        [--threads 2] [--dtype float32|bfloat16] [--gate-heads 2] [--gate-head-dim 16]
-  -> one JSON line: {"impl": "python", "gate_tokens_per_s": ..., "gate_step_s": ..., "times": [...], ...}
+        [--threads 2] [--dtype float32|bfloat16] [--gate-heads 2] [--gate-head-dim 16] [--compile]
+  -> one JSON line: {"impl": "pytorch-eager" or "pytorch-compile", "warmup_s": ..., "gate_tokens_per_s": ..., "gate_step_s": ..., "times": [...], ...}
 
 The step, as agate's: the frozen base model (weights in --dtype, requires_grad False) with an
 Attention-Gate per layer (float32: its own q/k/v projections at --gate-head-dim with the model's
-RoPE, causal attention, a linear map to one keep logit per KV head, sigmoid; score bias 0 so
+RoPE, causal attention by SDPA, a linear map to one keep logit per KV head, sigmoid; score bias 0 so
 about half the tokens are evicted), straight-through hard flags (p > 0.5 forward, dp backward),
 the gated attention of agate's masked_attention (multiplicative visibility mask after a
 max-subtracted exp, self and causal structure, GQA by grouping query heads without repeating
@@ -69,7 +69,6 @@ class Gates(torch.nn.Module):
         self.ws = torch.nn.ParameterList([p(cfg.num_key_value_heads, W) for _ in range(L)])
         self.bs = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(cfg.num_key_value_heads)) for _ in range(L)])
         self.heads, self.head_dim = heads, head_dim
-        self.future = None
 
     def probabilities(self, l, x, cos, sin):
         B, T, _ = x.shape
@@ -78,9 +77,7 @@ class Gates(torch.nn.Module):
         q = rope(F.linear(x, self.wq[l]).view(B, T, H, d).transpose(1, 2), cos, sin)
         k = rope(F.linear(x, self.wk[l]).view(B, T, H, d).transpose(1, 2), cos, sin)
         v = F.linear(x, self.wv[l]).view(B, T, H, d).transpose(1, 2)
-        if self.future is None or self.future.shape[0] != T:
-            self.future = torch.ones(T, T, dtype=torch.bool).triu(1)
-        z = torch.softmax((q @ k.transpose(-1, -2) * d ** -0.5).masked_fill(self.future, float("-inf")), -1) @ v
+        z = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # the gate's own causal attention: SDPA
         z = z.transpose(1, 2).reshape(B, T, H * d)
         return torch.sigmoid(F.linear(z, self.ws[l], self.bs[l]))  # [B, T, Hkv]
 
@@ -95,6 +92,8 @@ def main():
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--gate-heads", type=int, default=2)
     ap.add_argument("--gate-head-dim", type=int, default=16)
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile (inductor) the forward + loss; backward and AdamW stay eager")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     dtype = ref.DTYPES[a.dtype]
@@ -113,7 +112,7 @@ def main():
     emb = torch.cat((freqs, freqs), -1)
     gcos, gsin = emb.cos(), emb.sin()
 
-    def step():
+    def forward_loss():
         w = model.w
         x = F.embedding(inputs, model.embed)
         B, T = inputs.shape
@@ -135,11 +134,19 @@ def main():
         x = ref.rms_norm(x, w["model.norm.weight"], cfg.rms_norm_eps, torch.float32)
         logits = F.linear(x, model.lm_head).float()
         loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
-        loss = loss + ((torch.stack(keeps) - 0.5) ** 2).mean()
+        return loss + ((torch.stack(keeps) - 0.5) ** 2).mean()
+
+    f = torch.compile(forward_loss) if a.compile else forward_loss
+
+    def step():
+        loss = f()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
+    t0 = time.perf_counter()
+    step()  # warm-up (compilation, when asked)
+    warmup_s = time.perf_counter() - t0
     step()
     times = []
     for _ in range(a.iters):
@@ -147,7 +154,7 @@ def main():
         step()
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
-    print(json.dumps({"impl": "python", "mode": "train", "dtype": a.dtype, "threads": a.threads, "seq": a.seq,
+    print(json.dumps({"impl": "pytorch-compile" if a.compile else "pytorch-eager", "mode": "train", "warmup_s": warmup_s, "dtype": a.dtype, "threads": a.threads, "seq": a.seq,
                       "batch": a.batch, "iters": a.iters, "gate_step_s": med,
                       "gate_tokens_per_s": a.seq * a.batch / med, "times": times,
                       "torch": torch.__version__}))

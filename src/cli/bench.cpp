@@ -16,6 +16,9 @@
 #include "agate/model/llama.h"
 #include "agate/train/adamw.h"
 #include "agate/util/error.h"
+#include "agate/dist/dist.h"
+#include "agate/train/train_forward.h"
+#include "agate/train/train_step.h"
 #include "agate/util/device.h"
 #include "agate/util/threads.h"
 #include "agate/util/timer.h"
@@ -173,29 +176,35 @@ int bench_train(const Args& args, int threads) {
   set_fused_masked_attention(attn == "fused");
   const long long seq = args.get_int("seq"), batch = args.get_int("batch"), iters = args.get_int("iters");
   auto gen = at::make_generator<at::CPUGeneratorImpl>(0);
-  at::Tensor tokens = at::randint(0, model.config().vocab_size, {batch, seq + 1}, gen, at::kLong).to(device);
-  at::Tensor inputs = tokens.slice(1, 0, seq), targets = tokens.slice(1, 1);
-  at::Tensor w = at::ones({batch, seq}, tokens.options().dtype(at::kFloat));
-  auto step = [&](bool with_gates) {
-    ForwardOptions o;
-    o.visibility = with_gates ? gates.get() : nullptr;
+  const at::Tensor tokens = at::randint(0, model.config().vocab_size, {batch, seq + 1}, gen, at::kLong);  // host
+  const at::Tensor mask = at::ones({batch, seq + 1});
+  // The gated step is the trainer's own TrainStep (one micro-batch, sparsity l2_target 0.5).
+  auto pg = ProcessGroup::create(LaunchEnv{}, DistOptions{});
+  TrainForward forward(model, gates.get(), nullptr);
+  TrainStepOptions so;
+  so.micro_batch = batch;
+  so.global_batch = batch;
+  so.gates = true;
+  TrainStep train_step([&](const at::Tensor& in, bool w, bool rc) { return forward(in, w, rc); }, gates->parameters(),
+                       opt, *pg, so, device);
+  // The reference: forward + backward of the frozen model without gates, the embeddings'
+  // output made to require grad so backward runs through every layer as it must for gates.
+  const at::Tensor inputs = tokens.slice(1, 0, seq).to(device), targets = tokens.slice(1, 1).to(device);
+  const at::Tensor w = mask.slice(1, 1).to(device);
+  auto frozen_step = [&] {
     const Positions pos = model.positions(0, seq);
-    at::Tensor h = model.embed(inputs);
-    if (!with_gates) h.requires_grad_(true);
-    for (int64_t i = 0; i < model.config().num_hidden_layers; ++i) h = model.layer_forward(i, h, pos, o);
-    at::Tensor loss = lm_loss(model.head(h), targets, w);
-    if (with_gates) loss = loss + sparsity_loss(gates->stats().surrogate, "l2_target", 0.5);
-    loss.backward();
-    if (with_gates) opt.step(1e-4);
-    for (auto& kv : gates->parameters()) kv.second.mutable_grad() = at::Tensor();
+    at::Tensor h = model.embed(inputs).requires_grad_(true);
+    for (int64_t i = 0; i < model.config().num_hidden_layers; ++i) h = model.layer_forward(i, h, pos, ForwardOptions{});
+    lm_loss(model.head(h), targets, w).backward();
   };
+  auto gated_step = [&] { train_step.run(tokens, mask, 1e-4, 1.0); };
   // Interleave the two so machine noise hits both alike.
   std::vector<double> with, without;
-  step(true);
-  step(false);
+  gated_step();
+  frozen_step();
   for (long long i = 0; i < iters; ++i) {
-    with.push_back(time_on(device, [&] { step(true); }, 1, 0)[0]);
-    without.push_back(time_on(device, [&] { step(false); }, 1, 0)[0]);
+    with.push_back(time_on(device, gated_step, 1, 0)[0]);
+    without.push_back(time_on(device, frozen_step, 1, 0)[0]);
   }
   const double mw = median(with), mo = median(without);
   const double flops = train_flops_per_token(model.config(), g, seq);

@@ -14,7 +14,8 @@ namespace {
 
 class AttentionGates : public Gates {
  public:
-  AttentionGates(const GateConfig& g, const ModelConfig& m, uint64_t seed) : Gates(g, m), rope_(m, g.head_dim) {
+  AttentionGates(const GateConfig& g, const ModelConfig& m, uint64_t seed, c10::Device device)
+      : Gates(g, m, device), rope_(m, g.head_dim) {
     auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
     const int64_t D = m.hidden_size, W = g.heads * g.head_dim, Hkv = m.num_key_value_heads;
     for (int64_t i = 0; i < m.num_hidden_layers; ++i) {
@@ -28,11 +29,14 @@ class AttentionGates : public Gates {
     }
   }
 
-  at::Tensor probabilities(int64_t layer, const at::Tensor& x_in, const at::Tensor& positions) override {
+  // x_in: [B, T, D] on the parameters' device; positions: [T] int64 (moved to x's device if
+  // elsewhere) -> p: [B, T, Hkv] float32.
+  at::Tensor probabilities(int64_t layer, const at::Tensor& x_in, const at::Tensor& positions_in) override {
     const Layer& L = layers_[static_cast<size_t>(layer)];
     at::Tensor x = x_in.to(at::kFloat);
+    const at::Tensor positions = positions_in.to(x.device());
     const int64_t B = x.size(0), T = x.size(1), H = config_.heads, d = config_.head_dim;
-    auto [cos, sin] = rope_.cos_sin(positions, at::kFloat);
+    auto [cos, sin] = cos_sin(positions);  // [T, d] each
     at::Tensor q = Rope::apply(at::linear(x, L.wq).view({B, T, H, d}), cos, sin).transpose(1, 2).contiguous();
     at::Tensor k = Rope::apply(at::linear(x, L.wk).view({B, T, H, d}), cos, sin).transpose(1, 2).contiguous();
     at::Tensor v = at::linear(x, L.wv).view({B, T, H, d}).transpose(1, 2).contiguous();
@@ -52,6 +56,18 @@ class AttentionGates : public Gates {
   }
 
  private:
+  // positions: [T] int64 -> RoPE (cos, sin), each [T, d] float32 on positions' device. The
+  // same ops as Rope::cos_sin (bit for bit on the CPU), against a copy of Rope's inverse
+  // frequencies on that device (Rope keeps them on the CPU).
+  std::pair<at::Tensor, at::Tensor> cos_sin(const at::Tensor& positions) {
+    if (!inv_freq_.defined() || inv_freq_.device() != positions.device()) {
+      inv_freq_ = rope_.inv_freq().to(positions.device());
+    }
+    at::Tensor freqs = positions.to(at::kFloat).unsqueeze(1) * inv_freq_.unsqueeze(0);  // [T, d/2]
+    at::Tensor emb = at::cat({freqs, freqs}, -1);                                        // [T, d]
+    return {emb.cos(), emb.sin()};
+  }
+
   void set_decode_cache(bool on) override {
     cache_on_ = on;
     reset_decode_cache();
@@ -68,12 +84,14 @@ class AttentionGates : public Gates {
   std::vector<Cached> cache_;
   bool cache_on_ = false;
   Rope rope_;
+  at::Tensor inv_freq_;  // [d/2] float32: rope_.inv_freq() on the device last used
 };
 
 }  // namespace
 
-std::unique_ptr<Gates> make_attention_gates(const GateConfig& gate, const ModelConfig& model, uint64_t seed) {
-  return std::make_unique<AttentionGates>(gate, model, seed);
+std::unique_ptr<Gates> make_attention_gates(const GateConfig& gate, const ModelConfig& model, uint64_t seed,
+                                            c10::Device device) {
+  return std::make_unique<AttentionGates>(gate, model, seed, device);
 }
 
 }  // namespace agate

@@ -7,7 +7,10 @@
 
 namespace agate {
 
-std::unique_ptr<Gates> make_attention_gates(const GateConfig& gate, const ModelConfig& model, uint64_t seed);
-std::unique_ptr<Gates> make_mlp_gates(const GateConfig& gate, const ModelConfig& model, uint64_t seed);
+// Parameters on `device` (float32), values drawn on the CPU from `seed`.
+std::unique_ptr<Gates> make_attention_gates(const GateConfig& gate, const ModelConfig& model, uint64_t seed,
+                                            c10::Device device);
+std::unique_ptr<Gates> make_mlp_gates(const GateConfig& gate, const ModelConfig& model, uint64_t seed,
+                                      c10::Device device);
 
 }  // namespace agate

@@ -5,53 +5,55 @@
 
 #include <map>
 
+#include "agate/gate/keep_step.h"
 #include "agate/util/error.h"
 #include "gate_types.h"
 
 namespace agate {
 
-std::unique_ptr<Gates> Gates::create(const GateConfig& gate, const ModelConfig& model, uint64_t seed) {
+std::unique_ptr<Gates> Gates::create(const GateConfig& gate, const ModelConfig& model, uint64_t seed,
+                                     c10::Device device) {
   if (gate.threshold <= 0 || gate.threshold >= 1) throw_usage("gate.threshold must be in (0, 1)");
   if (gate.estimator != "ste" && gate.estimator != "soft") throw_usage("gate.estimator must be ste or soft");
   if (gate.sink_tokens < 0 || gate.recent_window < 0) throw_usage("gate.sink_tokens and gate.recent_window must be >= 0");
-  if (gate.type == "attention") return make_attention_gates(gate, model, seed);
-  if (gate.type == "mlp") return make_mlp_gates(gate, model, seed);
+  if (gate.type == "attention") return make_attention_gates(gate, model, seed, device);
+  if (gate.type == "mlp") return make_mlp_gates(gate, model, seed, device);
   throw_usage("gate.type '" + gate.type + "' has no gates to create", "use attention or mlp");
 }
 
 at::Tensor Gates::param(const std::string& name, std::vector<int64_t> shape, double value, bool constant,
                         at::Generator& gen) {
-  at::Tensor t = constant ? at::full(shape, value, at::kFloat) : at::normal(0.0, value, shape, gen);
+  // Random values come from the CPU generator and then move, so they are the same on every device.
+  at::Tensor t = constant ? at::full(shape, value, at::TensorOptions().dtype(at::kFloat).device(device_))
+                          : at::normal(0.0, value, shape, gen).to(device_, at::kFloat);
   t.requires_grad_(true);
   params_.push_back({name, t});
   return t;
 }
 
+// x: [B, T, D]; positions: [T] -> keep: [B, T, Hkv] float32.
 at::Tensor Gates::key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions) {
-  const int64_t B = x.size(0), T = x.size(1), Hkv = model_.num_key_value_heads;
+  const int64_t B = x.size(0), T = x.size(1);
   at::Tensor p = probabilities(layer, x, positions);  // [B, T, Hkv] float32
-  at::Tensor flags = forced_ >= 0 ? at::full({B, T, Hkv}, static_cast<float>(forced_), p.options())
-                                  : (p.detach() > config_.threshold).to(at::kFloat);
-  at::Tensor keep;
   // Without gradients (inference, validation) attention uses the hard flags whatever the
-  // estimator: that is what a KV cache can store.
-  if (forced_ >= 0 || !at::GradMode::is_enabled()) keep = flags;
-  else if (config_.estimator == "ste") keep = flags + p - p.detach();  // forward: flags; backward: d/dp
-  else keep = p;
-  if (config_.sink_tokens > 0) {
-    at::Tensor sink = (positions < config_.sink_tokens).view({1, T, 1});
-    keep = at::where(sink, at::ones({}, keep.options()), keep);
-    flags = at::where(sink, at::ones({}, flags.options()), flags);
+  // estimator: that is what a KV cache can store. Forced flags carry no gradient either.
+  KeepMode mode = KeepMode::kHard;
+  if (forced_ < 0 && at::GradMode::is_enabled()) {
+    mode = config_.estimator == "ste" ? KeepMode::kStraightThrough : KeepMode::kSoft;
   }
+  // One fused step: keep (STE: flags forward, d/dp backward; soft: p), flags and their
+  // per-head sums, sinks kept.
+  KeepStepResult r = keep_step(p, positions, config_.threshold, config_.sink_tokens, mode, forced_);
   if (static_cast<int64_t>(layer_flags_.size()) <= layer) {
     layer_flags_.resize(static_cast<size_t>(layer) + 1);
     layer_surrogate_.resize(static_cast<size_t>(layer) + 1);
     layer_hard_.resize(static_cast<size_t>(layer) + 1);
   }
-  layer_hard_[static_cast<size_t>(layer)] = flags.detach();
-  layer_flags_[static_cast<size_t>(layer)] = flags.mean(at::IntArrayRef{0, 1});
-  layer_surrogate_[static_cast<size_t>(layer)] = keep.mean();
-  return keep;
+  layer_hard_[static_cast<size_t>(layer)] = r.flags.detach();
+  // sum / count is what mean() computes on the CPU, bit for bit.
+  layer_flags_[static_cast<size_t>(layer)] = r.flag_sum.div(B * T);
+  layer_surrogate_[static_cast<size_t>(layer)] = r.keep.mean();
+  return r.keep;
 }
 
 KeepStats Gates::stats() const {

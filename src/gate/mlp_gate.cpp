@@ -11,7 +11,7 @@ namespace {
 
 class MlpGates : public Gates {
  public:
-  MlpGates(const GateConfig& g, const ModelConfig& m, uint64_t seed) : Gates(g, m) {
+  MlpGates(const GateConfig& g, const ModelConfig& m, uint64_t seed, c10::Device device) : Gates(g, m, device) {
     auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
     const int64_t D = m.hidden_size, Hd = g.mlp_hidden, Hkv = m.num_key_value_heads;
     for (int64_t i = 0; i < m.num_hidden_layers; ++i) {
@@ -24,6 +24,7 @@ class MlpGates : public Gates {
     }
   }
 
+  // x: [B, T, D] on the parameters' device -> p: [B, T, Hkv] float32.
   at::Tensor probabilities(int64_t layer, const at::Tensor& x, const at::Tensor&) override {
     const Layer& L = layers_[static_cast<size_t>(layer)];
     return at::sigmoid(at::linear(at::gelu(at::linear(x.to(at::kFloat), L.w1, L.b1)), L.w2, L.b2));
@@ -38,8 +39,9 @@ class MlpGates : public Gates {
 
 }  // namespace
 
-std::unique_ptr<Gates> make_mlp_gates(const GateConfig& gate, const ModelConfig& model, uint64_t seed) {
-  return std::make_unique<MlpGates>(gate, model, seed);
+std::unique_ptr<Gates> make_mlp_gates(const GateConfig& gate, const ModelConfig& model, uint64_t seed,
+                                      c10::Device device) {
+  return std::make_unique<MlpGates>(gate, model, seed, device);
 }
 
 }  // namespace agate

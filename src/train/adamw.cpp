@@ -1,9 +1,9 @@
 #include "agate/train/adamw.h"
 
-#include <c10/core/GradMode.h>
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
-#include <cmath>
+#include <algorithm>
 #include <map>
 
 #include "agate/util/error.h"
@@ -14,23 +14,33 @@ AdamW::AdamW(NamedTensors params, AdamWOptions options) : params_(std::move(para
   for (const auto& kv : params_) {
     m_.push_back(at::zeros_like(kv.second, at::MemoryFormat::Contiguous).detach());
     v_.push_back(at::zeros_like(kv.second, at::MemoryFormat::Contiguous).detach());
+    t_.push_back(at::zeros({}, kv.second.options().dtype(at::kFloat)).detach());
   }
 }
 
-void AdamW::step(double lr) {
+void AdamW::step(double lr, const at::Tensor& apply) {
   c10::NoGradGuard no_grad;
-  steps_ += 1;
-  const double bc1 = 1.0 - std::pow(opt_.beta1, static_cast<double>(steps_));
-  const double bc2 = 1.0 - std::pow(opt_.beta2, static_cast<double>(steps_));
   for (size_t i = 0; i < params_.size(); ++i) {
     at::Tensor p = params_[i].second;
     const at::Tensor& g = p.grad();
     if (!g.defined()) continue;
-    if (opt_.weight_decay != 0) p.mul_(1.0 - lr * opt_.weight_decay);
-    m_[i].mul_(opt_.beta1).add_(g, 1.0 - opt_.beta1);
-    v_[i].mul_(opt_.beta2).addcmul_(g, g, 1.0 - opt_.beta2);
-    at::Tensor denom = (v_[i].sqrt() / std::sqrt(bc2)).add_(opt_.eps);
-    p.addcdiv_(m_[i], denom, -lr / bc1);
+    // The candidate update, computed out of place; `apply` selects it or the old state.
+    at::Tensor t = t_[i] + 1;                                          // [] float32
+    at::Tensor td = t.to(at::kDouble);
+    at::Tensor bc1 = 1.0 - at::pow(opt_.beta1, td), bc2 = 1.0 - at::pow(opt_.beta2, td);  // [] float64
+    at::Tensor m = at::add(m_[i] * opt_.beta1, g, 1.0 - opt_.beta1);
+    at::Tensor v = at::addcmul(v_[i] * opt_.beta2, g, g, 1.0 - opt_.beta2);
+    at::Tensor denom = (v.sqrt() / bc2.sqrt().to(v.scalar_type())).add_(opt_.eps);
+    at::Tensor q = opt_.weight_decay != 0 ? p * (1.0 - lr * opt_.weight_decay) : p.clone();
+    q.sub_(m / denom * (lr / bc1).to(p.scalar_type()));
+    if (apply.defined()) {
+      p.copy_(at::where(apply, q, p));
+      m_[i].copy_(at::where(apply, m, m_[i]));
+      v_[i].copy_(at::where(apply, v, v_[i]));
+      t_[i].copy_(at::where(apply, t, t_[i]));
+    } else {
+      p.copy_(q), m_[i].copy_(m), v_[i].copy_(v), t_[i].copy_(t);
+    }
   }
 }
 
@@ -38,16 +48,23 @@ void AdamW::zero_grad() {
   for (auto& kv : params_) kv.second.mutable_grad() = at::Tensor();
 }
 
+int64_t AdamW::steps() const {
+  if (t_.empty()) return 0;
+  return static_cast<int64_t>(at::stack(t_).max().item<float>());
+}
+
 NamedTensors AdamW::state() const {
   NamedTensors out;
   for (size_t i = 0; i < params_.size(); ++i) {
     out.push_back({params_[i].first + ".exp_avg", m_[i]});
     out.push_back({params_[i].first + ".exp_avg_sq", v_[i]});
+    out.push_back({params_[i].first + ".step", t_[i]});
   }
   return out;
 }
 
 void AdamW::load_state(const NamedTensors& state, int64_t steps, const std::string& source) {
+  c10::NoGradGuard no_grad;
   std::map<std::string, at::Tensor> by_name(state.begin(), state.end());
   for (size_t i = 0; i < params_.size(); ++i) {
     for (auto [suffix, dst] : {std::pair<const char*, at::Tensor*>{".exp_avg", &m_[i]}, {".exp_avg_sq", &v_[i]}}) {
@@ -58,8 +75,10 @@ void AdamW::load_state(const NamedTensors& state, int64_t steps, const std::stri
       }
       dst->copy_(it->second);
     }
+    auto st = by_name.find(params_[i].first + ".step");
+    if (st != by_name.end()) t_[i].copy_(st->second.reshape({}));
+    else t_[i].fill_(static_cast<double>(steps));
   }
-  steps_ = steps;
 }
 
 }  // namespace agate

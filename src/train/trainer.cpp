@@ -27,6 +27,8 @@
 #include "agate/model/llama.h"
 #include "agate/model/lora.h"
 #include "agate/train/adamw.h"
+#include "agate/train/train_forward.h"
+#include "agate/train/train_step.h"
 #include "agate/train/checkpoint.h"
 #include "agate/train/recipe_gate.h"
 #include "agate/train/recompute.h"
@@ -52,27 +54,6 @@ std::string eta_text(double seconds) {
   if (s >= 3600) std::snprintf(buf, sizeof(buf), "%dh%02dm", s / 3600, (s % 3600) / 60);
   else std::snprintf(buf, sizeof(buf), "%dm%02ds", s / 60, s % 60);
   return buf;
-}
-
-// Global L2 norm of the gradients; scales them down to `max_norm` when above it (max_norm > 0).
-double clip_gradients(const std::vector<at::Tensor>& params, double max_norm) {
-  std::vector<at::Tensor> norms;
-  for (const auto& p : params)
-    if (p.grad().defined()) norms.push_back(p.grad().detach().to(at::kFloat).norm());
-  if (norms.empty()) return 0.0;
-  const double total = at::stack(norms).norm().item<double>();
-  if (max_norm > 0 && std::isfinite(total) && total > max_norm) {
-    const double scale = max_norm / (total + 1e-6);
-    for (const auto& p : params)
-      if (p.grad().defined()) p.grad().mul_(scale);
-  }
-  return total;
-}
-
-std::vector<at::Tensor> params_of(const NamedTensors& ts) {
-  std::vector<at::Tensor> out;
-  for (const auto& kv : ts) out.push_back(kv.second);
-  return out;
 }
 
 int64_t numel(const NamedTensors& ts) {
@@ -110,7 +91,7 @@ struct Trainer::Impl {
   std::optional<Dataset> train_data, val_data;
   NamedTensors trainable;
   int64_t seq_len = 0, global_batch = 0, micro_batch = 0;
-  Positions positions;  // RoPE tables of the current sequence length
+  std::optional<TrainForward> train_forward;  // made on first use (a plan-only run has no model)
   LaunchEnv env;
   std::unique_ptr<ProcessGroup> pg;  // created by run(); a dry run needs no peers
 
@@ -265,29 +246,11 @@ struct Trainer::Impl {
     return p;
   }
 
-  // One forward of a micro-batch: logits [b, T, V] and the per-layer keep surrogate [L].
-  std::pair<at::Tensor, at::Tensor> forward(const at::Tensor& inputs, bool with_gates, bool recompute) {
-    ForwardOptions opts;
-    opts.visibility = with_gates ? gates.get() : nullptr;
-    opts.adapter = lora.get();
-    if (gates) gates->reset_stats();
-    // Kept in a member: recomputation's backward reads the positions after forward() returned.
-    if (!positions.ids.defined() || positions.ids.size(0) != inputs.size(1)) positions = model->positions(0, inputs.size(1));
-    const Positions& pos = positions;
-    at::Tensor h = model->embed(inputs);
-    std::vector<at::Tensor> surrogates;
-    for (int64_t i = 0; i < model->config().num_hidden_layers; ++i) {
-      if (recompute) {
-        auto [out, s] = recomputed_layer(*model, i, h, pos, opts, with_gates ? gates.get() : nullptr);
-        h = out;
-        if (s.defined()) surrogates.push_back(s);
-      } else {
-        h = model->layer_forward(i, h, pos, opts);
-      }
-    }
-    at::Tensor keep;
-    if (with_gates && gates) keep = recompute ? at::stack(surrogates) : gates->stats().surrogate;
-    return {model->head(h), keep};
+  // One forward of a micro-batch: logits [b, T, V], the per-layer keep surrogate [L] and the
+  // mean hard keep flag (both undefined without gates).
+  StepForward forward(const at::Tensor& inputs, bool with_gates, bool recompute) {
+    if (!train_forward) train_forward.emplace(*model, gates.get(), lora.get());
+    return (*train_forward)(inputs, with_gates, recompute);
   }
 
   // Mean LM loss and keep ratio over eval.batches of the validation set (same batches each time).
@@ -308,12 +271,12 @@ struct Trainer::Impl {
       batch.tokens = batch.tokens.to(device), batch.mask = batch.mask.to(device);
       at::Tensor inputs = batch.tokens.slice(1, 0, seq_len), targets = batch.tokens.slice(1, 1);
       at::Tensor w = batch.mask.slice(1, 1);
-      auto [logits, keep] = forward(inputs, with_gates, false);
+      const StepForward f = forward(inputs, with_gates, false);
       double count = 0;
-      const double l = lm_loss(logits, targets, w, &count).item<double>();
+      const double l = lm_loss(f.logits, targets, w, &count).item<double>();
       loss_sum += l * count;
       count_sum += count;
-      keep_sum += (with_gates && gates) ? gates->stats().flags.mean().item<double>() : 1.0;
+      keep_sum += f.kept.defined() ? f.kept.item<double>() : 1.0;
     }
     if (pg) {
       at::Tensor sums = at::tensor({loss_sum, count_sum, keep_sum}, at::kDouble);
@@ -444,8 +407,8 @@ struct Trainer::Impl {
     LoaderCursor cursor{static_cast<uint64_t>(r.integer("run.seed")), 0, 0};
 
     TrainSummary summary;
-    int64_t start = 0, tokens_seen = 0, bad_in_row = 0, n_window = 0, tokens_window = 0;
-    double loss_window = 0, lm_window = 0, sp_window = 0, keep_window = 0;
+    int64_t start = 0, tokens_seen = 0, tokens_window = 0;
+    StepWindow window(device);  // device-side sums of the step statistics since the last log line
     if (ckpt) {
       // Parameters, optimizer, data cursor, counters and the metric window: exactly as saved.
       {
@@ -463,9 +426,10 @@ struct Trainer::Impl {
       cursor = {st.at("cursor").at("seed").get<uint64_t>(), st.at("cursor").at("epoch").get<int64_t>(),
                 st.at("cursor").at("sample").get<int64_t>()};
       const json& w = st.at("window");
-      n_window = w.at("n"), tokens_window = w.at("tokens");
-      loss_window = w.at("loss"), lm_window = w.at("lm"), sp_window = w.at("sp"), keep_window = w.at("keep");
-      bad_in_row = st.at("bad_in_row");
+      tokens_window = w.at("tokens");
+      window.restore({w.at("n").get<int64_t>(), w.at("n").get<int64_t>(), w.at("loss").get<double>(), w.at("lm").get<double>(),
+                      w.at("sp").get<double>(), w.at("keep").get<double>(), w.value("grad_norm", 0.0),
+                      st.at("bad_in_row").get<int64_t>()});
       summary.skipped_steps = st.at("skipped_steps");
       summary.val_base_loss = st.at("val_base_loss");
       summary.val_loss = st.at("val_loss");
@@ -524,6 +488,7 @@ struct Trainer::Impl {
       for (const auto& k : recipe_schema()) rec[k.path] = key_value(k.path);
       for (const auto& k : breaking_keys()) keys[k] = key_value(k);
       const LoaderCursor c = loader.cursor();
+      const StepWindow::Sums ws = window.read(/*reset=*/false);
       json state = {{"format", "agate-trainer-state"}, {"version", 1}, {"step", step}, {"tokens", tokens_seen},
                     {"optimizer_steps", optimizer.steps()},
                     {"cursor", {{"seed", c.seed}, {"epoch", c.epoch}, {"sample", c.sample}}},
@@ -532,9 +497,9 @@ struct Trainer::Impl {
                     {"recipe_fingerprint", hex32(crc32(yaml.data(), yaml.size()))},
                     {"world_size", pg->world()}, {"model_fingerprint", model_fingerprint()},
                     {"data_fingerprint", data_fingerprint()}, {"resume_keys", keys}, {"recipe", rec},
-                    {"window", {{"n", n_window}, {"tokens", tokens_window}, {"loss", loss_window}, {"lm", lm_window},
-                                {"sp", sp_window}, {"keep", keep_window}}},
-                    {"bad_in_row", bad_in_row}, {"skipped_steps", summary.skipped_steps},
+                    {"window", {{"n", ws.good}, {"tokens", tokens_window}, {"loss", ws.loss}, {"lm", ws.lm},
+                                {"sp", ws.sparsity}, {"keep", ws.keep}, {"grad_norm", ws.grad_norm}}},
+                    {"bad_in_row", ws.bad_in_row}, {"skipped_steps", summary.skipped_steps + ws.steps - ws.good},
                     {"val_base_loss", summary.val_base_loss}, {"val_loss", summary.val_loss}, {"keep", summary.keep}};
       if (lead) {
         NamedTensors opt_state = optimizer.state();
@@ -545,108 +510,60 @@ struct Trainer::Impl {
       pg->barrier();  // nobody moves on (or exits) before the checkpoint is complete
     };
 
+    TrainStepOptions so;
+    so.micro_batch = micro_batch;
+    so.global_batch = global_batch;
+    so.gates = has_gates;
+    so.recompute = recompute;
+    so.sparsity = r.str("loss.sparsity");
+    so.target_keep = target;
+    so.distill = distill;
+    so.grad_clip = r.number("optim.grad_clip");
+    TrainStep train_step([this](const at::Tensor& in, bool g, bool rc) { return forward(in, g, rc); }, trainable,
+                         optimizer, *pg, so, device);
+    const int64_t log_every = r.integer("train.log_every"), max_bad = r.integer("train.max_bad_steps");
+
     for (int64_t step = start; step < steps; ++step) {
       const double lr = sched.at(step);
       const double lambda = sparsity_lambda(r.number("loss.lambda"), r.integer("loss.lambda_warmup_steps"), step);
       Batch batch = loader.next();
-      const at::Tensor w_all = batch.mask.slice(1, 1);  // on the host: the target count needs no device read
-      batch.tokens = batch.tokens.to(device, /*non_blocking=*/true), batch.mask = batch.mask.to(device, /*non_blocking=*/true);
       pg->heartbeat(step);
-      at::Tensor targets_t = at::full({1}, w_all.sum().item<double>(), at::kDouble);
-      pg->all_reduce_sum(targets_t);  // the LM loss averages over the global batch's targets
-      const double total_targets = std::max(targets_t.item<double>(), 1.0);
-      optimizer.zero_grad();
-      double step_loss = 0, step_lm = 0, step_sp = 0, step_keep = 0;
-      bool bad = false;
-      const char* bad_what = "";
-      const int64_t local = batch.tokens.size(0);
-      for (int64_t m0 = 0; m0 < local && !bad; m0 += micro_batch) {
-        at::Tensor tok = batch.tokens.slice(0, m0, m0 + micro_batch);
-        at::Tensor inputs = tok.slice(1, 0, seq_len), targets = tok.slice(1, 1);
-        at::Tensor w = batch.mask.slice(0, m0, m0 + micro_batch).slice(1, 1);
-        auto [logits, keep] = forward(inputs, has_gates, recompute);
-        double count = 0;
-        at::Tensor lm = lm_loss(logits, targets, w, &count);
-        // Per-rank terms are scaled so that the SUM of the ranks' gradients is the global one.
-        const double share = static_cast<double>(tok.size(0)) / static_cast<double>(global_batch);
-        at::Tensor loss = lm * (count / total_targets);
-        double sp_value = 0;
-        if (has_gates) {
-          at::Tensor sp = sparsity_loss(keep, r.str("loss.sparsity"), target);
-          loss = loss + lambda * share * sp;
-          sp_value = sp.item<double>();
-          step_keep += gates->stats().flags.mean().item<double>() * share;
-        }
-        if (distill > 0 && has_gates) {
-          at::Tensor teacher;
-          {
-            c10::NoGradGuard ng;
-            teacher = forward(inputs, false, false).first;
-          }
-          loss = loss + distill * share * distill_loss(logits, teacher, w);
-        }
-        const double lv = loss.item<double>();
-        if (!std::isfinite(lv)) {
-          bad = true;
-          bad_what = "loss";
-          break;
-        }
-        loss.backward();
-        step_loss += lv;
-        step_lm += lm.item<double>() * (count / total_targets);
-        step_sp += sp_value * share;
-      }
-      // Agree on skipping: one rank's non-finite loss skips the step everywhere.
-      at::Tensor bad_t = at::full({1}, bad ? 1.0 : 0.0, at::kDouble);
-      pg->all_reduce_max(bad_t);
-      if (bad_t.item<double>() > 0 && !bad) bad = true, bad_what = "loss (on another rank)";
-      double gnorm = 0;
-      if (!bad) {
-        all_reduce_gradients();
-        at::Tensor parts = at::tensor({step_loss, step_lm, step_sp, step_keep}, at::kDouble);
-        pg->all_reduce_sum(parts);
-        step_loss = parts[0].item<double>(), step_lm = parts[1].item<double>();
-        step_sp = parts[2].item<double>(), step_keep = parts[3].item<double>();
-        gnorm = clip_gradients(params_of(trainable), r.number("optim.grad_clip"));
-        if (!std::isfinite(gnorm)) bad = true, bad_what = "gradient";
-      }
+      // The whole step runs on the device; its statistics are read at log steps (and every
+      // train.max_bad_steps steps, to stop a run whose steps are all being skipped).
+      window.add(train_step.run(batch.tokens, batch.mask, lr, lambda));
       tokens_seen += global_batch * seq_len;
-      if (bad) {
-        optimizer.zero_grad();
-        summary.skipped_steps += 1;
-        bad_in_row += 1;
-        log::warn("step {}: non-finite {}, step skipped ({} in a row)", step + 1, bad_what, bad_in_row);
-        record({{"step", step + 1}, {"skipped", true}, {"bad_in_row", bad_in_row}});
-        if (bad_in_row >= r.integer("train.max_bad_steps")) {
-          throw_runtime("the loss or gradient was NaN/infinite for " + std::to_string(bad_in_row) +
+      tokens_window += global_batch * seq_len;
+      summary.steps = step + 1;
+      const bool last = step + 1 == steps;
+      const bool log_now = (step + 1) % log_every == 0 || last;
+      if (log_now || (step + 1 - start) % max_bad == 0) {
+        const StepWindow::Sums w = window.read(/*reset=*/log_now);
+        if (w.bad_in_row >= max_bad) {
+          record({{"step", step + 1}, {"skipped", w.steps - w.good}, {"bad_in_row", w.bad_in_row}});
+          throw_runtime("the loss or gradient was NaN/infinite for " + std::to_string(w.bad_in_row) +
                             " steps in a row (last at step " + std::to_string(step + 1) + "); stopping",
                         "lower optim.lr, check the data, or use model.dtype: float32; no checkpoint holds non-finite values");
         }
-        continue;
-      }
-      bad_in_row = 0;
-      optimizer.step(lr);
-      summary.steps = step + 1;
-      summary.train_loss = step_loss;
-      tokens_window += global_batch * seq_len;
-      loss_window += step_loss, lm_window += step_lm, sp_window += step_sp, keep_window += has_gates ? step_keep : 1.0;
-      n_window += 1;
-      const bool last = step + 1 == steps;
-      if ((step + 1) % r.integer("train.log_every") == 0 || last) {
-        const double now = now_seconds(), tps = tokens_window / std::max(now - t_window, 1e-9);
-        const double eta = (now - t_start) / (step + 1 - start) * (steps - step - 1);
-        log::info("step {}/{} | loss {:.4f} (lm {:.4f} + sparsity {:.4f}) | keep {:.3f} | lr {:.2e} | {:.0f} tok/s | ETA {}",
-                     step + 1, steps, loss_window / n_window, lm_window / n_window, sp_window / n_window,
-                     keep_window / n_window, lr, tps, eta_text(eta));
-        record({{"step", step + 1}, {"loss", loss_window / n_window}, {"lm_loss", lm_window / n_window},
-                {"sparsity", sp_window / n_window}, {"keep", keep_window / n_window}, {"lr", lr},
-                {"lambda", lambda}, {"grad_norm", gnorm}, {"tokens_per_s", tps}, {"tokens", tokens_seen}});
-        summary.keep = keep_window / n_window;
-        summary.tokens_per_s = tps;
-        t_window = now;
-        tokens_window = 0;
-        loss_window = lm_window = sp_window = keep_window = 0;
-        n_window = 0;
+        if (log_now && w.steps > w.good) {
+          summary.skipped_steps += w.steps - w.good;
+          log::warn("steps {}-{}: {} step(s) skipped for a non-finite loss or gradient ({} in a row now)",
+                    step + 2 - w.steps, step + 1, w.steps - w.good, w.bad_in_row);
+          record({{"step", step + 1}, {"skipped", w.steps - w.good}, {"bad_in_row", w.bad_in_row}});
+        }
+        if (log_now && w.good > 0) {
+          const double n = static_cast<double>(w.good);
+          const double now = now_seconds(), tps = tokens_window / std::max(now - t_window, 1e-9);
+          const double eta = (now - t_start) / (step + 1 - start) * (steps - step - 1);
+          log::info("step {}/{} | loss {:.4f} (lm {:.4f} + sparsity {:.4f}) | keep {:.3f} | lr {:.2e} | {:.0f} tok/s | ETA {}",
+                    step + 1, steps, w.loss / n, w.lm / n, w.sparsity / n, w.keep / n, lr, tps, eta_text(eta));
+          record({{"step", step + 1}, {"loss", w.loss / n}, {"lm_loss", w.lm / n}, {"sparsity", w.sparsity / n},
+                  {"keep", w.keep / n}, {"lr", lr}, {"lambda", lambda}, {"grad_norm", w.grad_norm},
+                  {"tokens_per_s", tps}, {"tokens", tokens_seen}});
+          summary.train_loss = w.loss / n;
+          summary.keep = w.keep / n;
+          summary.tokens_per_s = tps;
+        }
+        if (log_now) t_window = now_seconds(), tokens_window = 0;
       }
       const int64_t every = r.integer("eval.every");
       if (val_data && ((every > 0 && (step + 1) % every == 0) || last)) {
@@ -670,24 +587,6 @@ struct Trainer::Impl {
     if (lead) save_outputs(summary);
     pg->barrier();
     return summary;
-  }
-
-  // One flat SUM all-reduce of every trainable gradient (missing ones count as zero).
-  void all_reduce_gradients() {
-    if (pg->world() == 1) return;
-    std::vector<at::Tensor> flat;
-    for (auto& [name, p] : trainable) {
-      flat.push_back(p.grad().defined() ? p.grad().reshape({-1}) : at::zeros({p.numel()}, p.options()));
-    }
-    at::Tensor buffer = at::cat(flat);
-    pg->all_reduce_sum(buffer);
-    int64_t at = 0;
-    for (auto& [name, p] : trainable) {
-      at::Tensor g = buffer.slice(0, at, at + p.numel()).view_as(p);
-      if (p.grad().defined()) p.mutable_grad().copy_(g);
-      else p.mutable_grad() = g.clone();
-      at += p.numel();
-    }
   }
 
   void save_outputs(const TrainSummary& s) {

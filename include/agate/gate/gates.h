@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 #include <cstdint>
 #include <memory>
@@ -38,10 +39,16 @@ struct KeepStats {
 // "model.layers.{i}.self_attn.kv_gate.<part>".
 class Gates : public KeyVisibility {
  public:
-  // Fresh gates for a model, initialised from `seed` so that every token starts kept.
-  static std::unique_ptr<Gates> create(const GateConfig& gate, const ModelConfig& model, uint64_t seed);
+  // Fresh gates for a model, initialised from `seed` so that every token starts kept. The
+  // parameters live on `device` (float32); their random values are drawn on the CPU with the
+  // seed's generator whatever the device, so they are the same numbers everywhere.
+  static std::unique_ptr<Gates> create(const GateConfig& gate, const ModelConfig& model, uint64_t seed,
+                                       c10::Device device = c10::kCPU);
 
-  // keep: [B, T, Hkv]; see KeyVisibility. Also records the statistics (see stats()).
+  // x: [B, T, D]; positions: [T] int64 -> keep: [B, T, Hkv] float32 on x's device; see
+  // KeyVisibility. Also records the statistics (see stats()). With gradients on, keep is the
+  // estimator's (STE: hard flags forward, d/dp backward; soft: p); without, the hard flags.
+  // Sinks are 1 either way. The elementwise step is keep_step() (agate/gate/keep_step.h).
   at::Tensor key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions) override;
   int64_t recent_window() const override { return config_.recent_window; }
 
@@ -52,6 +59,8 @@ class Gates : public KeyVisibility {
   // Copies values into the parameters (names and shapes must match exactly).
   void load(const NamedTensors& values, const std::string& source);
   const GateConfig& config() const { return config_; }
+  // Where the parameters live.
+  c10::Device device() const { return device_; }
 
   // Statistics of the layers run since the last reset_stats().
   KeepStats stats() const;
@@ -72,13 +81,17 @@ class Gates : public KeyVisibility {
   ~Gates() override = default;
 
  protected:
-  Gates(GateConfig config, const ModelConfig& model) : config_(std::move(config)), model_(model) {}
+  Gates(GateConfig config, const ModelConfig& model, c10::Device device = c10::kCPU)
+      : config_(std::move(config)), model_(model), device_(device) {}
+  // A float32 parameter of `shape` on device_: N(0, std_or_const^2) drawn from `gen` (a CPU
+  // generator, so the values do not depend on the device), or the constant std_or_const.
   at::Tensor param(const std::string& name, std::vector<int64_t> shape, double std_or_const, bool constant,
                    at::Generator& gen);
   std::string prefix(int64_t layer) const { return "model.layers." + std::to_string(layer) + ".self_attn.kv_gate."; }
 
   GateConfig config_;
   ModelConfig model_;
+  c10::Device device_;
   NamedTensors params_;
 
  private:

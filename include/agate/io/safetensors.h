@@ -5,6 +5,8 @@
 // then the data buffer; offsets are relative to the buffer start.
 #pragma once
 
+#include "agate/io/named_tensors.h"
+
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
@@ -51,7 +53,6 @@ class SafetensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
-using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 
 // Writes tensors (any of the supported dtypes, made contiguous) atomically to `path`.
 void save_safetensors(const std::string& path, const NamedTensors& tensors,

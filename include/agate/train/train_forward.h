@@ -1,0 +1,32 @@
+// The forward a training step runs through: the frozen (or, in pretraining, trainable) model
+// with the gates as its key visibility and the LoRA adapters on its projections, each layer
+// optionally recomputed in backward. Returns what TrainStep needs (StepForward).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "agate/model/llama.h"
+#include "agate/train/train_step.h"
+
+namespace agate {
+
+class Gates;
+
+class TrainForward {
+ public:
+  // Not owned; all must outlive every backward of a forward made here. `gates`, `adapter`
+  // may be null.
+  TrainForward(const LlamaModel& model, Gates* gates, ProjectionAdapter* adapter);
+
+  // inputs: [b, T] int64 on the model's device. with_gates: the gates decide visibility
+  // (else every key is kept); recompute: per-layer activation recomputation.
+  StepForward operator()(const at::Tensor& inputs, bool with_gates, bool recompute);
+
+ private:
+  const LlamaModel& model_;
+  Gates* gates_;
+  ProjectionAdapter* adapter_;
+  Positions positions_;  // kept: recomputation's backward reads them after the forward returned
+};
+
+}  // namespace agate

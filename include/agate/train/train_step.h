@@ -1,0 +1,92 @@
+// One optimisation step, entirely on the device: micro-batches -> loss parts -> agreement
+// across ranks on a non-finite step -> gradient all-reduce -> clip -> optimizer step (skipped
+// by a device-side flag when the step is bad). Nothing is read back to the host: the
+// statistics stay device tensors until a log step reads them (StepWindow). `agate bench train`
+// times this very step.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "agate/io/named_tensors.h"
+
+namespace agate {
+
+class AdamW;
+class ProcessGroup;
+
+struct TrainStepOptions {
+  int64_t micro_batch = 1;            // sequences per forward/backward
+  int64_t global_batch = 1;           // sequences per step over all ranks
+  bool gates = false;                 // add the sparsity term and the keep statistics
+  bool recompute = false;             // per-layer recomputation (passed to the forward)
+  std::string sparsity = "l2_target"; // see sparsity_loss
+  double target_keep = 0.5;
+  double distill = 0.0;               // weight of KL(full-cache model || gated model)
+  double grad_clip = 0.0;             // global L2 norm bound (0 = none)
+};
+
+// Device scalars (0-dim), summed over ranks. float64 except `ok`.
+struct StepStats {
+  at::Tensor loss, lm, sparsity, keep;  // keep: mean hard-flag keep ratio (1 without gates)
+  at::Tensor grad_norm;                 // global gradient norm before clipping
+  at::Tensor ok;                        // bool: the loss and gradient were finite on every rank (update applied)
+};
+
+// What the step needs from one forward of a micro-batch.
+struct StepForward {
+  at::Tensor logits;  // [b, T, V]
+  at::Tensor keep;    // [L] per-layer keep surrogate (differentiable); undefined without gates
+  at::Tensor kept;    // [] mean hard keep flag of this forward; undefined without gates
+};
+
+class TrainStep {
+ public:
+  // forward(inputs [b, T] int64 on the device, with_gates, recompute)
+  using Forward = std::function<StepForward(const at::Tensor&, bool, bool)>;
+
+  TrainStep(Forward forward, NamedTensors trainable, AdamW& optimizer, ProcessGroup& pg, TrainStepOptions options,
+            c10::Device device);
+
+  // tokens: [local, T + 1] int64 and mask: [local, T + 1] float on the host (the loss weights
+  // of the targets; their sums are taken on the host, then both move to the device).
+  // lr, lambda: this step's learning rate and sparsity weight.
+  StepStats run(const at::Tensor& tokens, const at::Tensor& mask, double lr, double lambda);
+
+ private:
+  Forward forward_;
+  NamedTensors trainable_;
+  AdamW& optimizer_;
+  ProcessGroup& pg_;
+  TrainStepOptions o_;
+  c10::Device device_;
+};
+
+// Device-side sums of step statistics between two log steps, read with one copy.
+class StepWindow {
+ public:
+  explicit StepWindow(c10::Device device);
+  void add(const StepStats& s);
+  // Raw sums over the applied steps (exact, so a checkpoint can restore them bit for bit).
+  struct Sums {
+    int64_t steps = 0, good = 0;                     // steps added, and those applied
+    double loss = 0, lm = 0, sparsity = 0, keep = 0;  // sums over the applied steps
+    double grad_norm = 0;                             // of the last applied step
+    int64_t bad_in_row = 0;                           // consecutive skipped steps up to the last one added
+  };
+  // Reads the window (one device-to-host copy); `reset` starts a new window (the last grad
+  // norm and the run of skipped steps carry over).
+  Sums read(bool reset);
+  // Restores a window saved in a checkpoint.
+  void restore(const Sums& sums);
+
+ private:
+  c10::Device device_;
+  at::Tensor sums_;  // [8] float64: good, loss, lm, sparsity, keep, grad_norm, bad_in_row, steps
+};
+
+}  // namespace agate

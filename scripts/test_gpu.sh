@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Everything a GPU machine can check that a CPU machine cannot, on a machine whose Python
+# already has torch 2.11.0+cu130 and which can download nothing:
+#   1. the build: agate --version names the CUDA kernels and sees a GPU;
+#   2. the unit suite with its CUDA cases live (keep-step kernel vs its CPU twin, gates,
+#      TrainStep on cuda vs cpu, model logits cuda vs cpu in float32 and bfloat16);
+#   3. end to end on cuda:0: gate training, resume (within tolerance of an uninterrupted
+#      run), eval and generate over the ragged cache, bench lines (matmul peak, train, decode);
+#   4. two NCCL ranks on one GPU (NCCL may refuse two ranks per device: reported, not failed).
+#
+#   scripts/gpu_bundle.sh        (here, on the build machine; carry gpu-bundle/ along)
+#   scripts/test_gpu.sh          (there)      Env: PYTHON (default python3), BUNDLE (gpu-bundle)
+#
+# Without a GPU it still runs (1)-(3) on the CPU with the CUDA cases skipped, which checks the
+# bundle itself; it says so at the end.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+BUNDLE=${BUNDLE:-gpu-bundle}
+[[ -x $BUNDLE/bin/agate ]] || { echo "[gpu] error: no $BUNDLE/bin/agate: run scripts/gpu_bundle.sh on the build machine and carry $BUNDLE/" >&2; exit 2; }
+need=$(cat "$BUNDLE/GLIBC" 2>/dev/null || echo 0)
+have=$(ldd --version 2>/dev/null | head -1 | awk '{print $NF}')
+if [[ $(printf '%s\n%s\n' "$need" "$have" | sort -V | head -1) != "$need" ]]; then
+  echo "[gpu] error: the bundle needs glibc >= $need, this machine has $have: build here instead (see README, GPU)" >&2; exit 2
+fi
+torch_lib=$("$PY" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))') || {
+  echo "[gpu] error: $PY cannot import torch" >&2; exit 2; }
+nv_libs=$("$PY" - <<'PY'
+import glob, os, site
+dirs = []
+for s in site.getsitepackages():
+    dirs += glob.glob(os.path.join(s, "nvidia", "*", "lib")) + glob.glob(os.path.join(s, "nvidia", "cu*", "lib"))
+print(":".join(sorted(set(dirs))))
+PY
+)
+export LD_LIBRARY_PATH="$PWD/$BUNDLE/lib:$torch_lib:$nv_libs:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+export AGATE_SPM_SHIM="$PWD/$BUNDLE/lib/libagate_spm.so"
+AGATE="$PWD/$BUNDLE/bin/agate"
+fail=0
+check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fail=1; fi; }
+section() { echo; echo "== $* =="; }
+
+section "1. build"
+info=$("$AGATE" --version) || { echo "[gpu] error: $AGATE does not start (missing library?)"; ldd "$AGATE" | grep "not found"; exit 1; }
+echo "$info"
+gpus=$("$PY" -c 'import torch; print(torch.cuda.device_count())')
+check "CUDA kernels compiled" "[[ '$info' == *'CUDA kernels compiled'* ]]"
+if [[ $gpus -gt 0 ]]; then
+  DEV=cuda
+  check "agate sees the GPU(s) torch sees ($gpus)" "[[ '$info' == *' $gpus CUDA device'* ]]"
+  "$PY" -c 'import torch; print(torch.cuda.get_device_name(0), torch.__version__)'
+else
+  DEV=cpu
+  echo "(no GPU here: the CUDA cases skip; this run checks the bundle on the CPU)"
+fi
+
+section "2. unit suite (CUDA cases live where a GPU is)"
+out=$(mktemp -d); trap 'rm -rf "$out"' EXIT
+AGATE_SOURCE_DIR="$PWD" "$BUNDLE/bin/agate_tests" --gtest_brief=1 >"$out/unit.log" 2>&1; rc=$?
+grep -E "^\[  (PASSED|FAILED|SKIPPED) |FAILED  \]" "$out/unit.log" | sort | uniq -c | head -40
+check "unit suite" "[[ $rc == 0 ]]"
+
+section "3. end to end on $DEV"
+source tests/e2e/lib/common.bash
+make_tiny_setup "$AGATE" "$out" >/dev/null 2>&1
+check "tiny corpus and datasets" "[[ -f $out/data/train/manifest.json ]]"
+common="data.train=$out/data/train data.val=$out/data/val data.seq_len=64 train.log_every=10 run.device=$DEV"
+"$AGATE" train recipes/tiny/pretrain.yaml $common model.path="$out/base" run.dir="$out/pre" train.steps=40 \
+  optim.lr=1e-2 eval.every=40 >"$out/pre.log" 2>&1
+check "pretrain on $DEV" "[[ $? == 0 && -f $out/pre/model/model.safetensors ]]"
+cp "$out/tok.model" "$out/pre/model/tokenizer.model"
+gates="$common model.path=$out/pre/model train.steps=20 checkpoint.every_steps=10 eval.every=20"
+"$AGATE" train recipes/tiny/cpt.yaml $gates run.dir="$out/full" >"$out/full.log" 2>&1
+check "gate training on $DEV" "[[ $? == 0 ]]"
+"$AGATE" train recipes/tiny/cpt.yaml $gates run.dir="$out/part" train.steps=10 >/dev/null 2>&1 &&
+  "$AGATE" train recipes/tiny/cpt.yaml $gates run.dir="$out/part" >"$out/part.log" 2>&1
+check "resumed run ends where the uninterrupted one ends (1e-4)" "$PY - '$out/full/summary.json' '$out/part/summary.json' <<'PY'
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+d = abs(a['val_loss'] - b['val_loss'])
+print(f'     val loss {a[\"val_loss\"]:.6f} vs {b[\"val_loss\"]:.6f} (diff {d:.2e})')
+sys.exit(d > 1e-4)
+PY"
+"$AGATE" export "$out/full" --out "$out/export" --device "$DEV" >/dev/null 2>&1
+check "export on $DEV" "[[ $? == 0 && -f $out/export/gates.safetensors ]]"
+"$AGATE" eval --model "$out/pre/model" --gates "$out/export" --data "$out/data/val" --context 48 --continuation 16 \
+  --samples 4 --keep 0.5 --device "$DEV" >"$out/eval.md" 2>"$out/eval.log"
+check "eval on $DEV (every policy)" "[[ $? == 0 ]] && grep -q '| snapkv |' $out/eval.md"
+"$AGATE" generate --model "$out/pre/model" --gates "$out/export" --max-new 16 --device "$DEV" \
+  --prompt "Anne walked to Barton with" >"$out/gen.txt" 2>&1
+check "generate on $DEV" "[[ $? == 0 ]] && grep -q '^\[kv\]' $out/gen.txt"
+for b in "matmul --dtype bfloat16 --iters 3" "train --model $out/pre/model --seq 64 --batch 4 --iters 3" \
+         "decode --model $out/pre/model --contexts 128 --keeps 1.0,0.5 --new 16"; do
+  "$AGATE" bench $b --device "$DEV" 2>/dev/null | tee -a "$out/bench.jsonl" | cut -c1-200
+done
+check "bench lines" "[[ -s $out/bench.jsonl ]]"
+
+section "4. two NCCL ranks on one GPU"
+if [[ $DEV == cuda ]]; then
+  for r in 0 1; do
+    RANK=$r WORLD_SIZE=2 LOCAL_RANK=0 LOCAL_WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=29533 \
+      "$AGATE" train recipes/tiny/cpt.yaml $gates run.dir="$out/nccl" train.steps=10 dist.backend=nccl \
+      dist.timeout_s=60 >"$out/nccl$r.log" 2>&1 &
+  done
+  wait
+  if grep -q "trained 10 steps" "$out/nccl0.log"; then echo "ok   2 NCCL ranks on one GPU trained"
+  else echo "note: NCCL with two ranks on one GPU did not run here (often refused by NCCL itself):"; tail -3 "$out/nccl0.log"; fi
+else
+  echo "(skipped: no GPU)"
+fi
+
+echo
+if [[ $fail == 0 ]]; then echo "test_gpu: all checks passed on $DEV"; else echo "test_gpu: FAILED (logs in the output above)"; fi
+exit $fail

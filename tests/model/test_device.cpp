@@ -1,0 +1,50 @@
+// Devices: what --device / run.device accept and refuse, and the model on CUDA against the CPU.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <torch/cuda.h>
+
+#include "agate/model/llama.h"
+#include "agate/util/device.h"
+#include "../test_util.h"
+#include "../tiny_model.h"
+
+namespace agate {
+namespace {
+
+TEST(Device, SpecsResolveAndBadOnesAreRefusedWithAHint) {
+  EXPECT_EQ(resolve_device("cpu"), c10::Device(c10::kCPU));
+  EXPECT_EQ(resolve_device("auto").type(), torch::cuda::is_available() ? c10::kCUDA : c10::kCPU);
+  const std::string bad = test::error_of([] { resolve_device("tpu:0"); });
+  EXPECT_NE(bad.find("--device 'tpu:0' is not a device"), std::string::npos) << bad;
+  EXPECT_NE(bad.find("auto, cpu, cuda or cuda:N"), std::string::npos) << bad;
+  if (!torch::cuda::is_available()) {
+    // One clear line on a machine without CUDA, not a crash deep inside torch.
+    const std::string msg = test::error_of([] { resolve_device("cuda", 0, "run.device"); });
+    EXPECT_NE(msg.find("run.device cuda: no CUDA device is available"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("use run.device cpu"), std::string::npos) << msg;
+  } else {
+    const std::string msg = test::error_of([] { resolve_device("cuda:99"); });
+    EXPECT_NE(msg.find("CUDA device(s) are visible"), std::string::npos) << msg;
+  }
+  EXPECT_NE(build_info().find("torch 2.11"), std::string::npos) << build_info();
+}
+
+// The same weights on both devices give the same logits: float32 tightly (TF32 off),
+// bfloat16 within its precision.
+TEST(Device, CudaLogitsMatchTheCpuInFloat32AndBfloat16) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device on this machine (runs in scripts/test_gpu.sh)";
+  at::globalContext().setAllowTF32CuBLAS(false);
+  const c10::Device gpu(c10::kCUDA, 0);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
+  const at::Tensor tokens = at::randint(0, 61, {2, 24}, gen, at::kLong);
+  for (auto [dtype, tol] : {std::pair<c10::ScalarType, double>{at::kFloat, 1e-4}, {at::kBFloat16, 5e-2}}) {
+    const LlamaModel cpu = LlamaModel::init_random(test::tiny_config(), 3, dtype);
+    const LlamaModel cuda = LlamaModel::init_random(test::tiny_config(), 3, dtype, gpu);
+    EXPECT_EQ(cuda.device(), gpu);
+    const at::Tensor a = cpu.forward(tokens).to(at::kFloat), b = cuda.forward(tokens).to(at::kCPU, at::kFloat);
+    EXPECT_LT((a - b).abs().max().item<double>(), tol) << c10::toString(dtype);
+  }
+}
+
+}  // namespace
+}  // namespace agate

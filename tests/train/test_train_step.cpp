@@ -1,0 +1,188 @@
+// TrainStep and its device contract: the whole step runs where the model lives, never reads a
+// device value back on the host, and skips a bad update on the device.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <torch/cuda.h>
+#include <torch/library.h>
+
+#include <memory>
+
+#include "agate/dist/dist.h"
+#include "agate/gate/gates.h"
+#include "agate/model/llama.h"
+#include "agate/model/lora.h"
+#include "agate/train/adamw.h"
+#include "agate/train/train_forward.h"
+#include "agate/train/train_step.h"
+#include "../tiny_model.h"
+
+// Meta kernels that LibTorch's C++ build lacks (Python registers them in
+// torch/_meta_registrations.py): output shapes only, which is all the meta device computes.
+namespace {
+at::Tensor index_select_meta(const at::Tensor& self, int64_t dim, const at::Tensor& index) {
+  std::vector<int64_t> shape = self.sizes().vec();
+  if (!shape.empty()) shape[static_cast<size_t>(at::maybe_wrap_dim(dim, self.dim()))] = index.numel();
+  return at::empty(shape, self.options());
+}
+at::Tensor& unary_out_meta(const at::Tensor& self, at::Tensor& out) {
+  out.resize_(self.sizes());
+  return out;
+}
+at::Tensor& binary_out_meta(const at::Tensor& self, const at::Tensor& other, at::Tensor& out) {
+  out.resize_(at::infer_size(self.sizes(), other.sizes()));
+  return out;
+}
+at::Tensor where_meta(const at::Tensor& cond, const at::Tensor& self, const at::Tensor& other) {
+  const auto shape = at::infer_size(at::infer_size(cond.sizes(), self.sizes()), other.sizes());
+  return at::empty(shape, self.options().dtype(at::result_type(self, other)));
+}
+}  // namespace
+TORCH_LIBRARY_IMPL(aten, Meta, m) {
+  m.impl("where.self", where_meta);
+  m.impl("index_select", index_select_meta);
+  m.impl("logical_not.out", unary_out_meta);
+  m.impl("abs.out", unary_out_meta);
+  m.impl("logical_and.out", binary_out_meta);
+  m.impl("logical_or.out", binary_out_meta);
+}
+
+namespace agate {
+namespace {
+
+// A gated model with LoRA on `device`, one TrainStep over it, and fixed host batches.
+struct StepRig {
+  c10::Device device;
+  LlamaModel model;
+  std::unique_ptr<Gates> gates;
+  std::unique_ptr<LoraAdapters> lora;
+  NamedTensors trainable;
+  std::unique_ptr<AdamW> opt;
+  std::unique_ptr<ProcessGroup> pg;
+  std::unique_ptr<TrainForward> forward;
+  std::unique_ptr<TrainStep> step;
+  at::Tensor tokens, mask;  // host [4, 17]
+
+  StepRig(c10::Device d, const std::string& estimator, bool recompute)
+      : device(d), model(LlamaModel::init_random(test::tiny_config(), 7, at::kFloat, d)) {
+    model.set_requires_grad(false);
+    GateConfig g;
+    g.heads = 2;
+    g.head_dim = 8;
+    g.init_bias = 0.0;  // about half the tokens evicted: the masked path
+    g.estimator = estimator;
+    g.sink_tokens = 1;
+    gates = Gates::create(g, model.config(), 3, d);
+    LoraConfig lc;
+    lc.rank = 2;
+    lc.alpha = 4;
+    lc.targets = {"q_proj", "v_proj"};
+    lora = std::make_unique<LoraAdapters>(lc, model.config(), 4, d);
+    trainable = gates->parameters();
+    trainable.insert(trainable.end(), lora->parameters().begin(), lora->parameters().end());
+    opt = std::make_unique<AdamW>(trainable, AdamWOptions{});
+    pg = ProcessGroup::create(LaunchEnv{}, DistOptions{});
+    forward = std::make_unique<TrainForward>(model, gates.get(), lora.get());
+    TrainStepOptions so;
+    so.micro_batch = 2;
+    so.global_batch = 4;
+    so.gates = true;
+    so.recompute = recompute;
+    so.distill = 0.5;
+    so.grad_clip = 1.0;
+    step = std::make_unique<TrainStep>([this](const at::Tensor& in, bool w, bool rc) { return (*forward)(in, w, rc); },
+                                       trainable, *opt, *pg, so, d);
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
+    tokens = at::randint(0, model.config().vocab_size, {4, 17}, gen, at::kLong);
+    mask = at::ones({4, 17});
+    mask[3].slice(0, 10).zero_();  // padding in one sequence
+  }
+};
+
+// The meta device has shapes but no data: any .item(), accessor or copy to the host inside the
+// step throws, and so does any tensor created on the CPU that meets the model's (a 0-dim CPU
+// scalar aside, which CUDA accepts too). So a step that completes on meta is free of host
+// reads and device mixing, on every path it took: forward, gates (STE and soft), LoRA,
+// recomputation, distillation, sparsity, clipping, the masked AdamW update.
+TEST(TrainStepDevice, RunsOnTheMetaDeviceWithoutHostReadsOrDeviceMixing) {
+  for (const char* estimator : {"ste", "soft"}) {
+    for (bool recompute : {false, true}) {
+      SCOPED_TRACE(std::string(estimator) + (recompute ? " + recompute" : ""));
+      StepRig rig(c10::Device(c10::kMeta), estimator, recompute);
+      StepStats s;
+      try {
+        s = rig.step->run(rig.tokens, rig.mask, 1e-3, 0.1);
+      } catch (const std::exception& e) {
+        FAIL() << "the step read a device value on the host or mixed devices: " << e.what();
+      }
+      for (const at::Tensor& t : {s.loss, s.lm, s.sparsity, s.keep, s.grad_norm, s.ok}) {
+        EXPECT_TRUE(t.is_meta());
+        EXPECT_EQ(t.dim(), 0);
+      }
+      for (const auto& [name, p] : rig.trainable) EXPECT_TRUE(p.is_meta()) << name;
+      StepWindow w(c10::Device(c10::kMeta));
+      ASSERT_NO_THROW(w.add(s));
+    }
+  }
+}
+
+TEST(TrainStepDevice, AStepOnTheCpuMovesTheParametersAndReportsFiniteStatistics) {
+  StepRig rig(c10::kCPU, "ste", false);
+  const at::Tensor before = rig.trainable[0].second.detach().clone();
+  const StepStats s = rig.step->run(rig.tokens, rig.mask, 1e-2, 0.1);
+  EXPECT_TRUE(s.ok.item<bool>());
+  EXPECT_TRUE(std::isfinite(s.loss.item<double>()));
+  EXPECT_GT(s.grad_norm.item<double>(), 0.0);
+  EXPECT_FALSE(at::equal(before, rig.trainable[0].second.detach()));
+  StepWindow w(c10::kCPU);
+  w.add(s);
+  w.add(s);
+  const StepWindow::Sums r = w.read(true);
+  EXPECT_EQ(r.steps, 2);
+  EXPECT_EQ(r.good, 2);
+  EXPECT_DOUBLE_EQ(r.loss, 2 * s.loss.item<double>());
+}
+
+// A skipped update changes nothing: parameters, both moments and the step counts.
+TEST(AdamWMasked, AFalseFlagLeavesTheWholeStateUntouchedAndATrueFlagEqualsAPlainStep) {
+  auto make = [] {
+    at::Tensor p = at::linspace(-1, 1, 12).view({3, 4}).requires_grad_(true);
+    p.mutable_grad() = at::linspace(0.5, -0.5, 12).view({3, 4});
+    return p;
+  };
+  at::Tensor a = make(), b = make(), c = make();
+  AdamW oa({{"w", a}}, AdamWOptions{1e-2, 0.9, 0.95, 1e-8, 0.1});
+  AdamW ob({{"w", b}}, AdamWOptions{1e-2, 0.9, 0.95, 1e-8, 0.1});
+  AdamW oc({{"w", c}}, AdamWOptions{1e-2, 0.9, 0.95, 1e-8, 0.1});
+  oa.step(1e-2, at::zeros({}, at::kBool));
+  EXPECT_TRUE(at::equal(a.detach(), make().detach()));
+  for (const auto& [name, t] : oa.state()) EXPECT_EQ(t.abs().sum().item<double>(), 0.0) << name;
+  EXPECT_EQ(oa.steps(), 0);
+  ob.step(1e-2, at::ones({}, at::kBool));
+  oc.step(1e-2);
+  EXPECT_TRUE(at::equal(b.detach(), c.detach()));
+  EXPECT_EQ(ob.steps(), 1);
+  // The update itself: p - lr * (m / bc1) / (sqrt(v / bc2) + eps) - lr * wd * p, first step.
+  const at::Tensor p0 = make().detach(), g = p0.grad().defined() ? p0.grad() : at::linspace(0.5, -0.5, 12).view({3, 4});
+  const at::Tensor expect = p0 * (1 - 1e-2 * 0.1) - 1e-2 * g / (g.abs() + 1e-8);
+  EXPECT_TRUE(at::allclose(c.detach(), expect, 1e-6, 1e-6));
+}
+
+// The same step on the GPU gives the CPU's numbers (float32; TF32 off for the comparison).
+TEST(TrainStepDevice, CudaStepMatchesTheCpuStep) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device on this machine (runs in scripts/test_gpu.sh)";
+  at::globalContext().setAllowTF32CuBLAS(false);
+  StepRig cpu(c10::kCPU, "ste", false), gpu(c10::Device(c10::kCUDA, 0), "ste", false);
+  for (int i = 0; i < 3; ++i) {
+    const StepStats a = cpu.step->run(cpu.tokens, cpu.mask, 1e-2, 0.1);
+    const StepStats b = gpu.step->run(gpu.tokens, gpu.mask, 1e-2, 0.1);
+    EXPECT_NEAR(a.loss.item<double>(), b.loss.item<double>(), 1e-4);
+    EXPECT_NEAR(a.keep.item<double>(), b.keep.item<double>(), 1e-6);
+  }
+  for (size_t i = 0; i < cpu.trainable.size(); ++i) {
+    EXPECT_TRUE(at::allclose(cpu.trainable[i].second.detach(), gpu.trainable[i].second.detach().cpu(), 1e-4, 1e-4))
+        << cpu.trainable[i].first;
+  }
+}
+
+}  // namespace
+}  // namespace agate
