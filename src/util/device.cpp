@@ -2,6 +2,7 @@
 
 #include <torch/cuda.h>
 #include <torch/version.h>
+#include <ATen/Context.h>
 
 #include <exception>
 
@@ -19,7 +20,7 @@ bool built_with_cuda() {
 
 c10::Device resolve_device(const std::string& spec, int local_rank, const std::string& what) {
   const bool cuda = torch::cuda::is_available();
-  if (spec == "auto") return cuda ? c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(local_rank)) : c10::Device(c10::kCPU);
+  if (spec == "auto") return cuda ? resolve_device("cuda", local_rank, what) : c10::Device(c10::kCPU);
   if (spec == "cpu") return c10::Device(c10::kCPU);
   if (spec == "cuda" || spec.rfind("cuda:", 0) == 0) {
     if (!cuda) {
@@ -43,6 +44,8 @@ c10::Device resolve_device(const std::string& spec, int local_rank, const std::s
                       (spec == "cuda" ? " (cuda means cuda:LOCAL_RANK = cuda:" + std::to_string(index) + ")" : ""),
                   "check CUDA_VISIBLE_DEVICES and the number of ranks per node");
     }
+    // float32 gate and LoRA matmuls may use TF32 tensor cores (as torch's default for cuDNN).
+    at::globalContext().setAllowTF32CuBLAS(true);
     return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
   }
   throw_usage(what + " '" + spec + "' is not a device", "use auto, cpu, cuda or cuda:N");

@@ -8,7 +8,7 @@
 namespace agate {
 
 // Resolves a device spec: "auto" (cuda:local_rank when CUDA is available, else cpu), "cpu",
-// "cuda" (= cuda:local_rank) or "cuda:N". Refuses, with one line and a hint, CUDA on a machine
+// "cuda" (= cuda:local_rank) or "cuda:N"; choosing CUDA allows TF32 for float32 matmuls. Refuses, with one line and a hint, CUDA on a machine
 // or a build without it, an index past the visible devices, and anything else.
 // `what` names the key or flag for the message (e.g. "--device" or "run.device").
 c10::Device resolve_device(const std::string& spec, int local_rank = 0, const std::string& what = "--device");
