@@ -16,6 +16,8 @@
 #include "agate/model/llama.h"
 #include "agate/train/adamw.h"
 #include "agate/util/error.h"
+#include <torch/csrc/autograd/profiler_legacy.h>
+
 #include "agate/dist/dist.h"
 #include "agate/train/train_forward.h"
 #include "agate/train/train_step.h"
@@ -202,6 +204,10 @@ int bench_train(const Args& args, int threads) {
   std::vector<double> with, without;
   gated_step();
   frozen_step();
+  if (args.has("profile")) {  // one more gated step, traced op by op (chrome://tracing format)
+    torch::autograd::profiler::RecordProfile trace(args.get("profile"));
+    gated_step();
+  }
   for (long long i = 0; i < iters; ++i) {
     with.push_back(time_on(device, gated_step, 1, 0)[0]);
     without.push_back(time_on(device, frozen_step, 1, 0)[0]);
@@ -326,6 +332,7 @@ int cmd_bench(const Argv& argv) {
              {"batch", "B", "batch size (forward)", "1"},
              {"iters", "K", "timed repetitions", "5"},
              {"threads", "N", "intra-op threads (0 = all cores)", "0"},
+             {"profile", "FILE", "train: also trace one gated step op by op into FILE (chrome://tracing JSON)", ""},
              device_option()});
   if (!args.parse(argv)) return 0;
   args.expect_positionals(1, "the benchmark name (forward, load, loader, train, decode or matmul)");
