@@ -83,7 +83,7 @@ sys.exit(d > 1e-4)
 PY"
 "$AGATE" export "$out/full" --out "$out/export" --device "$DEV" >/dev/null 2>&1
 check "export on $DEV" "[[ $? == 0 && -f $out/export/gates.safetensors ]]"
-"$AGATE" eval --model "$out/pre/model" --gates "$out/export" --data "$out/data/val" --context 48 --continuation 16 \
+"$AGATE" eval --model "$out/pre/model" --gates "$out/export" --task ppl --data "$out/data/val" --context 48 --continuation 16 --window 8 \
   --samples 4 --keep 0.5 --device "$DEV" >"$out/eval.md" 2>"$out/eval.log"
 check "eval on $DEV (every policy)" "[[ $? == 0 ]] && grep -q '| snapkv |' $out/eval.md"
 "$AGATE" generate --model "$out/pre/model" --gates "$out/export" --max-new 16 --device "$DEV" \
