@@ -35,10 +35,10 @@ at::Tensor Gates::param(const std::string& name, std::vector<int64_t> shape, dou
 at::Tensor Gates::key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions) {
   const int64_t B = x.size(0), T = x.size(1);
   at::Tensor p = probabilities(layer, x, positions);  // [B, T, Hkv] float32
-  // Without gradients (inference, validation) attention uses the hard flags whatever the
+  // Outside training (inference, validation) attention uses the hard flags whatever the
   // estimator: that is what a KV cache can store. Forced flags carry no gradient either.
   KeepMode mode = KeepMode::kHard;
-  if (forced_ < 0 && at::GradMode::is_enabled()) {
+  if (forced_ < 0 && training_) {
     mode = config_.estimator == "ste" ? KeepMode::kStraightThrough : KeepMode::kSoft;
   }
   // One fused step: keep (STE: flags forward, d/dp backward; soft: p), flags and their

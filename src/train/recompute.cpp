@@ -17,6 +17,7 @@ struct LayerCall {
   const Positions* positions;
   ForwardOptions options;
   Gates* gates;
+  bool training = false;  // the gates' training state at forward time, restored for the recompute
 
   // Runs the layer; returns (out, keep surrogate or a zero scalar).
   std::pair<at::Tensor, at::Tensor> run(const at::Tensor& h) const {
@@ -41,6 +42,7 @@ class RecomputeFn : public torch::autograd::Function<RecomputeFn> {
     ctx->saved_data["visibility"] = reinterpret_cast<int64_t>(call.options.visibility);
     ctx->saved_data["adapter"] = reinterpret_cast<int64_t>(call.options.adapter);
     ctx->saved_data["gates"] = reinterpret_cast<int64_t>(call.gates);
+    ctx->saved_data["training"] = call.gates != nullptr && call.gates->training();
     ctx->save_for_backward({h});
     c10::NoGradGuard no_grad;
     auto [out, s] = call.run(h);
@@ -55,6 +57,7 @@ class RecomputeFn : public torch::autograd::Function<RecomputeFn> {
     c.options.visibility = reinterpret_cast<KeyVisibility*>(ctx->saved_data["visibility"].toInt());
     c.options.adapter = reinterpret_cast<ProjectionAdapter*>(ctx->saved_data["adapter"].toInt());
     c.gates = reinterpret_cast<Gates*>(ctx->saved_data["gates"].toInt());
+    c.training = ctx->saved_data["training"].toBool();
     return c;
   }
 
@@ -64,8 +67,13 @@ class RecomputeFn : public torch::autograd::Function<RecomputeFn> {
     at::Tensor h = ctx->get_saved_variables()[0].detach().requires_grad_(true);
     at::Tensor out, s;
     {
+      // The same keep as the forward saw, whatever the gates were set to since (another pass,
+      // e.g. the distillation teacher, may have run in between).
       at::AutoGradMode enable(true);
+      const bool was = call.gates != nullptr && call.gates->training();
+      if (call.gates) call.gates->set_training(call.training);
       std::tie(out, s) = call.run(h);
+      if (call.gates) call.gates->set_training(was);
     }
     std::vector<at::Tensor> outs{out}, gouts{grads[0]};
     if (s.requires_grad() && grads[1].defined()) {

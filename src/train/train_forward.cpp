@@ -12,12 +12,15 @@ namespace agate {
 TrainForward::TrainForward(const LlamaModel& model, Gates* gates, ProjectionAdapter* adapter)
     : model_(model), gates_(gates), adapter_(adapter) {}
 
-StepForward TrainForward::operator()(const at::Tensor& inputs, bool with_gates, bool recompute) {
-  Gates* gates = with_gates ? gates_ : nullptr;
+StepForward TrainForward::operator()(const at::Tensor& inputs, Pass pass, bool recompute) {
+  Gates* gates = pass == Pass::base ? nullptr : gates_;
   ForwardOptions opts;
   opts.visibility = gates;
-  opts.adapter = adapter_;
-  if (gates_) gates_->reset_stats();
+  opts.adapter = pass == Pass::base ? nullptr : adapter_;
+  if (gates) {
+    gates->reset_stats();
+    gates->set_training(pass == Pass::train);
+  }
   if (!positions_.ids.defined() || positions_.ids.size(0) != inputs.size(1)) positions_ = model_.positions(0, inputs.size(1));
   at::Tensor h = model_.embed(inputs);
   std::vector<at::Tensor> surrogates;

@@ -81,7 +81,7 @@ StepStats TrainStep::run(const at::Tensor& tokens_host, const at::Tensor& mask_h
     at::Tensor inputs = tok.slice(1, 0, T), targets = tok.slice(1, 1);
     at::Tensor w = mask.slice(0, m0, m1).slice(1, 1);
     const double count = w_host.slice(0, m0, m1).sum().item<double>();  // host
-    StepForward fw = forward_(inputs, o_.gates, o_.recompute);
+    StepForward fw = forward_(inputs, Pass::train, o_.recompute);
     const at::Tensor &logits = fw.logits, &keep = fw.keep;
     at::Tensor lm = lm_loss(logits, targets, w);
     // Per-rank terms are scaled so that the SUM of the ranks' gradients is the global one.
@@ -97,7 +97,7 @@ StepStats TrainStep::run(const at::Tensor& tokens_host, const at::Tensor& mask_h
       at::Tensor teacher;
       {
         c10::NoGradGuard no_grad;
-        teacher = forward_(inputs, false, false).logits;
+        teacher = forward_(inputs, Pass::base, false).logits;  // the frozen base: no gates, no LoRA
       }
       loss = loss + o_.distill * share * distill_loss(logits, teacher, w);
     }

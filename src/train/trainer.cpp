@@ -4,6 +4,7 @@
 #include <c10/core/impl/VirtualGuardImpl.h>
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/anomaly_mode.h>
+#include <torch/cuda.h>
 #include "agate/util/device.h"
 #include "agate/util/logging.h"
 
@@ -71,10 +72,10 @@ std::string TrainPlan::describe() const {
                 "trainable         %.3f M (gates %.3f M)\n"
                 "tokens per step   %lld\n"
                 "train samples     %lld\n"
-                "memory estimate   weights %.1f MB + grads/optimizer %.1f MB + activations %.1f MB = %.1f MB\n",
+                "memory estimate   weights %.1f MB + grads/optimizer %.1f MB + activations %.1f MB = %.1f MB per rank on %s\n",
                 parameters / 1e6, trainable / 1e6, gate_parameters / 1e6, (long long)tokens_per_step,
                 (long long)train_samples, weights_mb, optimizer_mb, activations_mb,
-                weights_mb + optimizer_mb + activations_mb);
+                weights_mb + optimizer_mb + activations_mb, device.c_str());
   return buf;
 }
 
@@ -86,6 +87,7 @@ struct Trainer::Impl {
   std::optional<ModelConfig> config_only;
   c10::ScalarType dtype = at::kFloat;
   c10::Device device = c10::kCPU;  // run.device, resolved
+  bool planned_only = false;       // a plan for a CUDA device this machine does not have
   std::unique_ptr<Gates> gates;
   std::unique_ptr<LoraAdapters> lora;
   std::optional<Dataset> train_data, val_data;
@@ -105,8 +107,22 @@ struct Trainer::Impl {
     validate();
     const std::string model_dir = r.str("model.path");
     dtype = parse_compute_dtype(r.str("model.dtype"));
-    device = resolve_device(r.str("run.device"), env.local_rank, "run.device");
-    if (device.is_cuda()) c10::impl::VirtualGuardImpl(device.type()).setDevice(device);  // NCCL and allocations follow it
+    const std::string dev = r.str("run.device");
+    const std::string model_dir_ = r.str("model.path");
+    const bool weightless = !fs::exists(fs::path(model_dir_) / "model.safetensors") &&
+                             !fs::exists(fs::path(model_dir_) / "model.safetensors.index.json");
+    const bool cuda_spec = dev == "cuda" || (dev.size() > 5 && dev.rfind("cuda:", 0) == 0 &&
+                                             dev.find_first_not_of("0123456789", 5) == std::string::npos);
+    if (plan_only && weightless && cuda_spec && !torch::cuda::is_available()) {
+      // Planning a GPU run from a machine without one (e.g. the 7B recipes' config-only
+      // folders): nothing is allocated, the estimate is for cuda:LOCAL_RANK.
+      device = c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(dev == "cuda" ? env.local_rank : std::stoi(dev.substr(5))));
+      planned_only = true;
+    } else {
+      device = resolve_device(dev, env.local_rank, "run.device");
+    }
+    if (device.is_cuda() && !planned_only) c10::impl::VirtualGuardImpl(device.type()).setDevice(device);  // NCCL and allocations follow it
+    const c10::Device alloc = planned_only ? c10::Device(c10::kCPU) : device;  // where tensors are made
     // Model.
     if (!fs::exists(fs::path(model_dir) / "config.json")) r.fail("model.path", "model folder '" + model_dir + "' has no config.json", "point model.path at a Hugging Face model folder");
     if (r.integer("model.init_seed") >= 0) {
@@ -144,7 +160,7 @@ struct Trainer::Impl {
     } else {
       if (model) model->set_requires_grad(false);
       if (r.str("gate.type") != "none") {
-        gates = Gates::create(gate_config_from(r), mc, seed, device);
+        gates = Gates::create(gate_config_from(r), mc, seed, alloc);
         trainable.insert(trainable.end(), gates->parameters().begin(), gates->parameters().end());
       }
       if (r.integer("lora.rank") > 0) {
@@ -152,7 +168,7 @@ struct Trainer::Impl {
         lc.rank = r.integer("lora.rank");
         lc.alpha = r.number("lora.alpha");
         lc.targets = r.list("lora.targets");
-        lora = std::make_unique<LoraAdapters>(lc, mc, seed + 1, device);
+        lora = std::make_unique<LoraAdapters>(lc, mc, seed + 1, alloc);
         trainable.insert(trainable.end(), lora->parameters().begin(), lora->parameters().end());
       }
       if (trainable.empty()) r.fail("gate.type", "nothing to train: gate.type is none and lora.rank is 0", "enable gates or LoRA, or use train.mode: pretrain");
@@ -232,9 +248,11 @@ struct Trainer::Impl {
     const double B = static_cast<double>(micro_batch), T = static_cast<double>(seq_len);
     const double D = c.hidden_size, I = c.intermediate_size, hd = c.head_dim, H = c.num_attention_heads,
                  Hkv = c.num_key_value_heads;
-    // Attention maps kept for backward: scores and probabilities (float32); the gated path
-    // also keeps the mask, e and e * M.
-    const double maps = gates ? 5 : 2;
+    // Attention maps kept for backward, float32 [T, T] per head: plain attention keeps scores
+    // and probabilities; the gated path on the CPU is the fused node, which keeps e alone; on
+    // CUDA (until the flash-style kernel) the composed path keeps scores, mask, e, e * M and
+    // the probabilities.
+    const double maps = !gates ? 2 : device.is_cuda() ? 5 : 1;
     double per_layer = B * T * ((6 * D + 3 * I + 2 * (H + 2 * Hkv) * hd) * wb + maps * T * H * 4);
     if (gates && r.str("gate.type") == "attention") {
       const double W = r.integer("gate.heads") * r.integer("gate.head_dim");
@@ -243,14 +261,15 @@ struct Trainer::Impl {
     const double layers = r.boolean("train.recompute") ? (c.num_hidden_layers * B * T * D * wb + per_layer)
                                                        : c.num_hidden_layers * per_layer;
     p.activations_mb = (layers + B * T * c.vocab_size * 4 * 3) / 1e6;
+    p.device = device.str();
     return p;
   }
 
   // One forward of a micro-batch: logits [b, T, V], the per-layer keep surrogate [L] and the
   // mean hard keep flag (both undefined without gates).
-  StepForward forward(const at::Tensor& inputs, bool with_gates, bool recompute) {
+  StepForward forward(const at::Tensor& inputs, Pass pass, bool recompute) {
     if (!train_forward) train_forward.emplace(*model, gates.get(), lora.get());
-    return (*train_forward)(inputs, with_gates, recompute);
+    return (*train_forward)(inputs, pass, recompute);
   }
 
   // Mean LM loss and keep ratio over eval.batches of the validation set (same batches each time).
@@ -271,7 +290,7 @@ struct Trainer::Impl {
       batch.tokens = batch.tokens.to(device), batch.mask = batch.mask.to(device);
       at::Tensor inputs = batch.tokens.slice(1, 0, seq_len), targets = batch.tokens.slice(1, 1);
       at::Tensor w = batch.mask.slice(1, 1);
-      const StepForward f = forward(inputs, with_gates, false);
+      const StepForward f = forward(inputs, with_gates ? Pass::validate : Pass::base, false);
       double count = 0;
       const double l = lm_loss(f.logits, targets, w, &count).item<double>();
       loss_sum += l * count;
@@ -519,7 +538,7 @@ struct Trainer::Impl {
     so.target_keep = target;
     so.distill = distill;
     so.grad_clip = r.number("optim.grad_clip");
-    TrainStep train_step([this](const at::Tensor& in, bool g, bool rc) { return forward(in, g, rc); }, trainable,
+    TrainStep train_step([this](const at::Tensor& in, Pass pass, bool rc) { return forward(in, pass, rc); }, trainable,
                          optimizer, *pg, so, device);
     const int64_t log_every = r.integer("train.log_every"), max_bad = r.integer("train.max_bad_steps");
 
@@ -567,7 +586,7 @@ struct Trainer::Impl {
       }
       const int64_t every = r.integer("eval.every");
       if (val_data && ((every > 0 && (step + 1) % every == 0) || last)) {
-        auto [vl, vk] = validate_once(has_gates);
+        auto [vl, vk] = validate_once(true);
         summary.val_loss = vl;
         if (has_gates) summary.keep = vk;
         log::info("validation at step {}: loss {:.4f} (ppl {:.2f}), keep {:.3f}", step + 1, vl, std::exp(vl), vk);

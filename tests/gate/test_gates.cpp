@@ -128,6 +128,7 @@ TEST(Gates, SoftGradientMatchesFiniteDifferences) {
 TEST(Gates, GradientsReachOnlyGateParameters) {
   LlamaModel m = LlamaModel::init_random(tiny(), 3, at::kFloat);
   auto gates = Gates::create(gate_config("attention"), m.config(), 7);
+  gates->set_training(true);
   ForwardOptions o;
   o.visibility = gates.get();
   at::Tensor logits = m.forward(tokens(2, 12), o);
@@ -147,6 +148,7 @@ TEST(Gates, RecomputationGivesTheSameGradients) {
   g.init_bias = 0.1;  // a mix of kept and evicted tokens
   auto run = [&](bool recompute) {
     auto gates = Gates::create(g, m.config(), 7);
+    gates->set_training(true);
     ForwardOptions o;
     o.visibility = gates.get();
     at::Tensor t = tokens(2, 12);

@@ -236,6 +236,7 @@ TEST(Gates, CudaGatesMatchCpuGates) {
       g.init_bias = 0.3;  // p clear of the threshold (no flag flips from rounding); sinks stay 1
       const std::string what = std::string(type) + " " + estimator;
       auto cpu = Gates::create(g, mc, 7), gpu = Gates::create(g, mc, 7, cuda);
+      cpu->set_training(true), gpu->set_training(true);
       for (size_t i = 0; i < cpu->parameters().size(); ++i) {
         const at::Tensor& t = gpu->parameters()[i].second;
         ASSERT_TRUE(t.is_cuda() && t.is_leaf() && t.requires_grad()) << what;

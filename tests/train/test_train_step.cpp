@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
 #include <torch/library.h>
+#ifdef AGATE_USE_CUDA
+#include <c10/cuda/CUDAFunctions.h>
+#endif
 
 #include <memory>
 
@@ -89,7 +92,7 @@ struct StepRig {
     so.recompute = recompute;
     so.distill = 0.5;
     so.grad_clip = 1.0;
-    step = std::make_unique<TrainStep>([this](const at::Tensor& in, bool w, bool rc) { return (*forward)(in, w, rc); },
+    step = std::make_unique<TrainStep>([this](const at::Tensor& in, Pass pass, bool rc) { return (*forward)(in, pass, rc); },
                                        trainable, *opt, *pg, so, d);
     auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
     tokens = at::randint(0, model.config().vocab_size, {4, 17}, gen, at::kLong);
@@ -167,6 +170,45 @@ TEST(AdamWMasked, AFalseFlagLeavesTheWholeStateUntouchedAndATrueFlagEqualsAPlain
   EXPECT_TRUE(at::allclose(c.detach(), expect, 1e-6, 1e-6));
 }
 
+// Defect fixed: the recomputed forward runs without gradients, and the gates used to choose
+// hard vs soft by grad mode, so soft gates trained on hard flags forward and soft
+// probabilities backward. The training state is now explicit: recomputation changes nothing.
+TEST(TrainStepDefects, RecomputationTrainsExactlyLikeTheStoredForwardForSoftAndSteGates) {
+  for (const char* estimator : {"soft", "ste"}) {
+    SCOPED_TRACE(estimator);
+    StepRig plain(c10::kCPU, estimator, false), recomputed(c10::kCPU, estimator, true);
+    const double lr = 1e-3;
+    for (int i = 0; i < 3; ++i) {
+      const StepStats a = plain.step->run(plain.tokens, plain.mask, lr, 0.5);
+      const StepStats b = recomputed.step->run(recomputed.tokens, recomputed.mask, lr, 0.5);
+      EXPECT_NEAR(a.loss.item<double>(), b.loss.item<double>(), 1e-5) << "step " << i;
+      EXPECT_NEAR(a.keep.item<double>(), b.keep.item<double>(), 1e-9) << "step " << i;
+      EXPECT_NEAR(a.grad_norm.item<double>(), b.grad_norm.item<double>(), 1e-4 * a.grad_norm.item<double>()) << "step " << i;
+    }
+    // Adam normalises each coordinate, so a gradient that is ~0 up to rounding can move a
+    // parameter by up to 2 lr either way: the bound is that, not rounding.
+    for (size_t i = 0; i < plain.trainable.size(); ++i) {
+      EXPECT_LE((plain.trainable[i].second - recomputed.trainable[i].second).abs().max().item<double>(), 2 * 3 * lr)
+          << plain.trainable[i].first;
+    }
+  }
+}
+
+// Defect fixed: the distillation teacher applied the LoRA adapters being trained; it must be
+// the frozen base (no gates, no adapters), while the validation pass keeps them.
+TEST(TrainStepDefects, TheDistillationTeacherIsTheFrozenBaseWithoutLoRA) {
+  StepRig rig(c10::kCPU, "ste", false);
+  {
+    c10::NoGradGuard no_grad;
+    for (const auto& [name, p] : rig.lora->parameters()) p.normal_(0.0, 0.5);  // B != 0: LoRA changes the output
+  }
+  c10::NoGradGuard no_grad;
+  const at::Tensor inputs = rig.tokens.slice(1, 0, 16);
+  const at::Tensor base = rig.model.forward(inputs);
+  EXPECT_TRUE(at::equal((*rig.forward)(inputs, Pass::base, false).logits, base));
+  EXPECT_FALSE(at::allclose((*rig.forward)(inputs, Pass::validate, false).logits, base, 1e-3, 1e-3));
+}
+
 // The same step on the GPU gives the CPU's numbers (float32; TF32 off for the comparison).
 TEST(TrainStepDevice, CudaStepMatchesTheCpuStep) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device on this machine (runs in scripts/test_gpu.sh)";
@@ -174,7 +216,21 @@ TEST(TrainStepDevice, CudaStepMatchesTheCpuStep) {
   StepRig cpu(c10::kCPU, "ste", false), gpu(c10::Device(c10::kCUDA, 0), "ste", false);
   for (int i = 0; i < 3; ++i) {
     const StepStats a = cpu.step->run(cpu.tokens, cpu.mask, 1e-2, 0.1);
-    const StepStats b = gpu.step->run(gpu.tokens, gpu.mask, 1e-2, 0.1);
+    StepStats b;
+#ifdef AGATE_USE_CUDA
+    // CUDA's own check: any synchronising call inside the step (a device-to-host copy, an
+    // .item(), a stream or device synchronize) throws while the mode is L_ERROR.
+    c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
+    try {
+      b = gpu.step->run(gpu.tokens, gpu.mask, 1e-2, 0.1);
+    } catch (const std::exception& e) {
+      c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+      FAIL() << "the CUDA step synchronised with the host: " << e.what();
+    }
+    c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+#else
+    b = gpu.step->run(gpu.tokens, gpu.mask, 1e-2, 0.1);
+#endif
     EXPECT_NEAR(a.loss.item<double>(), b.loss.item<double>(), 1e-4);
     EXPECT_NEAR(a.keep.item<double>(), b.keep.item<double>(), 1e-6);
   }

@@ -46,8 +46,8 @@ class Gates : public KeyVisibility {
                                        c10::Device device = c10::kCPU);
 
   // x: [B, T, D]; positions: [T] int64 -> keep: [B, T, Hkv] float32 on x's device; see
-  // KeyVisibility. Also records the statistics (see stats()). With gradients on, keep is the
-  // estimator's (STE: hard flags forward, d/dp backward; soft: p); without, the hard flags.
+  // KeyVisibility. Also records the statistics (see stats()). In training (set_training) keep
+  // is the estimator's (STE: hard flags forward, d/dp backward; soft: p); else the hard flags.
   // Sinks are 1 either way. The elementwise step is keep_step() (agate/gate/keep_step.h).
   at::Tensor key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions) override;
   int64_t recent_window() const override { return config_.recent_window; }
@@ -78,6 +78,13 @@ class Gates : public KeyVisibility {
   // Forces every flag to `value` (0 or 1) for tests and ablations; -1 turns forcing off.
   void force_flags(int value) { forced_ = value; }
 
+  // Training state: in training the estimator shapes the keep (STE: hard flags forward,
+  // d/dp backward; soft: p); otherwise attention uses the hard flags (what a KV cache can
+  // store). Chosen explicitly, never by grad mode: a recomputed layer's no-grad forward must
+  // see the same keep as its backward. Off by default (inference, validation, export).
+  void set_training(bool on) { training_ = on; }
+  bool training() const { return training_; }
+
   ~Gates() override = default;
 
  protected:
@@ -99,6 +106,7 @@ class Gates : public KeyVisibility {
   std::vector<at::Tensor> layer_surrogate_;  // per layer scalar
   std::vector<at::Tensor> layer_hard_;       // per layer [B, T, Hkv]
   int forced_ = -1;
+  bool training_ = false;
 };
 
 }  // namespace agate

@@ -18,9 +18,9 @@ class TrainForward {
   // may be null.
   TrainForward(const LlamaModel& model, Gates* gates, ProjectionAdapter* adapter);
 
-  // inputs: [b, T] int64 on the model's device. with_gates: the gates decide visibility
-  // (else every key is kept); recompute: per-layer activation recomputation.
-  StepForward operator()(const at::Tensor& inputs, bool with_gates, bool recompute);
+  // inputs: [b, T] int64 on the model's device. pass: which model (see Pass; it also sets the
+  // gates' training state); recompute: per-layer activation recomputation.
+  StepForward operator()(const at::Tensor& inputs, Pass pass, bool recompute);
 
  private:
   const LlamaModel& model_;

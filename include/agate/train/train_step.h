@@ -22,7 +22,7 @@ class ProcessGroup;
 struct TrainStepOptions {
   int64_t micro_batch = 1;            // sequences per forward/backward
   int64_t global_batch = 1;           // sequences per step over all ranks
-  bool gates = false;                 // add the sparsity term and the keep statistics
+  bool gates = false;                 // the model has gates: add the sparsity term
   bool recompute = false;             // per-layer recomputation (passed to the forward)
   std::string sparsity = "l2_target"; // see sparsity_loss
   double target_keep = 0.5;
@@ -37,6 +37,13 @@ struct StepStats {
   at::Tensor ok;                        // bool: the loss and gradient were finite on every rank (update applied)
 };
 
+// Which model a forward runs.
+enum class Pass {
+  train,     // the trained model: gates in training (their estimator) + adapters
+  validate,  // the trained model as deployed: gates with hard flags + adapters
+  base,      // the frozen base alone: no gates, no adapters (distillation teacher, base loss)
+};
+
 // What the step needs from one forward of a micro-batch.
 struct StepForward {
   at::Tensor logits;  // [b, T, V]
@@ -46,8 +53,8 @@ struct StepForward {
 
 class TrainStep {
  public:
-  // forward(inputs [b, T] int64 on the device, with_gates, recompute)
-  using Forward = std::function<StepForward(const at::Tensor&, bool, bool)>;
+  // forward(inputs [b, T] int64 on the device, pass, recompute)
+  using Forward = std::function<StepForward(const at::Tensor&, Pass, bool)>;
 
   TrainStep(Forward forward, NamedTensors trainable, AdamW& optimizer, ProcessGroup& pg, TrainStepOptions options,
             c10::Device device);

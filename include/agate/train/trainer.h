@@ -16,7 +16,8 @@ struct TrainPlan {
   int64_t gate_parameters = 0;
   int64_t tokens_per_step = 0;      // global batch x seq_len
   int64_t train_samples = 0;
-  double weights_mb = 0, optimizer_mb = 0, activations_mb = 0;
+  double weights_mb = 0, optimizer_mb = 0, activations_mb = 0;  // per device (one rank)
+  std::string device = "cpu";       // the device the estimate is for (run.device)
   std::string describe() const;     // a human-readable table
 };
 
