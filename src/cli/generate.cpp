@@ -86,6 +86,12 @@ int cmd_generate(const Argv& argv) {
   for (int32_t id : tok->encode(text)) prompt.push_back(id);
   GenerateOptions o;
   o.max_new = args.get_int("max-new");
+  const int64_t max_pos = model.config().max_position_embeddings, room = max_pos - static_cast<int64_t>(prompt.size());
+  if (o.max_new < 1 || o.max_new > room) {
+    throw_usage("--max-new " + std::to_string(o.max_new) + ": the prompt (" + std::to_string(prompt.size()) +
+                    " tokens) plus the new tokens must fit the model's max_position_embeddings (" + std::to_string(max_pos) + ")",
+                room > 0 ? "use --max-new between 1 and " + std::to_string(room) : "shorten the prompt");
+  }
   o.temperature = args.get_double("temperature");
   o.top_p = args.get_double("top-p");
   o.seed = static_cast<uint64_t>(args.get_int("seed"));

@@ -12,7 +12,7 @@ namespace agate::cli {
 namespace {
 
 void print_schema() {
-  std::printf("| key | type | default | meaning |\n|---|---|---|---|\n");
+  std::printf("| key | type | default | range | meaning |\n|---|---|---|---|---|\n");
   for (const auto& k : recipe_schema()) {
     std::string def = k.required ? "**required**" : (k.default_value.empty() ? "\"\"" : "`" + k.default_value + "`");
     std::string help = k.help;
@@ -21,7 +21,8 @@ void print_schema() {
       for (size_t i = 0; i < k.choices.size(); ++i) help += (i ? ", " : "") + k.choices[i];
       help += ")";
     }
-    std::printf("| `%s` | %s | %s | %s |\n", k.path.c_str(), k.type.c_str(), def.c_str(), help.c_str());
+    const std::string range = k.range.empty() ? "" : "`" + k.range + "`";
+    std::printf("| `%s` | %s | %s | %s | %s |\n", k.path.c_str(), k.type.c_str(), def.c_str(), range.c_str(), help.c_str());
   }
 }
 

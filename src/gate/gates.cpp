@@ -16,6 +16,14 @@ std::unique_ptr<Gates> Gates::create(const GateConfig& gate, const ModelConfig& 
   if (gate.threshold <= 0 || gate.threshold >= 1) throw_usage("gate.threshold must be in (0, 1)");
   if (gate.estimator != "ste" && gate.estimator != "soft") throw_usage("gate.estimator must be ste or soft");
   if (gate.sink_tokens < 0 || gate.recent_window < 0) throw_usage("gate.sink_tokens and gate.recent_window must be >= 0");
+  if (gate.type == "attention" && (gate.heads < 1 || gate.head_dim < 2 || gate.head_dim % 2 != 0)) {
+    throw_usage("attention gate: heads must be >= 1 and head_dim even and >= 2, found heads " + std::to_string(gate.heads) +
+                    ", head_dim " + std::to_string(gate.head_dim),
+                "RoPE rotates pairs of dimensions");
+  }
+  if (gate.type == "mlp" && gate.mlp_hidden < 1) {
+    throw_usage("mlp gate: mlp_hidden must be >= 1, found " + std::to_string(gate.mlp_hidden));
+  }
   if (gate.type == "attention") return make_attention_gates(gate, model, seed, device);
   if (gate.type == "mlp") return make_mlp_gates(gate, model, seed, device);
   throw_usage("gate.type '" + gate.type + "' has no gates to create", "use attention or mlp");

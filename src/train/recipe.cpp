@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cmath>
 #include <sstream>
 
 #include "agate/util/error.h"
@@ -48,6 +49,19 @@ void flatten(const YAML::Node& node, const std::string& prefix, const std::strin
     if (it->second.IsMap()) flatten(it->second, key, source, out);
     else out.push_back({key, it->second});
   }
+}
+
+// x in an interval written "[a, b]", "(a, b)", "[a, )", ... (see RecipeKey::range).
+bool in_range(double x, const std::string& range) {
+  const size_t comma = range.find(',');
+  if (range.size() < 4 || comma == std::string::npos) throw std::logic_error("bad schema range '" + range + "'");
+  const bool lo_open = range.front() == '(', hi_open = range.back() == ')';
+  const std::string lo = range.substr(1, comma - 1), hi = range.substr(comma + 1, range.size() - comma - 2);
+  auto blank = [](const std::string& t) { return t.find_first_not_of(' ') == std::string::npos; };
+  if (!std::isfinite(x)) return false;
+  if (!blank(lo) && (lo_open ? x <= std::stod(lo) : x < std::stod(lo))) return false;
+  if (!blank(hi) && (hi_open ? x >= std::stod(hi) : x > std::stod(hi))) return false;
+  return true;
 }
 
 std::string line_of(const YAML::Node& n, const std::string& source) {
@@ -154,6 +168,9 @@ Recipe Recipe::parse(const std::string& yaml, const std::string& source, const s
     } catch (const YAML::Exception&) {
       throw_input(v.origin, "key '" + k.path + "' expects " + (k.type == "int" ? "an integer" : k.type == "float" ? "a number" : "true or false") +
                                 ", found '" + v.text + "'", k.help);
+    }
+    if (!k.range.empty() && !in_range(n.as<double>(), k.range)) {
+      throw_input(v.origin, "key '" + k.path + "' is " + v.text + ", expected a value in " + k.range, k.help);
     }
     if (!k.choices.empty() && std::find(k.choices.begin(), k.choices.end(), v.text) == k.choices.end()) {
       std::string all;

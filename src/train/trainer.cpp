@@ -138,6 +138,11 @@ struct Trainer::Impl {
       model.emplace(LlamaModel::load(model_dir, dtype, device));
     }
     const ModelConfig& mc = config();
+    if (r.integer("data.seq_len") > mc.max_position_embeddings) {
+      r.fail("data.seq_len", "data.seq_len " + r.str("data.seq_len") + " is above the model's max_position_embeddings (" +
+                                 std::to_string(mc.max_position_embeddings) + ")",
+             "the model has not seen positions that far: lower data.seq_len");
+    }
     // Data: the model's vocabulary must cover the dataset's.
     const std::string train_dir = r.str("data.train");
     if (!fs::exists(fs::path(train_dir) / "manifest.json")) r.fail("data.train", "'" + train_dir + "' is not a dataset folder (no manifest.json)", "create it with agate tokenize (use DIR/train)");
@@ -195,21 +200,12 @@ struct Trainer::Impl {
 
   // Checks that need no loading, so bad recipes fail before any work.
   void validate() const {
-    auto positive = [&](const char* key) {
-      if (r.integer(key) <= 0) r.fail(key, std::string(key) + " must be positive, found " + std::to_string(r.integer(key)));
-    };
-    for (const char* k : {"train.steps", "train.global_batch", "data.seq_len", "train.log_every", "eval.batches",
-                          "train.max_bad_steps"})
-      positive(k);
-    if (r.integer("checkpoint.keep_last") < 2) r.fail("checkpoint.keep_last", "checkpoint.keep_last must be >= 2", "the newest checkpoint may be mid-write when a run dies");
-    if (r.integer("checkpoint.every_steps") < 0) r.fail("checkpoint.every_steps", "checkpoint.every_steps must be >= 0");
-    const double tk = r.number("loss.target_keep");
-    if (!(tk > 0 && tk <= 1)) r.fail("loss.target_keep", "loss.target_keep must be in (0, 1], found " + r.str("loss.target_keep"), "it is the share of KV entries to keep");
-    const double th = r.number("gate.threshold");
-    if (!(th > 0 && th < 1)) r.fail("gate.threshold", "gate.threshold must be in (0, 1)");
-    if (r.number("optim.lr") <= 0) r.fail("optim.lr", "optim.lr must be positive");
-    if (r.number("loss.lambda") < 0) r.fail("loss.lambda", "loss.lambda must be >= 0");
-    if (r.integer("train.micro_batch") < 0 || (r.integer("train.micro_batch") > 0 && r.integer("train.global_batch") % r.integer("train.micro_batch") != 0)) {
+    // Single-key ranges are the schema's (checked when the recipe was loaded); here, what
+    // relates keys to each other.
+    if (r.integer("gate.head_dim") % 2 != 0 && r.str("gate.type") == "attention") {
+      r.fail("gate.head_dim", "gate.head_dim must be even, found " + r.str("gate.head_dim"), "RoPE rotates pairs of dimensions");
+    }
+    if (r.integer("train.micro_batch") > 0 && r.integer("train.global_batch") % r.integer("train.micro_batch") != 0) {
       r.fail("train.micro_batch", "train.micro_batch must divide train.global_batch");
     }
     if (r.str("model.path").empty()) r.fail("model.path", "model.path is empty");

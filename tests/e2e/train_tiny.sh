@@ -33,6 +33,14 @@ cp "$tmp/tok.model" "$tmp/pre/model/tokenizer.model"
 check "generate with the exported gates" "[[ $? == 0 ]] && grep -q '^\[kv\]' $tmp/o && grep -q 'L01 H1' $tmp/o"
 "$AGATE" generate --model "$tmp/pre/model" --gates "$tmp/export" --tokenizer "$tmp/tok.model" --prompt "x" --max-new 2 --dtype bfloat16 >/dev/null 2>&1
 check "generate in bfloat16" "[[ $? == 0 ]]"
+"$AGATE" generate --model "$tmp/pre/model" --tokenizer "$tmp/tok.model" --prompt "x" --max-new 1000000000000 >"$tmp/o" 2>&1
+check "generate refuses --max-new past max_position_embeddings at once (exit 2, one line)" \
+  "[[ $? == 2 && \$(wc -l <$tmp/o) == 1 ]] && grep -q 'must fit the model.s max_position_embeddings' $tmp/o"
+"$AGATE" generate --model "$tmp/pre/model" --tokenizer "$tmp/tok.model" --prompt "x" --threads 100000 >"$tmp/o" 2>&1
+check "--threads above 1024 is refused (exit 2)" "[[ $? == 2 ]] && grep -q 'is above 1024' $tmp/o"
+"$AGATE" generate --model "$tmp/pre/model" --tokenizer "$tmp/tok.model" --prompt "x" --device cuda >"$tmp/o" 2>&1
+check "--device cuda without a GPU is one line with a hint (exit 2)" \
+  "[[ $? == 2 && \$(wc -l <$tmp/o) == 1 ]] && grep -q 'no CUDA device is available' $tmp/o || [[ \$(nproc) -gt 0 && -e /dev/nvidia0 ]]"
 "$AGATE" init-model --config "$tmp/base/config.json" --out "$tmp/base-random" >/dev/null 2>&1
 cp "$tmp/tok.model" "$tmp/base-random/tokenizer.model"
 "$AGATE" generate --model "$tmp/base-random" --gates "$tmp/export" --prompt x >"$tmp/o" 2>&1; rc=$?

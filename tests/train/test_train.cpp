@@ -111,8 +111,27 @@ TEST(Recipe, TrainerRefusesBadValuesBeforeAnyWork) {
     EXPECT_NE(m.find(expect), std::string::npos) << "want '" << expect << "' in: " << m;
     EXPECT_FALSE(fs::exists(s.dir.file("run"))) << "nothing written before validation";
   };
-  refuse("loss:\n  target_keep: 1.5\n", "r.yaml:20: loss.target_keep must be in (0, 1]");
-  refuse("loss:\n  target_keep: 0\n", "loss.target_keep must be in (0, 1]");
+  refuse("loss:\n  target_keep: 1.5\n", "r.yaml:20: key 'loss.target_keep' is 1.5, expected a value in (0, 1]");
+  refuse("loss:\n  target_keep: 0\n", "key 'loss.target_keep' is 0, expected a value in (0, 1]");
+  // Sizes and ranges (the hostile-input probe's first class): refused from the schema when the
+  // recipe is loaded, one line naming file:line, key and the allowed range. Each of these used
+  // to pass --dry-run and crash (SIGFPE), fail inside torch, train a zero-width gate, or hang.
+  auto refuse_override = [&](const std::string& kv, const std::string& expect) {
+    const std::string path = s.dir.file("r.yaml");
+    test::write_bytes(path, s.recipe());
+    const std::string m = error_of([&] { Trainer t(Recipe::load(path, {kv})); });
+    EXPECT_NE(m.find(expect), std::string::npos) << "want '" << expect << "' in: " << m;
+    EXPECT_FALSE(fs::exists(s.dir.file("run"))) << "nothing written before validation";
+  };
+  refuse_override("gate.heads=0", "override 'gate.heads=0': key 'gate.heads' is 0, expected a value in [1, 256]");
+  refuse_override("gate.heads=-2", "key 'gate.heads' is -2, expected a value in [1, 256]");
+  refuse_override("gate.head_dim=0", "key 'gate.head_dim' is 0, expected a value in [2, 1024]");
+  refuse_override("gate.head_dim=7", "gate.head_dim must be even, found 7");
+  refuse_override("gate.mlp_hidden=-4", "key 'gate.mlp_hidden' is -4, expected a value in [1, 65536]");
+  refuse_override("lora.rank=-1", "key 'lora.rank' is -1, expected a value in [0, 4096]");
+  refuse_override("run.threads=100000", "key 'run.threads' is 100000, expected a value in [0, 1024]");
+  refuse("optim:\n  beta2: 1.0\n", "key 'optim.beta2' is 1.0, expected a value in [0, 1)");
+  refuse("optim:\n  lr: .nan\n", "key 'optim.lr' is .nan, expected a value in (0, )");
   const std::string path = s.dir.file("r.yaml");
   test::write_bytes(path, s.recipe());
   EXPECT_NE(error_of([&] { Trainer t(Recipe::load(path, {"model.path=/nonexistent"})); }).find("model folder '/nonexistent' does not exist"),
@@ -120,6 +139,9 @@ TEST(Recipe, TrainerRefusesBadValuesBeforeAnyWork) {
   EXPECT_NE(error_of([&] { Trainer t(Recipe::load(path, {"data.train=/nonexistent"})); }).find("dataset folder '/nonexistent' does not exist"),
             std::string::npos);
   EXPECT_NE(error_of([&] { Trainer t(Recipe::load(path, {"gate.type=none"})); }).find("nothing to train"), std::string::npos);
+  EXPECT_NE(error_of([&] { Trainer t(Recipe::load(path, {"data.seq_len=4096"})); })
+                .find("data.seq_len 4096 is above the model's max_position_embeddings (2048)"),
+            std::string::npos);
 }
 
 TEST(Schedule, WarmupCosineConstantWsd) {

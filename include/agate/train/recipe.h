@@ -16,6 +16,9 @@ struct RecipeKey {
   std::string help;
   std::vector<std::string> choices;  // allowed values (strings), empty = any
   bool required = false;
+  // Allowed numbers (int and float keys), in interval notation: "[1, 256]", "(0, 1]",
+  // "[0, )" (no upper bound); empty = any. Checked once, when the recipe is loaded.
+  std::string range;
 };
 
 // Every key a recipe may hold, in documentation order.
