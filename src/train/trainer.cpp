@@ -28,6 +28,8 @@
 #include "agate/model/llama.h"
 #include "agate/model/lora.h"
 #include "agate/train/adamw.h"
+#include "agate/train/metrics_log.h"
+#include "agate/train/resume_guard.h"
 #include "agate/train/train_forward.h"
 #include "agate/train/train_step.h"
 #include "agate/train/checkpoint.h"
@@ -301,70 +303,12 @@ struct Trainer::Impl {
     return {loss_sum / std::max(count_sum, 1.0), n > 0 ? keep_sum / n : 1.0};
   }
 
-  // Keys whose change makes a checkpoint unusable (shapes, data order, what is trained).
-  static const std::vector<std::string>& breaking_keys() {
-    static const std::vector<std::string> k = {"model.init_seed", "gate.type", "gate.heads", "gate.head_dim",
-                                               "gate.mlp_hidden", "lora.rank", "lora.targets", "train.mode",
-                                               "data.seq_len", "data.sft_mode", "train.global_batch", "run.seed"};
-    return k;
+  // Fingerprints and the breaking keys of a resume (made on first use: a plan needs none).
+  const ResumeGuard& guard() const {
+    if (!guard_) guard_.emplace(r);
+    return *guard_;
   }
-
-  std::string key_value(const std::string& key) const {
-    for (const auto& s : recipe_schema()) {
-      if (s.path != key) continue;
-      if (s.type != "list") return r.str(key);
-      std::string out;
-      for (const auto& i : r.list(key)) out += (out.empty() ? "" : ",") + i;
-      return "[" + out + "]";
-    }
-    return "";
-  }
-
-  // The base model's fingerprint (see weights_fingerprint); random init: config + seed.
-  // Computed once per run (it reads the weights): resume checks and every checkpoint reuse it.
-  std::string model_fingerprint() const {
-    if (model_fp_.empty()) model_fp_ = compute_model_fingerprint();
-    return model_fp_;
-  }
-  mutable std::string model_fp_;
-
-  std::string compute_model_fingerprint() const {
-    const std::string dir = r.str("model.path");
-    if (r.integer("model.init_seed") >= 0) {
-      const std::string cfg = read_file((fs::path(dir) / "config.json").string());
-      return hex32(crc32(cfg.data(), cfg.size()));
-    }
-    return weights_fingerprint(dir);
-  }
-
-  std::string data_fingerprint() const {
-    const std::string m = read_file((fs::path(r.str("data.train")) / "manifest.json").string());
-    return hex32(crc32(m.data(), m.size()));
-  }
-
-  // Refuses a checkpoint whose run differs in a breaking way, naming every change; logs
-  // harmless changes.
-  void check_resume_compatible(const json& st, const std::string& where) const {
-    std::vector<std::string> changes;
-    if (st.value("model_fingerprint", "") != model_fingerprint()) changes.push_back("the base model (model.path weights or config)");
-    if (st.value("data_fingerprint", "") != data_fingerprint()) changes.push_back("the training data (data.train)");
-    const json& keys = st.at("resume_keys");
-    for (const auto& k : breaking_keys()) {
-      const std::string now = key_value(k), then = keys.value(k, std::string("?"));
-      if (now != then) changes.push_back(k + " (" + then + " -> " + now + ")");
-    }
-    if (!changes.empty()) {
-      std::string list;
-      for (const auto& c : changes) list += (list.empty() ? "" : ", ") + c;
-      throw_input(where, "cannot resume: the recipe changed " + list,
-                  "restore the old values, or start a new run (another run.dir, or --fresh on an empty one)");
-    }
-    for (auto it = st.at("recipe").begin(); it != st.at("recipe").end(); ++it) {
-      if (key_value(it.key()) != it.value().get<std::string>()) {
-        log::info("resume: {} changed from '{}' to '{}' (allowed)", it.key(), it.value().get<std::string>(), key_value(it.key()));
-      }
-    }
-  }
+  mutable std::optional<ResumeGuard> guard_;
 
   TrainSummary run(const ResumeOptions& resume) {
     make_dirs(run_dir);
@@ -380,7 +324,7 @@ struct Trainer::Impl {
     pg = ProcessGroup::create(env, dopt);
     const bool lead = pg->rank() == 0;  // rank 0 writes metrics, checkpoints and outputs
     // Every rank must hold the same base weights and the same resolved recipe.
-    const std::string fp = model_fingerprint(), yaml = r.to_yaml();
+    const std::string fp = guard().model_fingerprint(), yaml = r.to_yaml();
     pg->check_same("the base weights (model fingerprint " + fp + ")", crc32(fp.data(), fp.size()));
     pg->check_same("the resolved recipe", crc32(yaml.data(), yaml.size()));
     const std::string metrics_path = (fs::path(run_dir) / "metrics.jsonl").string();
@@ -398,7 +342,7 @@ struct Trainer::Impl {
       } catch (const json::exception& e) {
         throw_input(*from + "/trainer_state.json", std::string("is not valid JSON: ") + e.what());
       }
-      check_resume_compatible(st, *from);
+      guard().check(st, *from);
     }
     if (lead) write_file_atomic((fs::path(run_dir) / "config.resolved.yaml").string(), r.to_yaml());
     log::info("run folder {}; {} rank(s), backend {}; plan:\n{}", run_dir, pg->world(), pg->backend(), plan().describe());
@@ -453,26 +397,9 @@ struct Trainer::Impl {
       summary.resumed_from = start;
       log::info("resuming from {} (step {}, {} tokens seen, data epoch {} sample {})", *from, start, tokens_seen,
                    cursor.epoch, cursor.sample);
-      // Drop metrics the interrupted run wrote after this checkpoint.
-      std::ifstream in(metrics_path);
-      std::string line, kept;
-      while (std::getline(in, line)) {
-        try {
-          if (json::parse(line).value("step", int64_t{0}) <= start) kept += line + "\n";
-        } catch (const json::exception&) {  // a torn last line from a kill
-        }
-      }
-      if (lead) write_file_atomic(metrics_path, kept);
-    } else if (lead) {
-      write_file_atomic(metrics_path, std::string());
     }
-    std::ofstream metrics;
-    if (lead) metrics.open(metrics_path, std::ios::app);
-    auto record = [&](const json& j) {
-      if (!lead) return;
-      metrics << j.dump() << "\n";
-      metrics.flush();
-    };
+    MetricsLog metrics(metrics_path, lead, ckpt ? start : -1);  // a resumed run drops what came after its checkpoint
+    auto record = [&](const json& j) { metrics.record(j); };
     // Identical starting parameters everywhere (they are seeded alike; this makes it certain).
     {
       c10::NoGradGuard no_grad;
@@ -499,9 +426,6 @@ struct Trainer::Impl {
                         "the previous checkpoint is intact; lower optim.lr and resume from it with --resume-from");
         }
       }
-      json rec = json::object(), keys = json::object();
-      for (const auto& k : recipe_schema()) rec[k.path] = key_value(k.path);
-      for (const auto& k : breaking_keys()) keys[k] = key_value(k);
       const LoaderCursor c = loader.cursor();
       const StepWindow::Sums ws = window.read(/*reset=*/false);
       json state = {{"format", "agate-trainer-state"}, {"version", 1}, {"step", step}, {"tokens", tokens_seen},
@@ -510,8 +434,9 @@ struct Trainer::Impl {
                     {"lr_schedule", {{"kind", r.str("optim.schedule")}, {"position", step}, {"next_lr", sched.at(step)}}},
                     {"rng", "none: after initialisation (seeded by run.seed) training draws no random numbers; the data order is the cursor"},
                     {"recipe_fingerprint", hex32(crc32(yaml.data(), yaml.size()))},
-                    {"world_size", pg->world()}, {"model_fingerprint", model_fingerprint()},
-                    {"data_fingerprint", data_fingerprint()}, {"resume_keys", keys}, {"recipe", rec},
+                    {"world_size", pg->world()}, {"model_fingerprint", guard().model_fingerprint()},
+                    {"data_fingerprint", guard().data_fingerprint()}, {"resume_keys", guard().resume_keys()},
+                    {"recipe", guard().recipe_values()},
                     {"window", {{"n", ws.good}, {"tokens", tokens_window}, {"loss", ws.loss}, {"lm", ws.lm},
                                 {"sp", ws.sparsity}, {"keep", ws.keep}, {"grad_norm", ws.grad_norm}}},
                     {"bad_in_row", ws.bad_in_row}, {"skipped_steps", summary.skipped_steps + ws.steps - ws.good},

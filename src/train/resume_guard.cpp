@@ -1,0 +1,89 @@
+#include "agate/train/resume_guard.h"
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+
+#include "agate/model/inspect.h"
+#include "agate/train/recipe.h"
+#include "agate/util/checksum.h"
+#include "agate/util/error.h"
+#include "agate/util/fs.h"
+#include "agate/util/logging.h"
+
+namespace fs = std::filesystem;
+
+namespace agate {
+
+ResumeGuard::ResumeGuard(const Recipe& recipe) : r_(recipe) {}
+
+const std::vector<std::string>& ResumeGuard::breaking_keys() {
+  static const std::vector<std::string> k = {"model.init_seed", "gate.type", "gate.heads", "gate.head_dim",
+                                             "gate.mlp_hidden", "lora.rank", "lora.targets", "train.mode",
+                                             "data.seq_len", "data.sft_mode", "train.global_batch", "run.seed"};
+  return k;
+}
+
+std::string ResumeGuard::key_value(const std::string& key) const {
+  for (const auto& s : recipe_schema()) {
+    if (s.path != key) continue;
+    if (s.type != "list") return r_.str(key);
+    std::string out;
+    for (const auto& i : r_.list(key)) out += (out.empty() ? "" : ",") + i;
+    return "[" + out + "]";
+  }
+  return "";
+}
+
+std::string ResumeGuard::model_fingerprint() const {
+  if (!model_fp_.empty()) return model_fp_;
+  const std::string dir = r_.str("model.path");
+  if (r_.integer("model.init_seed") >= 0) {
+    const std::string cfg = read_file((fs::path(dir) / "config.json").string());
+    model_fp_ = hex32(crc32(cfg.data(), cfg.size()));
+  } else {
+    model_fp_ = weights_fingerprint(dir);
+  }
+  return model_fp_;
+}
+
+std::string ResumeGuard::data_fingerprint() const {
+  const std::string m = read_file((fs::path(r_.str("data.train")) / "manifest.json").string());
+  return hex32(crc32(m.data(), m.size()));
+}
+
+nlohmann::json ResumeGuard::resume_keys() const {
+  nlohmann::json keys = nlohmann::json::object();
+  for (const auto& k : breaking_keys()) keys[k] = key_value(k);
+  return keys;
+}
+
+nlohmann::json ResumeGuard::recipe_values() const {
+  nlohmann::json rec = nlohmann::json::object();
+  for (const auto& k : recipe_schema()) rec[k.path] = key_value(k.path);
+  return rec;
+}
+
+void ResumeGuard::check(const nlohmann::json& st, const std::string& where) const {
+  std::vector<std::string> changes;
+  if (st.value("model_fingerprint", "") != model_fingerprint()) changes.push_back("the base model (model.path weights or config)");
+  if (st.value("data_fingerprint", "") != data_fingerprint()) changes.push_back("the training data (data.train)");
+  const nlohmann::json& keys = st.at("resume_keys");
+  for (const auto& k : breaking_keys()) {
+    const std::string now = key_value(k), then = keys.value(k, std::string("?"));
+    if (now != then) changes.push_back(k + " (" + then + " -> " + now + ")");
+  }
+  if (!changes.empty()) {
+    std::string list;
+    for (const auto& c : changes) list += (list.empty() ? "" : ", ") + c;
+    throw_input(where, "cannot resume: the recipe changed " + list,
+                "restore the old values, or start a new run (another run.dir, or --fresh on an empty one)");
+  }
+  for (auto it = st.at("recipe").begin(); it != st.at("recipe").end(); ++it) {
+    if (key_value(it.key()) != it.value().get<std::string>()) {
+      log::info("resume: {} changed from '{}' to '{}' (allowed)", it.key(), it.value().get<std::string>(), key_value(it.key()));
+    }
+  }
+}
+
+}  // namespace agate
