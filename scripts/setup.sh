@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TORCH_VERSION=2.11.0
-PY_PKGS=("torch==${TORCH_VERSION}" "numpy==2.4.6" "matplotlib==3.11.2")
+PY_PKGS=("torch==${TORCH_VERSION}" "numpy==2.4.6" "matplotlib==3.11.2" "safetensors==0.8.0")
 
 PKGS=(
   build-essential cmake pkg-config ccache git python3 python3-venv
