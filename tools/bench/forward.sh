@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Forward tokens/s of agate vs the Python reference (tools/llama_reference.py, the venv's
-# python3-torch) on the same ~9M-parameter model, side by side in one run, plus weight loading.
+# Forward tokens/s of agate vs the Python reference (tools/llama_reference.py on the venv's
+# torch) on the same ~9M-parameter model, side by side in one run, plus weight loading.
 # Usage: tools/bench/forward.sh [AGATE_BIN] [ROUNDS]     (needs the venv from scripts/setup.sh)
 # Prints a markdown table. Each cell: median over ROUNDS rounds of (median of 5 forwards);
 # agate and Python alternate within each round so machine noise hits both alike.
