@@ -1,11 +1,10 @@
 #include "agate/train/resume_guard.h"
 
-#include <nlohmann/json.hpp>
-
 #include <filesystem>
 
 #include "agate/model/inspect.h"
 #include "agate/train/recipe.h"
+#include "agate/train/train_state.h"
 #include "agate/util/checksum.h"
 #include "agate/util/error.h"
 #include "agate/util/fs.h"
@@ -52,25 +51,25 @@ std::string ResumeGuard::data_fingerprint() const {
   return hex32(crc32(m.data(), m.size()));
 }
 
-nlohmann::json ResumeGuard::resume_keys() const {
-  nlohmann::json keys = nlohmann::json::object();
+std::map<std::string, std::string> ResumeGuard::resume_keys() const {
+  std::map<std::string, std::string> keys;
   for (const auto& k : breaking_keys()) keys[k] = key_value(k);
   return keys;
 }
 
-nlohmann::json ResumeGuard::recipe_values() const {
-  nlohmann::json rec = nlohmann::json::object();
+std::map<std::string, std::string> ResumeGuard::recipe_values() const {
+  std::map<std::string, std::string> rec;
   for (const auto& k : recipe_schema()) rec[k.path] = key_value(k.path);
   return rec;
 }
 
-void ResumeGuard::check(const nlohmann::json& st, const std::string& where) const {
+void ResumeGuard::check(const TrainState& st, const std::string& where) const {
   std::vector<std::string> changes;
-  if (st.value("model_fingerprint", "") != model_fingerprint()) changes.push_back("the base model (model.path weights or config)");
-  if (st.value("data_fingerprint", "") != data_fingerprint()) changes.push_back("the training data (data.train)");
-  const nlohmann::json& keys = st.at("resume_keys");
+  if (st.model_fingerprint != model_fingerprint()) changes.push_back("the base model (model.path weights or config)");
+  if (st.data_fingerprint != data_fingerprint()) changes.push_back("the training data (data.train)");
   for (const auto& k : breaking_keys()) {
-    const std::string now = key_value(k), then = keys.value(k, std::string("?"));
+    const auto it = st.resume_keys.find(k);
+    const std::string now = key_value(k), then = it == st.resume_keys.end() ? "?" : it->second;
     if (now != then) changes.push_back(k + " (" + then + " -> " + now + ")");
   }
   if (!changes.empty()) {
@@ -79,10 +78,8 @@ void ResumeGuard::check(const nlohmann::json& st, const std::string& where) cons
     throw_input(where, "cannot resume: the recipe changed " + list,
                 "restore the old values, or start a new run (another run.dir, or --fresh on an empty one)");
   }
-  for (auto it = st.at("recipe").begin(); it != st.at("recipe").end(); ++it) {
-    if (key_value(it.key()) != it.value().get<std::string>()) {
-      log::info("resume: {} changed from '{}' to '{}' (allowed)", it.key(), it.value().get<std::string>(), key_value(it.key()));
-    }
+  for (const auto& [key, then] : st.recipe) {
+    if (key_value(key) != then) log::info("resume: {} changed from '{}' to '{}' (allowed)", key, then, key_value(key));
   }
 }
 

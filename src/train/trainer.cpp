@@ -31,6 +31,7 @@
 #include "agate/train/metrics_log.h"
 #include "agate/train/resume_guard.h"
 #include "agate/train/train_forward.h"
+#include "agate/train/train_state.h"
 #include "agate/train/train_step.h"
 #include "agate/train/checkpoint.h"
 #include "agate/train/recipe_gate.h"
@@ -334,13 +335,22 @@ struct Trainer::Impl {
     if (!resume.resume_from.empty()) from = resume.resume_from;
     else if (!resume.fresh) from = latest_checkpoint(run_dir);
     std::optional<CheckpointData> ckpt;
-    json st;
+    TrainState st;
     if (from) {
       ckpt = load_checkpoint(*from);
-      try {
-        st = json::parse(ckpt->state_json);
-      } catch (const json::exception& e) {
-        throw_input(*from + "/trainer_state.json", std::string("is not valid JSON: ") + e.what());
+      const std::string where = (fs::path(*from) / "trainer_state.json").string();
+      st = TrainState::from_json(ckpt->state_json, where);
+      // The state must belong to its folder and to this run's length (an edited step would
+      // otherwise give a negative learning rate or overwrite a newer checkpoint).
+      char folder[32];
+      std::snprintf(folder, sizeof(folder), "step_%08lld", static_cast<long long>(st.step));
+      if (fs::path(*from).filename().string() != folder) {
+        throw_input(where, "says step " + std::to_string(st.step) + " but sits in " + fs::path(*from).filename().string(),
+                    "the checkpoint was edited or moved: resume from an untouched one with --resume-from");
+      }
+      if (st.step > r.integer("train.steps")) {
+        throw_input(where, "is at step " + std::to_string(st.step) + ", past train.steps (" + r.str("train.steps") + ")",
+                    "raise train.steps to continue this run, or start a new one (another run.dir)");
       }
       guard().check(st, *from);
     }
@@ -379,20 +389,16 @@ struct Trainer::Impl {
           p.copy_(it->second);
         }
       }
-      optimizer.load_state(ckpt->optimizer, st.at("optimizer_steps").get<int64_t>(), *from);
-      start = st.at("step").get<int64_t>();
-      tokens_seen = st.at("tokens").get<int64_t>();
-      cursor = {st.at("cursor").at("seed").get<uint64_t>(), st.at("cursor").at("epoch").get<int64_t>(),
-                st.at("cursor").at("sample").get<int64_t>()};
-      const json& w = st.at("window");
-      tokens_window = w.at("tokens");
-      window.restore({w.at("n").get<int64_t>(), w.at("n").get<int64_t>(), w.at("loss").get<double>(), w.at("lm").get<double>(),
-                      w.at("sp").get<double>(), w.at("keep").get<double>(), w.value("grad_norm", 0.0),
-                      st.at("bad_in_row").get<int64_t>()});
-      summary.skipped_steps = st.at("skipped_steps");
-      summary.val_base_loss = st.at("val_base_loss");
-      summary.val_loss = st.at("val_loss");
-      summary.keep = st.at("keep");
+      optimizer.load_state(ckpt->optimizer, st.optimizer_steps, *from);
+      start = st.step;
+      tokens_seen = st.tokens;
+      cursor = st.cursor;
+      tokens_window = st.window_tokens;
+      window.restore(st.window);
+      summary.skipped_steps = st.skipped_steps;
+      summary.val_base_loss = st.val_base_loss;
+      summary.val_loss = st.val_loss;
+      summary.keep = st.keep;
       summary.steps = start;
       summary.resumed_from = start;
       log::info("resuming from {} (step {}, {} tokens seen, data epoch {} sample {})", *from, start, tokens_seen,
@@ -426,24 +432,26 @@ struct Trainer::Impl {
                         "the previous checkpoint is intact; lower optim.lr and resume from it with --resume-from");
         }
       }
-      const LoaderCursor c = loader.cursor();
-      const StepWindow::Sums ws = window.read(/*reset=*/false);
-      json state = {{"format", "agate-trainer-state"}, {"version", 1}, {"step", step}, {"tokens", tokens_seen},
-                    {"optimizer_steps", optimizer.steps()},
-                    {"cursor", {{"seed", c.seed}, {"epoch", c.epoch}, {"sample", c.sample}}},
-                    {"lr_schedule", {{"kind", r.str("optim.schedule")}, {"position", step}, {"next_lr", sched.at(step)}}},
-                    {"rng", "none: after initialisation (seeded by run.seed) training draws no random numbers; the data order is the cursor"},
-                    {"recipe_fingerprint", hex32(crc32(yaml.data(), yaml.size()))},
-                    {"world_size", pg->world()}, {"model_fingerprint", guard().model_fingerprint()},
-                    {"data_fingerprint", guard().data_fingerprint()}, {"resume_keys", guard().resume_keys()},
-                    {"recipe", guard().recipe_values()},
-                    {"window", {{"n", ws.good}, {"tokens", tokens_window}, {"loss", ws.loss}, {"lm", ws.lm},
-                                {"sp", ws.sparsity}, {"keep", ws.keep}, {"grad_norm", ws.grad_norm}}},
-                    {"bad_in_row", ws.bad_in_row}, {"skipped_steps", summary.skipped_steps + ws.steps - ws.good},
-                    {"val_base_loss", summary.val_base_loss}, {"val_loss", summary.val_loss}, {"keep", summary.keep}};
+      TrainState state;
+      state.step = step;
+      state.tokens = tokens_seen;
+      state.optimizer_steps = optimizer.steps();
+      state.cursor = loader.cursor();
+      state.schedule = r.str("optim.schedule");
+      state.next_lr = sched.at(step);
+      state.recipe_fingerprint = hex32(crc32(yaml.data(), yaml.size()));
+      state.world_size = pg->world();
+      state.model_fingerprint = guard().model_fingerprint();
+      state.data_fingerprint = guard().data_fingerprint();
+      state.resume_keys = guard().resume_keys();
+      state.recipe = guard().recipe_values();
+      state.window = window.read(/*reset=*/false);
+      state.window_tokens = tokens_window;
+      state.skipped_steps = summary.skipped_steps + state.window.steps - state.window.good;
+      state.val_base_loss = summary.val_base_loss, state.val_loss = summary.val_loss, state.keep = summary.keep;
       if (lead) {
         NamedTensors opt_state = optimizer.state();
-        const std::string path = save_checkpoint(run_dir, step, {trainable, opt_state, state.dump(2) + "\n"},
+        const std::string path = save_checkpoint(run_dir, step, {trainable, opt_state, state.to_json()},
                                                  r.integer("checkpoint.keep_last"));
         log::info("checkpoint {}", path);
       }

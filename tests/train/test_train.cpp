@@ -308,6 +308,39 @@ TEST(Resume, BreakingChangesAreRefusedNamingThemAndHarmlessOnesAllowed) {
             std::string::npos);
 }
 
+// A hand-edited or damaged trainer_state.json is refused before anything runs (issue 16's run
+// state class: an edited step used to give a negative learning rate, a step_-0000002 folder,
+// "trained 1000 steps: loss 0.0000", or overwrite a newer checkpoint, all with exit 0).
+TEST(Resume, EditedOrDamagedTrainerStateIsRefused) {
+  TinySetup s;
+  test::write_bytes(s.dir.file("r.yaml"), s.recipe());
+  Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=3"})).run();
+  const std::string dir = s.dir.file("run/checkpoints/step_00000003"), file = dir + "/trainer_state.json";
+  const std::string good = test::read_bytes(file);
+  auto with = [&](const std::string& from, const std::string& to) {
+    std::string t = good;
+    const size_t at = t.find(from);
+    EXPECT_NE(at, std::string::npos) << from;
+    t.replace(at, from.size(), to);
+    test::write_bytes(file, t);
+    return error_of([&] { Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=6"})).run(); });
+  };
+  std::string m = with("\"step\": 3", "\"step\": -4");
+  EXPECT_NE(m.find("holds impossible values (step -4"), std::string::npos) << m;
+  m = with("\"step\": 3", "\"step\": 1000");
+  EXPECT_NE(m.find("says step 1000 but sits in step_00000003"), std::string::npos) << m;
+  m = with("\"step\": 3", "\"step\": 2");  // fewer steps than the optimizer took
+  EXPECT_NE(m.find("holds impossible values (step 2, optimizer steps 3"), std::string::npos) << m;
+  m = with("\"format\": \"agate-trainer-state\"", "\"format\": \"other\"");
+  EXPECT_NE(m.find("is not an agate trainer state"), std::string::npos) << m;
+  m = with("\"val_loss\"", "\"val_los\"");
+  EXPECT_NE(m.find("lacks a field"), std::string::npos) << m;
+  test::write_bytes(file, good);
+  m = error_of([&] { Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=2"})).run(); });
+  EXPECT_NE(m.find("is at step 3, past train.steps (2)"), std::string::npos) << m;
+  EXPECT_NO_THROW(Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=6"})).run());
+}
+
 TEST(Checkpoint, InterruptedWritesAreNeverLoadedAndPruningKeepsTheNewest) {
   TempDir d;
   CheckpointData data{{{"w", at::ones({2})}}, {{"w.exp_avg", at::zeros({2})}}, "{}"};

@@ -3,14 +3,14 @@
 // other key may change (logged).
 #pragma once
 
-#include <nlohmann/json_fwd.hpp>
-
+#include <map>
 #include <string>
 #include <vector>
 
 namespace agate {
 
 class Recipe;
+struct TrainState;
 
 class ResumeGuard {
  public:
@@ -23,11 +23,11 @@ class ResumeGuard {
   std::string model_fingerprint() const;
   std::string data_fingerprint() const;
   // What a checkpoint records: the breaking keys' values, and every key's.
-  nlohmann::json resume_keys() const;
-  nlohmann::json recipe_values() const;
-  // Refuses a checkpoint state (trainer_state.json) whose run differs in a breaking way,
-  // naming every change (`where`: the checkpoint, for the message); logs harmless changes.
-  void check(const nlohmann::json& state, const std::string& where) const;
+  std::map<std::string, std::string> resume_keys() const;
+  std::map<std::string, std::string> recipe_values() const;
+  // Refuses a checkpoint state whose run differs in a breaking way, naming every change
+  // (`where`: the checkpoint, for the message); logs harmless changes.
+  void check(const TrainState& state, const std::string& where) const;
 
  private:
   std::string key_value(const std::string& key) const;
