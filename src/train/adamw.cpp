@@ -73,6 +73,10 @@ void AdamW::load_state(const NamedTensors& state, int64_t steps, const std::stri
         throw_input(source, "optimizer state for '" + params_[i].first + "' is missing or has the wrong shape",
                     "the checkpoint belongs to another model or gate configuration");
       }
+      if (!at::isfinite(it->second).all().item<bool>()) {
+        throw_input(source, "optimizer state '" + params_[i].first + suffix + "' holds NaN/inf",
+                    "the checkpoint is damaged: resume from an older one with --resume-from");
+      }
       dst->copy_(it->second);
     }
     auto st = by_name.find(params_[i].first + ".step");

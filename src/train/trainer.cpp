@@ -386,6 +386,10 @@ struct Trainer::Impl {
         for (auto& [name, p] : trainable) {
           auto it = saved.find(name);
           if (it == saved.end() || it->second.sizes() != p.sizes()) throw_input(*from, "has no matching tensor '" + name + "'");
+          if (!at::isfinite(it->second).all().item<bool>()) {
+            throw_input(*from, "trainable tensor '" + name + "' holds NaN/inf",
+                        "the checkpoint is damaged: resume from an older one with --resume-from");
+          }
           p.copy_(it->second);
         }
       }

@@ -336,6 +336,17 @@ TEST(Resume, EditedOrDamagedTrainerStateIsRefused) {
   m = with("\"val_loss\"", "\"val_los\"");
   EXPECT_NE(m.find("lacks a field"), std::string::npos) << m;
   test::write_bytes(file, good);
+  {  // NaN moments used to resume "successfully" and poison every gate parameter
+    const std::string opt = dir + "/optimizer.safetensors", saved = test::read_bytes(opt);
+    const SafetensorsFile f = SafetensorsFile::open(opt);
+    NamedTensors st;
+    for (const auto& e : f.entries()) st.push_back({e.name, f.tensor(e.name).clone()});
+    st[0].second.view(-1)[0] = std::nan("");
+    save_safetensors(opt, st);
+    m = error_of([&] { Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=6"})).run(); });
+    EXPECT_NE(m.find("holds NaN/inf"), std::string::npos) << m;
+    test::write_bytes(opt, saved);
+  }
   m = error_of([&] { Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=2"})).run(); });
   EXPECT_NE(m.find("is at step 3, past train.steps (2)"), std::string::npos) << m;
   EXPECT_NO_THROW(Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=6"})).run());
