@@ -95,12 +95,9 @@ class C10dGroup : public ProcessGroup {
   void all_reduce_max(at::Tensor& t) override { reduce(t, c10d::ReduceOp::MAX, "all-reduce"); }
 
   void broadcast(at::Tensor& t, int root) override {
-    const bool stage = backend_ == "nccl" && !t.is_cuda();
-    std::vector<at::Tensor> ts{stage ? t.to(device_) : t};
     c10d::BroadcastOptions o;
     o.rootRank = root;
-    run("broadcast", [&] { pg_->broadcast(ts, o)->wait(); });
-    if (stage) t.copy_(ts[0]);
+    collective(t, "broadcast", [&](std::vector<at::Tensor>& ts) { pg_->broadcast(ts, o)->wait(); });
   }
 
   void barrier() override {
@@ -118,13 +115,18 @@ class C10dGroup : public ProcessGroup {
 
  private:
   void reduce(at::Tensor& t, c10d::ReduceOp op, const char* what) {
-    // NCCL reduces device memory only: host scalars (step agreement, counters) take a round
-    // trip through the rank's device.
-    const bool stage = backend_ == "nccl" && !t.is_cuda();
-    std::vector<at::Tensor> ts{stage ? t.to(device_) : t};
     c10d::AllreduceOptions o;
     o.reduceOp = op;
-    run(what, [&] { pg_->allreduce(ts, o)->wait(); });
+    collective(t, what, [&](std::vector<at::Tensor>& ts) { pg_->allreduce(ts, o)->wait(); });
+  }
+
+  // Runs one collective on t in place. NCCL works on device memory only: host scalars (step
+  // agreement, counters) take a round trip through the rank's device.
+  template <typename F>
+  void collective(at::Tensor& t, const char* what, F&& f) {
+    const bool stage = backend_ == "nccl" && !t.is_cuda();
+    std::vector<at::Tensor> ts{stage ? t.to(device_) : t};
+    run(what, [&] { f(ts); });
     if (stage) t.copy_(ts[0]);
   }
 

@@ -110,19 +110,16 @@ struct Trainer::Impl {
     validate();
     const std::string model_dir = r.str("model.path");
     dtype = parse_compute_dtype(r.str("model.dtype"));
-    const std::string dev = r.str("run.device");
-    const std::string model_dir_ = r.str("model.path");
-    const bool weightless = !fs::exists(fs::path(model_dir_) / "model.safetensors") &&
-                             !fs::exists(fs::path(model_dir_) / "model.safetensors.index.json");
-    const bool cuda_spec = dev == "cuda" || (dev.size() > 5 && dev.rfind("cuda:", 0) == 0 &&
-                                             dev.find_first_not_of("0123456789", 5) == std::string::npos);
-    if (plan_only && weightless && cuda_spec && !torch::cuda::is_available()) {
+    const bool weightless = !fs::exists(fs::path(model_dir) / "model.safetensors") &&
+                            !fs::exists(fs::path(model_dir) / "model.safetensors.index.json");
+    const auto wanted = parse_device(r.str("run.device"), env.local_rank, "run.device");
+    if (plan_only && weightless && wanted && wanted->is_cuda() && !torch::cuda::is_available()) {
       // Planning a GPU run from a machine without one (e.g. the 7B recipes' config-only
-      // folders): nothing is allocated, the estimate is for cuda:LOCAL_RANK.
-      device = c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(dev == "cuda" ? env.local_rank : std::stoi(dev.substr(5))));
+      // folders): nothing is allocated, the estimate is for that device.
+      device = *wanted;
       planned_only = true;
     } else {
-      device = resolve_device(dev, env.local_rank, "run.device");
+      device = resolve_device(r.str("run.device"), env.local_rank, "run.device");
     }
     if (device.is_cuda() && !planned_only) c10::impl::VirtualGuardImpl(device.type()).setDevice(device);  // NCCL and allocations follow it
     const c10::Device alloc = planned_only ? c10::Device(c10::kCPU) : device;  // where tensors are made
@@ -132,8 +129,7 @@ struct Trainer::Impl {
       if (!pretrain) r.fail("model.init_seed", "model.init_seed (random weights) only makes sense with train.mode: pretrain");
       model.emplace(LlamaModel::init_random(load_model_config((fs::path(model_dir) / "config.json").string()),
                                              static_cast<uint64_t>(r.integer("model.init_seed")), dtype, device));
-    } else if (plan_only && !fs::exists(fs::path(model_dir) / "model.safetensors") &&
-               !fs::exists(fs::path(model_dir) / "model.safetensors.index.json")) {
+    } else if (plan_only && weightless) {
       // A config-only folder (e.g. a real model's config.json without its weights): plan only.
       config_only = load_model_config((fs::path(model_dir) / "config.json").string());
       log::info("{} holds no weights: planning from its config.json alone", model_dir);

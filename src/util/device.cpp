@@ -18,37 +18,41 @@ bool built_with_cuda() {
 #endif
 }
 
-c10::Device resolve_device(const std::string& spec, int local_rank, const std::string& what) {
-  const bool cuda = torch::cuda::is_available();
-  if (spec == "auto") return cuda ? resolve_device("cuda", local_rank, what) : c10::Device(c10::kCPU);
+std::optional<c10::Device> parse_device(const std::string& spec, int local_rank, const std::string& what) {
+  if (spec == "auto") return std::nullopt;
   if (spec == "cpu") return c10::Device(c10::kCPU);
-  if (spec == "cuda" || spec.rfind("cuda:", 0) == 0) {
-    if (!cuda) {
-      throw_usage(what + " " + spec + ": no CUDA device is available on this machine" +
-                      (built_with_cuda() ? "" : " (and this agate was built without CUDA kernels)"),
-                  "use " + what + " cpu (or auto), or run on a machine with an NVIDIA GPU and a CUDA build of torch");
+  if (spec == "cuda") return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(local_rank));
+  if (spec.rfind("cuda:", 0) == 0) {
+    try {
+      size_t used = 0;
+      const int index = std::stoi(spec.substr(5), &used);
+      if (used == spec.size() - 5 && index >= 0) return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
+    } catch (const std::exception&) {
     }
-    int index = local_rank;
-    if (spec != "cuda") {
-      try {
-        size_t used = 0;
-        index = std::stoi(spec.substr(5), &used);
-        if (used != spec.size() - 5 || index < 0) throw std::invalid_argument(spec);
-      } catch (const std::exception&) {
-        throw_usage(what + " '" + spec + "' is not a device", "use auto, cpu, cuda or cuda:N");
-      }
-    }
-    const auto n = static_cast<int>(torch::cuda::device_count());
-    if (index >= n) {
-      throw_usage(what + " " + spec + ": only " + std::to_string(n) + " CUDA device(s) are visible" +
-                      (spec == "cuda" ? " (cuda means cuda:LOCAL_RANK = cuda:" + std::to_string(index) + ")" : ""),
-                  "check CUDA_VISIBLE_DEVICES and the number of ranks per node");
-    }
-    // float32 gate and LoRA matmuls may use TF32 tensor cores (as torch's default for cuDNN).
-    at::globalContext().setAllowTF32CuBLAS(true);
-    return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
   }
   throw_usage(what + " '" + spec + "' is not a device", "use auto, cpu, cuda or cuda:N");
+}
+
+c10::Device resolve_device(const std::string& spec, int local_rank, const std::string& what) {
+  const bool cuda = torch::cuda::is_available();
+  const std::optional<c10::Device> wanted = parse_device(spec, local_rank, what);
+  if (!wanted) return cuda ? resolve_device("cuda", local_rank, what) : c10::Device(c10::kCPU);
+  if (wanted->is_cpu()) return *wanted;
+  if (!cuda) {
+    throw_usage(what + " " + spec + ": no CUDA device is available on this machine" +
+                    (built_with_cuda() ? "" : " (and this agate was built without CUDA kernels)"),
+                "use " + what + " cpu (or auto), or run on a machine with an NVIDIA GPU and a CUDA build of torch");
+  }
+  const int index = wanted->index();
+  const auto n = static_cast<int>(torch::cuda::device_count());
+  if (index >= n) {
+    throw_usage(what + " " + spec + ": only " + std::to_string(n) + " CUDA device(s) are visible" +
+                    (spec == "cuda" ? " (cuda means cuda:LOCAL_RANK = cuda:" + std::to_string(index) + ")" : ""),
+                "check CUDA_VISIBLE_DEVICES and the number of ranks per node");
+  }
+  // float32 gate and LoRA matmuls may use TF32 tensor cores (as torch's default for cuDNN).
+  at::globalContext().setAllowTF32CuBLAS(true);
+  return *wanted;
 }
 
 void synchronize(c10::Device device) {

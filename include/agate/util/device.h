@@ -3,9 +3,15 @@
 
 #include <c10/core/Device.h>
 
+#include <optional>
 #include <string>
 
 namespace agate {
+
+// Parses a device spec without asking what this machine has: "cpu" -> cpu, "cuda" ->
+// cuda:local_rank, "cuda:N" -> cuda:N, "auto" -> nullopt (it depends on the machine). Refuses
+// anything else with one line and a hint (`what` names the key or flag).
+std::optional<c10::Device> parse_device(const std::string& spec, int local_rank = 0, const std::string& what = "--device");
 
 // Resolves a device spec: "auto" (cuda:local_rank when CUDA is available, else cpu), "cpu",
 // "cuda" (= cuda:local_rank) or "cuda:N"; choosing CUDA allows TF32 for float32 matmuls. Refuses, with one line and a hint, CUDA on a machine
