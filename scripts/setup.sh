@@ -13,7 +13,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TORCH_VERSION=2.11.0
-PY_PKGS=("torch==${TORCH_VERSION}" "numpy==2.4.6" "matplotlib==3.11.2" "safetensors==0.8.0")
+# torch: LibTorch for the build. numpy/matplotlib/safetensors: tools and fixtures.
+# transformers/tokenizers/gguf/accelerate: the real model (scripts/get_model.sh) and the logits and
+# tokenizer oracles. kvpress: the eviction baselines' oracle (it needs transformers < 5.3).
+PY_PKGS=("torch==${TORCH_VERSION}" "numpy==2.4.6" "matplotlib==3.11.2" "safetensors==0.8.0"
+         "transformers==5.2.0" "tokenizers==0.22.2" "gguf==0.19.0" "accelerate==1.15.0" "kvpress==0.5.5")
 
 PKGS=(
   build-essential cmake pkg-config ccache git python3 python3-venv
