@@ -223,7 +223,7 @@ class BpeTokenizer : public Tokenizer {
   // after the vocabulary (the file's own "id" only draws a warning there when it differs).
   void read_added_tokens(const json& j) {
     if (!j.contains("added_tokens") || j["added_tokens"].is_null()) return;
-    if (!j["added_tokens"].is_array()) throw_input(path_, "\"added_tokens\" is not a list");
+    if (!j["added_tokens"].is_array()) throw_input(path_, "\"added_tokens\" is not a list", "pass a Hugging Face tokenizer.json");
     std::vector<AddedToken> specials, classics;
     std::unordered_set<std::string> special_set;
     int32_t next_id = static_cast<int32_t>(model_.size());
@@ -271,7 +271,7 @@ class BpeTokenizer : public Tokenizer {
       std::string token;
       if (v.is_string()) token = v.get<std::string>();
       else if (v.is_object() && v.contains("content") && v["content"].is_string()) token = v["content"].get<std::string>();
-      else throw_input(cfg.string(), std::string(key) + " is neither a string nor {\"content\": ...}");
+      else throw_input(cfg.string(), std::string(key) + " is neither a string nor {\"content\": ...}", "fix or remove tokenizer_config.json");
       const int32_t id = id_of(token);
       if (id < 0) {
         throw_input(cfg.string(), std::string(key) + " '" + token + "' is not in the vocabulary of " + path_,

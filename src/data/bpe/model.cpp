@@ -16,6 +16,8 @@ using nlohmann::json;
 
 namespace {
 
+const char* kFileHint = "the file must be a Hugging Face tokenizers tokenizer.json";
+
 uint64_t pair_key(int32_t a, int32_t b) { return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b); }
 
 // Pre-tokens shorter than this are cached (tokenizers caches below 256 bytes too).
@@ -73,8 +75,8 @@ std::string opt_string(const json& j, const char* key) {
 BpeModel::BpeModel(const json& m, const std::string& where) : where_(where) {
   static std::atomic<uint64_t> next_instance{1};
   instance_ = next_instance++;
-  if (!m.contains("vocab") || !m["vocab"].is_object()) throw_input(where, "model has no \"vocab\" object");
-  if (!m.contains("merges") || !m["merges"].is_array()) throw_input(where, "model has no \"merges\" list");
+  if (!m.contains("vocab") || !m["vocab"].is_object()) throw_input(where, "model has no \"vocab\" object", kFileHint);
+  if (!m.contains("merges") || !m["merges"].is_array()) throw_input(where, "model has no \"merges\" list", kFileHint);
   if (m.contains("dropout") && !m["dropout"].is_null() && m["dropout"].get<double>() != 0.0) {
     throw_input(where, "BPE dropout is set: encoding would be random", "set \"dropout\" to null for deterministic tokenization");
   }
@@ -120,7 +122,7 @@ BpeModel::BpeModel(const json& m, const std::string& where) : where_(where) {
       a = e[0].get<std::string>();
       b = e[1].get<std::string>();
     } else {
-      throw_input(where, "merge " + std::to_string(rank + 1) + " is neither \"a b\" nor [\"a\", \"b\"]");
+      throw_input(where, "merge " + std::to_string(rank + 1) + " is neither \"a b\" nor [\"a\", \"b\"]", kFileHint);
     }
     const std::string merged = a + (b.size() >= prefix_.size() ? b.substr(prefix_.size()) : std::string());
     for (const std::string* t : std::initializer_list<const std::string*>{&a, &b, &merged}) {

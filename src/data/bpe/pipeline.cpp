@@ -13,12 +13,13 @@ using nlohmann::json;
 
 namespace {
 
+const char* kFileHint = "the file must be a Hugging Face tokenizers tokenizer.json";
 const char* kSupportedHint = "agate reads byte-level BPE tokenizer.json files (GPT-2, SmolLM, Llama 3, Qwen2 families); "
                              "use the model's SentencePiece tokenizer.model instead";
 
 std::string type_of(const json& j, const std::string& where, const std::string& what) {
   if (!j.is_object() || !j.contains("type") || !j["type"].is_string()) {
-    throw_input(where, what + " has no \"type\"", "the file must be a Hugging Face tokenizers tokenizer.json");
+    throw_input(where, what + " has no \"type\"", kFileHint);
   }
   return j["type"].get<std::string>();
 }
@@ -119,7 +120,7 @@ Normalizer::Normalizer(const json& j, const std::string& where) {
   if (j.is_null()) return;
   const std::string t = type_of(j, where, "normalizer");
   if (t == "Sequence") {
-    if (!j.contains("normalizers") || !j["normalizers"].is_array()) throw_input(where, "Sequence normalizer has no \"normalizers\" list");
+    if (!j.contains("normalizers") || !j["normalizers"].is_array()) throw_input(where, "Sequence normalizer has no \"normalizers\" list", kFileHint);
     for (const json& n : j["normalizers"]) {
       Normalizer inner(n, where);
       forms_.insert(forms_.end(), inner.forms_.begin(), inner.forms_.end());
@@ -164,7 +165,7 @@ void parse_pre_tokenizer(const json& j, const std::string& where, std::vector<Pr
   using Step = PreTokenizer::Step;
   const std::string t = type_of(j, where, "pre_tokenizer");
   if (t == "Sequence") {
-    if (!j.contains("pretokenizers") || !j["pretokenizers"].is_array()) throw_input(where, "Sequence pre_tokenizer has no \"pretokenizers\" list");
+    if (!j.contains("pretokenizers") || !j["pretokenizers"].is_array()) throw_input(where, "Sequence pre_tokenizer has no \"pretokenizers\" list", kFileHint);
     for (const json& p : j["pretokenizers"]) parse_pre_tokenizer(p, where, steps);
     return;
   }
@@ -175,10 +176,10 @@ void parse_pre_tokenizer(const json& j, const std::string& where, std::vector<Pr
     if (flag(j, "use_regex", true)) s.regex = std::make_unique<Regex>(kGpt2Pattern, false, where);
   } else if (t == "Split") {
     s.kind = Step::Kind::Split;
-    if (!j.contains("pattern") || !j["pattern"].is_object()) throw_input(where, "Split pre_tokenizer has no \"pattern\" object");
+    if (!j.contains("pattern") || !j["pattern"].is_object()) throw_input(where, "Split pre_tokenizer has no \"pattern\" object", kFileHint);
     const json& p = j["pattern"];
     const bool literal = p.contains("String");
-    if (!literal && !p.contains("Regex")) throw_input(where, "Split pattern must be {\"String\": ...} or {\"Regex\": ...}");
+    if (!literal && !p.contains("Regex")) throw_input(where, "Split pattern must be {\"String\": ...} or {\"Regex\": ...}", kFileHint);
     const std::string text = p[literal ? "String" : "Regex"].get<std::string>();
     if (text.empty()) throw_input(where, "Split pattern is empty", "give the Split step a pattern");
     s.regex = std::make_unique<Regex>(text, literal, where);
@@ -336,7 +337,7 @@ void parse_decoder(const json& j, const std::string& where, std::vector<Decoder:
   using Step = Decoder::Step;
   const std::string t = type_of(j, where, "decoder");
   if (t == "Sequence") {
-    if (!j.contains("decoders") || !j["decoders"].is_array()) throw_input(where, "Sequence decoder has no \"decoders\" list");
+    if (!j.contains("decoders") || !j["decoders"].is_array()) throw_input(where, "Sequence decoder has no \"decoders\" list", kFileHint);
     for (const json& d : j["decoders"]) parse_decoder(d, where, steps);
     return;
   }
@@ -352,7 +353,7 @@ void parse_decoder(const json& j, const std::string& where, std::vector<Decoder:
     const json& p = j.at("pattern");
     const bool literal = p.contains("String");
     const std::string text = p.at(literal ? "String" : "Regex").get<std::string>();
-    if (text.empty()) throw_input(where, "Replace decoder has an empty pattern");
+    if (text.empty()) throw_input(where, "Replace decoder has an empty pattern", kFileHint);
     s.regex = std::make_unique<Regex>(text, literal, where);
     s.content = j.at("content").get<std::string>();
   } else if (t == "Strip") {
