@@ -4,7 +4,9 @@
 For each tokenizer.json below, every string of a varied corpus is encoded by agate (one process,
 --jsonl) and by tokenizers' Tokenizer.encode(text, add_special_tokens=False); the ids must be
 identical. The ids are then decoded by both (tokenizers: skip_special_tokens=False); the texts
-must be identical, and equal to the (normalized) input wherever the tokenizer round-trips.
+must be identical, and equal to the (normalized) input wherever the tokenizer round-trips. Finally
+`agate tokenize` turns the corpus into shards with one of them: the manifest must carry the
+file's CRC-32, its vocabulary size, its EOS id and the token count tokenizers implies.
 
 Tokenizers:
   smollm2  models/smollm2-135m-instruct/tokenizer.json (GPT-2 ByteLevel regex, ByteFallback/Fuse/
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import unicodedata
+import zlib
 
 SKIP = 77
 
@@ -243,6 +246,32 @@ def check(name, tok_path, agate, texts, tmp, round_trip=lambda s: s):
     return ok
 
 
+def check_shards(name, tok_path, agate, texts, tmp):
+    """`agate tokenize` with a tokenizer.json: the manifest's fingerprint, vocabulary and token count."""
+    hf = Tokenizer.from_file(tok_path)
+    docs = [t for t in texts if t.strip(" \t\n")]
+    inp = os.path.join(tmp, "docs.jsonl")
+    with open(inp, "w", encoding="utf-8") as f:
+        for t in docs:
+            f.write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
+    out = os.path.join(tmp, "shards-" + name)
+    r = subprocess.run([agate, "tokenize", "--tokenizer", tok_path, "--input", inp, "--out", out], capture_output=True)
+    if r.returncode != 0:
+        print(f"FAIL {name} shards: agate tokenize failed: {r.stderr.decode(errors='replace').strip()}")
+        return False
+    man = [json.load(open(os.path.join(out, split, "manifest.json"))) for split in ("train", "val")]
+    with open(tok_path, "rb") as f:
+        crc = f"0x{zlib.crc32(f.read()):08x}"
+    eos = hf.token_to_id("<|endoftext|>")
+    want_tokens = sum(len(hf.encode(t, add_special_tokens=False).ids) + 1 for t in docs)  # + EOS
+    got = {"hash": man[0]["tokenizer_hash"], "vocab": man[0]["vocab_size"], "eos": man[0]["eos_id"],
+           "tokens": man[0]["num_tokens"] + man[1]["num_tokens"]}
+    want = {"hash": crc, "vocab": max(hf.get_vocab(with_added_tokens=True).values()) + 1, "eos": eos, "tokens": want_tokens}
+    ok = got == want and man[1]["tokenizer_hash"] == crc
+    print(f"{'ok  ' if ok else 'FAIL'} {name} shards: agate tokenize: {got}" + ("" if ok else f", expected {want}"))
+    return ok
+
+
 def main():
     if len(sys.argv) != 3:
         print(__doc__)
@@ -268,6 +297,7 @@ def main():
         # The normalized added token "Cafe\u0301!" matches "Café!" and decodes to its own content.
         nfc = lambda s: unicodedata.normalize("NFC", s)  # noqa: E731
         ok &= check("qwen2", built["qwen2"], agate, texts, tmp, lambda s: None if "Café!" in nfc(s) else nfc(s))
+        ok &= check_shards("qwen2", built["qwen2"], agate, texts, tmp)
         # add_prefix_space puts a space before each text piece: decodings match, no round trip.
         ok &= check("digits", built["digits"], agate, texts, tmp, None)
     print("all tokenizer oracle checks passed" if ok else "tokenizer oracle: FAILED")
