@@ -1,3 +1,4 @@
+#include <climits>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -81,11 +82,13 @@ int encode(const Args& args) {
 }
 
 std::vector<int32_t> ids_of(const nlohmann::json& j, const std::string& where) {
-  if (!j.is_array()) throw_input(where, "is not a JSON list of token ids");
+  if (!j.is_array()) throw_input(where, "is not a JSON list of token ids", "e.g. [1, 2, 3]");
   std::vector<int32_t> ids;
   for (const auto& v : j) {
-    if (!v.is_number_integer()) throw_input(where, "holds a token id that is not an integer");
-    ids.push_back(v.get<int32_t>());
+    if (!v.is_number_integer() || v.get<int64_t>() < INT32_MIN || v.get<int64_t>() > INT32_MAX) {
+      throw_input(where, "holds a token id that is not a 32-bit integer", "token ids are small non-negative integers");
+    }
+    ids.push_back(static_cast<int32_t>(v.get<int64_t>()));
   }
   return ids;
 }
