@@ -7,6 +7,8 @@
 #include <thread>
 
 #include "../test_util.h"
+#include "agate/data/dataset.h"
+#include "agate/data/tokenize.h"
 #include "agate/data/tokenizer.h"
 #include "agate/util/checksum.h"
 
@@ -257,4 +259,24 @@ TEST(BpeTokenizer, SplitDigitsAndNfc) {
   EXPECT_EQ(tok->encode("ab12"), (std::vector<int32_t>{257, '1', '2'}));
   // Whitespace is its own piece here: " world" is not merged into "Ġwor".
   EXPECT_EQ(tok->encode("hello world"), (std::vector<int32_t>{261, ' ', 'w', 263, 'l', 'd'}));
+}
+
+TEST(BpeTokenizer, TokenizeCorpusRecordsTheFileHash) {
+  TempDir dir;
+  const std::string path = write_tokenizer(dir, tiny_tokenizer());
+  auto tok = Tokenizer::load(path);
+  write_bytes(dir.file("docs.txt"), "hello world\n\nabc abc<|endoftext|>\n\nhello\n");
+  TokenizeOptions o;
+  o.inputs = {dir.file("docs.txt")};
+  o.out = dir.file("data");
+  o.val_fraction = 0;
+  const TokenizeSummary s = tokenize_corpus(*tok, o);
+  EXPECT_EQ(s.train.documents, 3u);
+  // hello world (4) + abc abc<|endoftext|> (2 + 3 + 1) + hello (1), each + EOS.
+  EXPECT_EQ(s.train.tokens, 4u + 1 + 6 + 1 + 1 + 1);
+  const Dataset d = Dataset::open(dir.file("data/train"));
+  EXPECT_EQ(d.manifest().space.tokenizer_hash, crc32_file(path));
+  EXPECT_EQ(d.manifest().space.vocab_size, 267u);
+  EXPECT_EQ(d.manifest().space.eos_id, 265);
+  EXPECT_EQ(d.manifest().space.bos_id, -1);
 }
