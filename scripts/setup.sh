@@ -2,7 +2,7 @@
 # Installs every build and test dependency of agate. Idempotent: a second run checks and returns
 # in about a second.
 #   - Debian 12 packages: compilers, cmake, ccache, yaml-cpp, spdlog/fmt, SentencePiece, Gloo
-#     headers, GoogleTest, nlohmann-json, zlib.
+#     headers, GoogleTest, nlohmann-json, zlib, PCRE2 and utf8proc (the tokenizer.json backend).
 #   - A project venv at .venv/ (or $AGATE_VENV) with LibTorch from the PyPI wheel torch==2.11.0
 #     (the +cu130 build the GPU machines run; C++ headers, libraries and the CMake package) and
 #     the pinned Python packages the tools and tests use.
@@ -24,6 +24,7 @@ PKGS=(
   libgloo-dev libsentencepiece-dev sentencepiece
   libyaml-cpp-dev libspdlog-dev libfmt-dev
   libgtest-dev googletest nlohmann-json3-dev zlib1g-dev
+  libpcre2-dev libutf8proc-dev
 )
 
 if [[ "${AGATE_SKIP_APT:-0}" != "1" ]]; then

@@ -73,7 +73,7 @@ int data_show(const Args& args, const std::string& dir) {
 }  // namespace
 
 int cmd_data(const Argv& argv) {
-  Args args("data", "check DIR | show DIR --sample N [--tokenizer tok.model]",
+  Args args("data", "check DIR | show DIR --sample N [--tokenizer FILE]",
             "check: validates every shard of a dataset completely (header, size, checksum, token ids,\n"
             "       masks, document offsets) and prints its summary.\n"
             "show:  prints one loader sample (before shuffling): tokens, loss mask and, with a\n"
@@ -81,7 +81,7 @@ int cmd_data(const Argv& argv) {
             {{"sample", "N", "sample index (show)", "0"},
              {"seq-len", "T", "sample length as the trainer would use it (show)", "256"},
              {"sft-mode", "MODE", "pad or pack (show, sft datasets)", "pad"},
-             {"tokenizer", "FILE", "SentencePiece model to decode with (show)", ""}});
+             {"tokenizer", "FILE", "tokenizer.json or SentencePiece model to decode with (show)", ""}});
   if (!args.parse(argv)) return 0;
   args.expect_positionals(2, "the action (check or show) and the dataset folder");
   const std::string action = args.positionals()[0], dir = args.positionals()[1];

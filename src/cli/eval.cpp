@@ -1,5 +1,4 @@
 #include <cstdio>
-#include <filesystem>
 
 #include "agate/data/tokenize.h"
 #include "agate/data/tokenizer.h"
@@ -42,7 +41,7 @@ int cmd_eval(const Argv& argv) {
              {"sinks", "N", "StreamingLLM sink tokens", "4"},
              {"alpha", "A", "Ada-KV safeguard (each head gets >= alpha x the mean budget)", "0.2"},
              {"beta", "B", "PyramidKV: top layer budget = mean / beta", "20"},
-             {"tokenizer", "FILE", "SentencePiece model (default: DIR/tokenizer.model)", ""},
+             {"tokenizer", "FILE", "tokenizer.json or SentencePiece model (default: DIR/tokenizer.json when supported, else DIR/tokenizer.model)", ""},
              {"template", "NAME", "SFT template for passkey: default, chatml or a JSON file", "default"},
              {"add-bos", "", "prepend BOS to JSONL contexts (as tokenize --add-bos)", ""},
              {"json", "FILE", "also write the results as JSON", ""},
@@ -94,7 +93,7 @@ int cmd_eval(const Argv& argv) {
   if (task_name == "ppl") {
     task = eval::perplexity_task(args.get("data"), args.get_int("context"), args.get_int("continuation"), samples);
   } else {
-    auto tok = Tokenizer::load(args.get_or("tokenizer", (std::filesystem::path(model_dir) / "tokenizer.model").string()));
+    auto tok = Tokenizer::load(args.get_or("tokenizer", default_tokenizer_path(model_dir)));
     task = task_name == "choice" ? eval::choice_task(args.get("file"), *tok, args.flag("add-bos"), samples)
                                  : eval::passkey_task(args.get("file"), *tok, SftTemplate::named(args.get("template")),
                                                       args.flag("add-bos"), samples);

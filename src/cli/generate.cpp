@@ -1,5 +1,4 @@
 #include <cstdio>
-#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "agate/data/tokenizer.h"
@@ -60,7 +59,7 @@ int cmd_generate(const Argv& argv) {
              {"gates", "DIR", "gate export (agate export) for this model", ""},
              {"prompt", "TEXT", "the prompt", ""},
              {"prompt-file", "FILE", "read the prompt from a file", ""},
-             {"tokenizer", "FILE", "SentencePiece model (default: DIR/tokenizer.model)", ""},
+             {"tokenizer", "FILE", "tokenizer.json or SentencePiece model (default: DIR/tokenizer.json when supported, else DIR/tokenizer.model)", ""},
              {"max-new", "N", "tokens to generate", "64"},
              {"temperature", "T", "sampling temperature (0 = greedy)", "0"},
              {"top-p", "P", "nucleus sampling mass", "1.0"},
@@ -77,7 +76,7 @@ int cmd_generate(const Argv& argv) {
   if (args.has("prompt") == args.has("prompt-file")) throw_usage("pass exactly one of --prompt and --prompt-file\n" + args.usage());
   const std::string model_dir = args.get("model");
   const std::string text = args.has("prompt") ? args.get("prompt") : read_file(args.get("prompt-file"));
-  auto tok = Tokenizer::load(args.get_or("tokenizer", (std::filesystem::path(model_dir) / "tokenizer.model").string()));
+  auto tok = Tokenizer::load(args.get_or("tokenizer", default_tokenizer_path(model_dir)));
   LlamaModel model = LlamaModel::load(model_dir, parse_compute_dtype(args.get("dtype")), device_from(args));
   std::unique_ptr<Gates> gates;
   if (args.has("gates")) gates = load_gate_export(args.get("gates"), model, model_dir);

@@ -30,7 +30,7 @@ const Command kCommands[] = {
     {"inspect", agate::cli::cmd_inspect, "print a model folder's config, parameter count and bytes by dtype"},
     {"score", agate::cli::cmd_score, "print the log-probability of each next token, as JSON"},
     {"tokenize", agate::cli::cmd_tokenize, "turn text (cpt) or prompt/response JSONL (sft) into token shards"},
-    {"tokenizer", agate::cli::cmd_tokenizer, "train a SentencePiece tokenizer"},
+    {"tokenizer", agate::cli::cmd_tokenizer, "train a SentencePiece tokenizer; encode or decode text"},
     {"train", agate::cli::cmd_train, "train gates (+LoRA) on a frozen model, or pretrain one, from a YAML recipe"},
 };
 

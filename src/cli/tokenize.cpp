@@ -10,7 +10,7 @@
 namespace agate::cli {
 
 int cmd_tokenize(const Argv& argv) {
-  Args args("tokenize", "--tokenizer tok.model --input FILE [--input FILE ...] --out DIR [--kind cpt|sft]",
+  Args args("tokenize", "--tokenizer FILE --input FILE [--input FILE ...] --out DIR [--kind cpt|sft]",
             "Tokenizes text into a train and a val dataset (DIR/train, DIR/val), each a folder of\n"
             "shards plus manifest.json (written last). Inputs: plain text (documents separated by\n"
             "blank lines) or JSONL: cpt reads the --text-field of each line; sft reads\n"
@@ -19,7 +19,7 @@ int cmd_tokenize(const Argv& argv) {
             "sft truncation (--max-len): the oldest context is cut on the left so the last reply fits;\n"
             "a reply longer than max-len alone keeps its start; documents left without target tokens\n"
             "are skipped. Every skip and truncation is counted in the summary.",
-            {{"tokenizer", "FILE", "SentencePiece model", ""},
+            {{"tokenizer", "FILE", "tokenizer.json or SentencePiece model", ""},
              {"input", "FILE", "input file(s); repeat or separate with commas", ""},
              {"out", "DIR", "output folder (refused if it holds a dataset, unless --force)", ""},
              {"kind", "KIND", "cpt or sft", "cpt"},

@@ -9,6 +9,7 @@
 
 #include "agate/util/checksum.h"
 #include "agate/util/error.h"
+#include "bpe_tokenizer.h"
 
 namespace fs = std::filesystem;
 
@@ -137,7 +138,16 @@ class SentencePieceTokenizer : public Tokenizer {
 }  // namespace
 
 std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& path) {
+  if (fs::path(path).extension() == ".json") return load_bpe_tokenizer(path);
   return std::make_unique<SentencePieceTokenizer>(path);
+}
+
+std::string default_tokenizer_path(const std::string& model_dir) {
+  const std::string json = (fs::path(model_dir) / "tokenizer.json").string();
+  const std::string model = (fs::path(model_dir) / "tokenizer.model").string();
+  if (fs::exists(json) && bpe_tokenizer_problem(json).empty()) return json;
+  if (fs::exists(model) || !fs::exists(json)) return model;
+  return json;
 }
 
 void train_tokenizer(const TokenizerTrainOptions& o) {

@@ -1,4 +1,5 @@
-// Text <-> token ids. SentencePiece is the built-in backend; token shards themselves are
+// Text <-> token ids. Two backends: SentencePiece `.model` files and Hugging Face byte-level BPE
+// `tokenizer.json` files (GPT-2, SmolLM, Llama 3, Qwen2 families); token shards themselves are
 // tokenizer-agnostic (any tool may write them, see docs/formats.md).
 #pragma once
 
@@ -25,9 +26,17 @@ class Tokenizer {
   // CRC-32 of the tokenizer file's bytes.
   virtual uint64_t hash() const = 0;
 
-  // Loads a SentencePiece `.model` file.
+  // Loads a tokenizer: a path ending in `.json` is a Hugging Face tokenizer.json (byte-level
+  // BPE, encoded exactly as tokenizers' encode(text, add_special_tokens=False)), anything else a
+  // SentencePiece `.model` file. tokenizer.json: bos/eos come from bos_token/eos_token of a
+  // tokenizer_config.json beside it; without one, no BOS and EOS = <|endoftext|> when present.
   static std::unique_ptr<Tokenizer> load(const std::string& path);
 };
+
+// The tokenizer of a model folder: DIR/tokenizer.json when it exists and agate reads its kind,
+// else DIR/tokenizer.model (or DIR/tokenizer.json when neither is usable, so that loading it
+// says why).
+std::string default_tokenizer_path(const std::string& model_dir);
 
 struct TokenizerTrainOptions {
   std::vector<std::string> inputs;  // text files, one sentence/paragraph per line
