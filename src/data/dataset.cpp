@@ -92,6 +92,20 @@ void write_manifest(const std::string& dir, const DatasetManifest& m) {
 }
 
 // ---------------------------------------------------------------------------------------------
+uint32_t Dataset::max_token_id() const {
+  uint32_t m = 0;
+  for (const auto& s : shards_) m = std::max(m, s.max_token_id());
+  return m;
+}
+
+void Dataset::check_fits(int64_t model_vocab, const std::string& key) const {
+  if (static_cast<int64_t>(max_token_id()) < model_vocab) return;
+  throw_usage(key + ": dataset '" + dir_ + "' holds token id " + std::to_string(max_token_id()) +
+                  ", outside the model's vocabulary (" + std::to_string(model_vocab) + " ids; the tokenizer has " +
+                  std::to_string(manifest_.space.vocab_size) + ")",
+              "the data was tokenized for another model, or its text contains tokens the model has no embedding for");
+}
+
 Dataset Dataset::open(const std::string& dir, const std::optional<TokenSpace>& expect) {
   Dataset d;
   d.dir_ = dir;

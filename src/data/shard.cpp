@@ -102,6 +102,7 @@ Shard Shard::open(const std::string& path) {
                             " >= vocab size " + std::to_string(h.vocab_size),
                   "the shard was written with another tokenizer or is corrupt");
     }
+    s.max_token_id_ = std::max(s.max_token_id_, s.tokens_[i]);
   }
   if (h.flags & kShardHasMask) {
     s.mask_ = base + l.mask_at;

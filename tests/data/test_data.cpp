@@ -175,6 +175,22 @@ TEST(Dataset, ManifestAndShardsAreCrossChecked) {
   EXPECT_NE(error_of([&] { Dataset::open(d.path()); }).find("has no manifest.json"), std::string::npos);
 }
 
+// A tokenizer may be larger than the model (SmolLM2's GGUF tokenizer.json lists 5 added tokens
+// past its 49,152 embeddings): what must fit the model is the ids the data holds.
+TEST(Dataset, FitsAModelByTheIdsItHoldsNotTheTokenizerSize) {
+  TempDir d;
+  write_synthetic(d.file("ds"), 4, 50, 1000);  // ids 3..999 under a 1000-id tokenizer
+  Dataset ds = Dataset::open(d.file("ds"));
+  const uint32_t top = ds.max_token_id();
+  EXPECT_LT(top, 1000u);
+  EXPECT_NO_THROW(ds.check_fits(top + 1, "data.train"));  // a model smaller than the tokenizer
+  const std::string e = error_of([&] { ds.check_fits(top, "data.train"); });
+  EXPECT_NE(e.find("data.train: dataset '" + d.file("ds") + "' holds token id " + std::to_string(top) +
+                   ", outside the model's vocabulary (" + std::to_string(top) + " ids; the tokenizer has 1000)"),
+            std::string::npos) << e;
+  EXPECT_NE(e.find("hint:"), std::string::npos) << e;
+}
+
 // ---------------------------------------------------------------------------------------------
 TEST(Loader, ReturnsExactlyTheWrittenWindowsInPermutationOrder) {
   TempDir d;

@@ -50,6 +50,9 @@ class Dataset {
   const DatasetManifest& manifest() const { return manifest_; }
   const std::vector<Shard>& shards() const { return shards_; }
   bool is_sft() const { return manifest_.kind == "sft"; }
+  uint32_t max_token_id() const;  // over every shard
+  // Refuses (usage error naming `key`) a dataset holding an id >= model_vocab.
+  void check_fits(int64_t model_vocab, const std::string& key) const;
 
  private:
   std::string dir_;

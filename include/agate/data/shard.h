@@ -73,6 +73,9 @@ class Shard {
   const uint32_t* tokens() const { return tokens_; }
   const uint8_t* mask() const { return mask_; }          // nullptr when absent
   const uint64_t* doc_offsets() const { return docs_; }  // nullptr when absent
+  // The largest token id in the shard (found by the validation scan): a model can read the
+  // shard iff this is below its vocabulary, even when the tokenizer's is larger (added tokens).
+  uint32_t max_token_id() const { return max_token_id_; }
   uint64_t file_bytes() const;
 
  private:
@@ -82,6 +85,7 @@ class Shard {
   const uint32_t* tokens_ = nullptr;
   const uint8_t* mask_ = nullptr;
   const uint64_t* docs_ = nullptr;
+  uint32_t max_token_id_ = 0;
 };
 
 }  // namespace agate
