@@ -123,12 +123,7 @@ int cmd_generate(const Argv& argv) {
   if (args.has("gates")) gates = load_gate_export(args.get("gates"), model, model_dir);
   std::vector<int64_t> prompt;
   if (ids_given) {
-    for (long long t : parse_int_list(args.get("tokens"), "--tokens")) {
-      if (t < 0 || t >= model.config().vocab_size) {
-        throw_usage("--tokens: id " + std::to_string(t) + " is outside the vocabulary [0, " + std::to_string(model.config().vocab_size) + ")");
-      }
-      prompt.push_back(t);
-    }
+    for (long long t : parse_int_list(args.get("tokens"), "--tokens")) prompt.push_back(t);  // the model checks the range
     if (prompt.empty()) throw_usage("--tokens needs at least one id", "e.g. --tokens 1,2,3");
   } else {
     if (tok->bos_id() >= 0) prompt.push_back(tok->bos_id());

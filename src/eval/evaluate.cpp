@@ -53,10 +53,10 @@ Budget parse_budget(const std::string& text, bool tokens) {
   const double v = std::strtod(text.c_str(), &end);
   if (text.empty() || *end != '\0' || !std::isfinite(v)) throw_usage("bad budget '" + text + "' (a number, or gate)");
   if (tokens) {
-    if (v < 1 || v != std::floor(v)) throw_usage("--budget takes whole tokens per KV head >= 1, got '" + text + "'");
+    if (v < 1 || v != std::floor(v)) throw_usage("--budget takes whole tokens per KV head >= 1, got '" + text + "'", "e.g. --budget 64");
     return {Budget::Tokens, v};
   }
-  if (v <= 0 || v > 1) throw_usage("--keep takes ratios in (0, 1], got '" + text + "'");
+  if (v <= 0 || v > 1) throw_usage("--keep takes ratios in (0, 1], got '" + text + "'", "the share of the context kept, e.g. --keep 0.5");
   return {Budget::Keep, v};
 }
 

@@ -349,7 +349,7 @@ std::unique_ptr<ScoredPolicy> make_policy(const std::string& name, const PolicyO
   if (name == "ada-pyramid") return std::make_unique<SnapFamilyPolicy>(name, o, true, true);
   std::string list;
   for (const auto& n : baseline_names()) list += (list.empty() ? "" : ", ") + n;
-  throw_usage("unknown policy '" + name + "' (choose from " + list + ", gate, gate-post)");
+  throw_usage("unknown policy '" + name + "'", "choose from " + list + ", gate, gate-post");
 }
 
 std::unique_ptr<Policy> gate_policy(Gates* gates, bool after_prefill, bool decode_gating) {
