@@ -26,17 +26,16 @@ std::vector<Option> policy_tuning_options() {
 evict::PolicyOptions policy_tuning(const Args& args) {
   evict::PolicyOptions o;
   o.kvpress = args.flag("kvpress-compat");
-  // Defaults are kvpress's with --kvpress-compat (SnapKVPress: window_size 64, kernel_size 5, avg pooling).
-  auto int_or = [&](const char* name, long long fallback, long long compat) {
-    return args.has(name) ? args.get_int(name) : (o.kvpress ? compat : fallback);
-  };
-  o.window = int_or("window", 32, 64);
-  o.kernel = int_or("kernel", 7, 5);
-  o.pooling = args.get_or("pooling", o.kvpress ? "avg" : "max");
-  o.gqa = args.get_or("gqa", "mean");
-  o.sinks = int_or("sinks", 4, 4);
-  o.alpha = args.has("alpha") ? args.get_double("alpha") : 0.2;
-  o.beta = int_or("beta", 20, 20);
+  // Defaults: PolicyOptions', or kvpress's with --kvpress-compat (SnapKVPress: window_size 64,
+  // kernel_size 5, avg pooling).
+  auto int_or = [&](const char* name, int64_t fallback) { return args.has(name) ? args.get_int(name) : fallback; };
+  o.window = int_or("window", o.kvpress ? 64 : o.window);
+  o.kernel = int_or("kernel", o.kvpress ? 5 : o.kernel);
+  o.pooling = args.get_or("pooling", o.kvpress ? "avg" : o.pooling);
+  o.gqa = args.get_or("gqa", o.gqa);
+  o.sinks = int_or("sinks", o.sinks);
+  o.alpha = args.has("alpha") ? args.get_double("alpha") : o.alpha;
+  o.beta = int_or("beta", o.beta);
   if (o.window < 1 || o.sinks < 0 || o.beta < 1) throw_usage("need --window >= 1, --sinks >= 0, --beta >= 1");
   if (o.kernel < 1 || o.kernel % 2 == 0) throw_usage("--kernel must be odd and >= 1, got " + std::to_string(o.kernel));
   if (o.pooling != "max" && o.pooling != "avg") throw_usage("unknown --pooling '" + o.pooling + "'", "use max or avg");
