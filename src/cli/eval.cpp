@@ -9,11 +9,35 @@
 #include "agate/util/fs.h"
 #include "agate/util/threads.h"
 #include "args.h"
+#include "policy_args.h"
 #include "commands.h"
 
 namespace agate::cli {
 
 int cmd_eval(const Argv& argv) {
+  std::vector<Option> options = {
+      {"model", "DIR", "Hugging Face model folder", ""},
+      {"gates", "DIR", "gate export (agate export); its LoRA is applied to every policy", ""},
+      {"task", "NAME", "ppl | choice | passkey", ""},
+      {"data", "DIR", "token dataset (ppl)", ""},
+      {"file", "FILE", "JSONL task file (choice, passkey)", ""},
+      {"policies", "LIST", "policies to run (default: every baseline, and gate, gate-post with --gates)", ""},
+      {"keep", "LIST", "keep ratios of the context, e.g. 0.5,0.25", ""},
+      {"budget", "LIST", "absolute budgets in tokens per KV head, e.g. 32,64", ""},
+      {"match-gate", "", "run every baseline at exactly the entries the gates kept, per sample and layer", ""},
+      {"samples", "N", "samples to evaluate (ppl: windows; JSONL: the first N lines, 0 = all)", "64"},
+      {"context", "N", "ppl: context tokens per window", "96"},
+      {"continuation", "N", "ppl: continuation tokens per window", "32"}};
+  for (Option& p : policy_tuning_options()) options.push_back(std::move(p));
+  options.insert(options.end(),
+                 {{"tokenizer", "FILE", "tokenizer.json or SentencePiece model (default: DIR/tokenizer.json when supported, else DIR/tokenizer.model)", ""},
+                  {"template", "NAME", "SFT template for passkey: default, chatml or a JSON file", "default"},
+                  {"add-bos", "", "prepend BOS to JSONL contexts (as tokenize --add-bos)", ""},
+                  {"json", "FILE", "also write the results as JSON", ""},
+                  {"plot", "FILE", "also write an SVG plot of the metric against keep ratio", ""},
+                  {"dtype", "NAME", "compute dtype: float32 or bfloat16", "float32"},
+                  {"threads", "N", "intra-op threads (0 = all cores)", "0"},
+                  device_option()});
   Args args("eval", "--model DIR [--gates EXPORT] --task ppl|choice|passkey (--data DIR | --file F) [--keep R,.. | --budget N,.. | --match-gate]",
             "Compresses each sample's context with every policy at the same KV budgets, scores the\n"
             "continuation over the compressed (ragged) cache and prints a markdown table: policy,\n"
@@ -22,33 +46,7 @@ int cmd_eval(const Argv& argv) {
             "  ppl      --data TOKENS: windows of --context + --continuation tokens, perplexity\n"
             "  choice   --file JSONL {\"context\", \"choices\", \"answer\"}: accuracy\n"
             "  passkey  --file JSONL {\"prompt\", \"response\", \"depth\"} (tools/make_passkey.py): exact match",
-            {{"model", "DIR", "Hugging Face model folder", ""},
-             {"gates", "DIR", "gate export (agate export); its LoRA is applied to every policy", ""},
-             {"task", "NAME", "ppl | choice | passkey", ""},
-             {"data", "DIR", "token dataset (ppl)", ""},
-             {"file", "FILE", "JSONL task file (choice, passkey)", ""},
-             {"policies", "LIST", "policies to run (default: every baseline, and gate, gate-post with --gates)", ""},
-             {"keep", "LIST", "keep ratios of the context, e.g. 0.5,0.25", ""},
-             {"budget", "LIST", "absolute budgets in tokens per KV head, e.g. 32,64", ""},
-             {"match-gate", "", "run every baseline at exactly the entries the gates kept, per sample and layer", ""},
-             {"samples", "N", "samples to evaluate (ppl: windows; JSONL: the first N lines, 0 = all)", "64"},
-             {"context", "N", "ppl: context tokens per window", "96"},
-             {"continuation", "N", "ppl: continuation tokens per window", "32"},
-             {"window", "N", "SnapKV-family observation window (always kept)", "32"},
-             {"kernel", "N", "SnapKV pooling kernel (odd)", "7"},
-             {"pooling", "NAME", "max | avg", "max"},
-             {"gqa", "NAME", "reduce a KV head's query group by mean | max", "mean"},
-             {"sinks", "N", "StreamingLLM sink tokens", "4"},
-             {"alpha", "A", "Ada-KV safeguard (each head gets >= alpha x the mean budget)", "0.2"},
-             {"beta", "B", "PyramidKV: top layer budget = mean / beta", "20"},
-             {"tokenizer", "FILE", "tokenizer.json or SentencePiece model (default: DIR/tokenizer.json when supported, else DIR/tokenizer.model)", ""},
-             {"template", "NAME", "SFT template for passkey: default, chatml or a JSON file", "default"},
-             {"add-bos", "", "prepend BOS to JSONL contexts (as tokenize --add-bos)", ""},
-             {"json", "FILE", "also write the results as JSON", ""},
-             {"plot", "FILE", "also write an SVG plot of the metric against keep ratio", ""},
-             {"dtype", "NAME", "compute dtype: float32 or bfloat16", "float32"},
-             {"threads", "N", "intra-op threads (0 = all cores)", "0"},
-             device_option()});
+            options);
   if (!args.parse(argv)) return 0;
   args.expect_positionals(0);
   configure_threads(static_cast<int>(args.get_int("threads")));
@@ -61,14 +59,7 @@ int cmd_eval(const Argv& argv) {
   for (const auto& v : args.has("budget") ? args.get_list("budget") : std::vector<std::string>{}) o.budgets.push_back(eval::parse_budget(v, true));
   if (args.flag("match-gate")) o.budgets.push_back(eval::parse_budget("gate", false));
   if (o.budgets.empty()) o.budgets.push_back(eval::parse_budget(args.has("gates") ? "gate" : "0.5", false));
-  o.policy.window = args.get_int("window");
-  o.policy.kernel = args.get_int("kernel");
-  o.policy.pooling = args.get("pooling");
-  o.policy.gqa = args.get("gqa");
-  o.policy.sinks = args.get_int("sinks");
-  o.policy.alpha = args.get_double("alpha");
-  o.policy.beta = args.get_int("beta");
-  if (o.policy.window < 1 || o.policy.sinks < 0 || o.policy.beta < 1) throw_usage("need --window >= 1, --sinks >= 0, --beta >= 1");
+  o.policy = policy_tuning(args);
   if (args.has("policies")) {
     o.policies = args.get_list("policies");
   } else {

@@ -27,15 +27,7 @@ struct CandidateScore {
 // itself stays untouched for the next candidate).
 CandidateScore score(const LlamaModel& model, ProjectionAdapter* adapter, const evict::Compressed& c,
                      const std::vector<int64_t>& cand) {
-  at::Tensor logits = c.last_logits.unsqueeze(0);  // [1, V]
-  if (cand.size() > 1) {
-    RaggedKVCache cache = *c.cache;
-    ForwardOptions fo;
-    fo.cache = &cache;
-    fo.adapter = adapter;
-    at::Tensor inputs = at::tensor(std::vector<int64_t>(cand.begin(), cand.end() - 1), at::kLong).unsqueeze(0);
-    logits = at::cat({logits, model.forward(inputs, fo)[0].to(at::kFloat)});  // [n, V]
-  }
+  const at::Tensor logits = evict::continuation_logits(model, adapter, c, cand);  // [n, V]
   at::Tensor target = at::tensor(cand, at::kLong).to(logits.device());
   at::Tensor lp = at::log_softmax(logits, -1).gather(1, target.unsqueeze(1));
   CandidateScore s;
@@ -61,10 +53,10 @@ Budget parse_budget(const std::string& text, bool tokens) {
   const double v = std::strtod(text.c_str(), &end);
   if (text.empty() || *end != '\0' || !std::isfinite(v)) throw_usage("bad budget '" + text + "' (a number, or gate)");
   if (tokens) {
-    if (v < 1 || v != std::floor(v)) throw_usage("--budget takes whole tokens per KV head >= 1, got '" + text + "'");
+    if (v < 1 || v != std::floor(v)) throw_usage("--budget takes whole tokens per KV head >= 1, got '" + text + "'", "e.g. --budget 64");
     return {Budget::Tokens, v};
   }
-  if (v <= 0 || v > 1) throw_usage("--keep takes ratios in (0, 1], got '" + text + "'");
+  if (v <= 0 || v > 1) throw_usage("--keep takes ratios in (0, 1], got '" + text + "'", "the share of the context kept, e.g. --keep 0.5");
   return {Budget::Keep, v};
 }
 
@@ -78,6 +70,10 @@ Report evaluate(const LlamaModel& model, const Task& task, const EvalOptions& o)
   bool match = false;
   for (const Budget& b : o.budgets) match |= b.kind == Budget::MatchGate;
   if ((want_gate || want_post || match) && !o.gates) throw_usage("the gate policies and --match-gate need --gates EXPORT");
+  if (match && o.policy.kvpress) {
+    throw_usage("--match-gate has no kvpress counterpart (kvpress's budgets, PyramidKV's schedule included, follow a keep ratio)",
+                "use --keep or --budget with --kvpress-compat");
+  }
   int64_t shortest = INT64_MAX;
   size_t shortest_i = 0;
   for (size_t i = 0; i < task.samples.size(); ++i) {
@@ -176,10 +172,7 @@ Report evaluate(const LlamaModel& model, const Task& task, const EvalOptions& o)
     for (const auto& p : baselines) {
       run(*p, b.label(), [&](size_t i) {
         if (b.kind == Budget::MatchGate) return gate_entries[i];
-        const int64_t T = static_cast<int64_t>(task.samples[i].context.size());
-        const int64_t per_layer = b.kind == Budget::Tokens ? static_cast<int64_t>(b.value) * Hkv
-                                                           : std::llround(b.value * static_cast<double>(T * Hkv));
-        return std::vector<int64_t>(static_cast<size_t>(L), per_layer);
+        return p->layer_budgets(b.value, b.kind == Budget::Tokens, static_cast<int64_t>(task.samples[i].context.size()), L, Hkv);
       });
     }
   }

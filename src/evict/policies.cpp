@@ -77,9 +77,42 @@ std::vector<at::Tensor> per_layer(const PrefillRecord& r, const std::vector<int6
   return out;
 }
 
+// The context run straight into a ragged cache, its entries flagged by `visibility` as they
+// arrive (the gates), or all kept (null); kept flags from `flags(layer)` ([1, T, Hkv] float
+// 0/1, or undefined: every entry kept).
+template <typename Flags>
+Compressed compress_forward(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
+                            KeyVisibility* visibility, Flags flags) {
+  c10::InferenceMode guard;
+  const int64_t L = model.config().num_hidden_layers, Hkv = model.config().num_key_value_heads;
+  Compressed c;
+  c.cache = std::make_unique<RaggedKVCache>(L);
+  ForwardOptions fo;
+  fo.cache = c.cache.get();
+  fo.visibility = visibility;
+  fo.adapter = adapter;
+  const double t0 = now_seconds();
+  c.last_logits = model.forward(context_tensor(context), fo)[0][-1].to(at::kFloat);
+  c.prefill_seconds = now_seconds() - t0;
+  for (int64_t l = 0; l < L; ++l) {
+    int64_t n = 0;
+    for (int64_t g = 0; g < Hkv; ++g) n += c.cache->entries(l, g);
+    c.layer_entries.push_back(n);
+    const at::Tensor f = flags(l);
+    c.kept.push_back(f.defined() ? (f[0] > 0.5) : at::ones({c.cache->length(), Hkv}, at::kBool));
+  }
+  return c;
+}
+
+// Every entry: the context's forward straight into the ragged cache (nothing to record).
 class FullPolicy : public ScoredPolicy {
  public:
+  using ScoredPolicy::ScoredPolicy;
   std::string name() const override { return "full"; }
+  Compressed compress(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
+                      const std::vector<int64_t>&) const override {
+    return compress_forward(model, adapter, context, nullptr, [](int64_t) { return at::Tensor(); });
+  }
   std::vector<at::Tensor> select(const PrefillRecord& r, const std::vector<int64_t>&) const override {
     std::vector<at::Tensor> out;
     for (const auto& k : r.k) out.push_back(at::ones({r.length(), k.size(0)}, k.options().dtype(at::kBool)));
@@ -89,7 +122,7 @@ class FullPolicy : public ScoredPolicy {
 
 class StreamingPolicy : public ScoredPolicy {
  public:
-  explicit StreamingPolicy(PolicyOptions o) : o_(std::move(o)) {}
+  using ScoredPolicy::ScoredPolicy;
   std::string name() const override { return "streamingllm"; }
   std::vector<at::Tensor> select(const PrefillRecord& r, const std::vector<int64_t>& budgets) const override {
     const int64_t T = r.length();
@@ -101,14 +134,11 @@ class StreamingPolicy : public ScoredPolicy {
       }
     });
   }
-
- private:
-  PolicyOptions o_;
 };
 
 class H2OPolicy : public ScoredPolicy {
  public:
-  explicit H2OPolicy(PolicyOptions o) : o_(std::move(o)) {}
+  using ScoredPolicy::ScoredPolicy;
   std::string name() const override { return "h2o"; }
   std::vector<at::Tensor> select(const PrefillRecord& r, const std::vector<int64_t>& budgets) const override {
     const int64_t T = r.length();
@@ -123,30 +153,37 @@ class H2OPolicy : public ScoredPolicy {
       }
     });
   }
-
- private:
-  PolicyOptions o_;
 };
 
 // SnapKV and its relatives: SnapKV scores; layer budgets as given (or PyramidKV's schedule);
-// heads split evenly (or by Ada-KV).
+// heads split evenly (or by Ada-KV). With kvpress's definitions PyramidKV's schedule is part
+// of the budgets (a function of the keep ratio, as kvpress computes it), not of the selection.
 class SnapFamilyPolicy : public ScoredPolicy {
  public:
   SnapFamilyPolicy(std::string name, PolicyOptions o, bool pyramid, bool ada)
-      : name_(std::move(name)), o_(std::move(o)), pyramid_(pyramid), ada_(ada) {}
+      : ScoredPolicy(std::move(o)), name_(std::move(name)), pyramid_(pyramid), ada_(ada) {}
   std::string name() const override { return name_; }
+
+  std::vector<int64_t> layer_budgets(double value, bool tokens, int64_t T, int64_t layers, int64_t Hkv) const override {
+    if (!(o_.kvpress && pyramid_)) return ScoredPolicy::layer_budgets(value, tokens, T, layers, Hkv);
+    // PyramidKVPress: T x (1 - compression_ratio), unrounded; N tokens per head stand for N / T.
+    const double capacity = tokens ? value : static_cast<double>(T) * (1.0 - (1.0 - value));
+    std::vector<int64_t> out = kvpress_pyramid(T, layers, capacity, o_.window, o_.beta);
+    for (int64_t& b : out) b *= Hkv;
+    return out;
+  }
 
   std::vector<at::Tensor> select(const PrefillRecord& r, const std::vector<int64_t>& budgets) const override {
     const int64_t T = r.length(), L = static_cast<int64_t>(r.k.size());
     std::vector<at::Tensor> out;
-    if (T <= 1) return FullPolicy().select(r, budgets);
+    if (T <= 1) return FullPolicy(o_).select(r, budgets);
     const int64_t w = std::min(o_.window, T - 1);
     PolicyOptions o = o_;
     o.window = w;
     // Selectable entries per layer (the window excluded).
     std::vector<int64_t> selectable(static_cast<size_t>(L));
     for (int64_t l = 0; l < L; ++l) selectable[l] = budgets.at(l) - r.k[l].size(0) * w;
-    if (pyramid_) {
+    if (pyramid_ && !o_.kvpress) {
       int64_t total = 0;
       for (int64_t s : selectable) total += std::max<int64_t>(s, 0);
       selectable = pyramid_budgets(L, total, r.k[0].size(0) * (T - w), o_.beta);
@@ -165,6 +202,11 @@ class SnapFamilyPolicy : public ScoredPolicy {
         continue;
       }
       const at::Tensor s = snapkv_scores(r.q[l], r.k[l], o);  // [Hkv, T-w]
+      if (o_.kvpress) {
+        out.push_back(ada_ ? kvpress_ada_flags(s, w, budgets.at(l), o_.alpha)
+                           : kvpress_top_flags(s, w, head_budgets(budgets.at(l), Hkv, T)));
+        continue;
+      }
       const auto extra = ada_ ? ada_allocate(s, selectable[l], o_.alpha) : split_even(selectable[l], Hkv);
       out.push_back(top_plus_tail(T, s, extra, w));
     }
@@ -173,7 +215,6 @@ class SnapFamilyPolicy : public ScoredPolicy {
 
  private:
   std::string name_;
-  PolicyOptions o_;
   bool pyramid_, ada_;
 };
 
@@ -198,6 +239,7 @@ Compressed compress_recorded(const LlamaModel& model, ProjectionAdapter* adapter
     c.layer_entries.push_back(flags[l].sum().item<int64_t>());
   }
   c.cache->advance(rec.length());
+  c.kept = flags;
   return c;
 }
 
@@ -217,13 +259,26 @@ class FlagRecorder : public KeyVisibility {
   Gates* gates_;
 };
 
-class GatePostPolicy : public Policy {
+// The gates' policies; with decode gating the gates keep their own cache from the prefill on and
+// flag decoded tokens too.
+class GatesPolicy : public Policy {
  public:
-  explicit GatePostPolicy(Gates* gates) : gates_(gates) {}
-  std::string name() const override { return "gate-post"; }
+  GatesPolicy(Gates* gates, bool decode_gating) : gates_(gates), decode_gating_(decode_gating) {}
   bool learned() const override { return true; }
+  KeyVisibility* decode_visibility() const override { return decode_gating_ ? gates_ : nullptr; }
+
+ protected:
+  Gates* gates_;
+  bool decode_gating_;
+};
+
+class GatePostPolicy : public GatesPolicy {
+ public:
+  using GatesPolicy::GatesPolicy;
+  std::string name() const override { return "gate-post"; }
   Compressed compress(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
                       const std::vector<int64_t>&) const override {
+    gates_->set_decode_cache(decode_gating_);
     FlagRecorder rec(gates_);
     return compress_recorded(model, adapter, context, &rec, [&](const PrefillRecord& r) {
       std::vector<at::Tensor> out;
@@ -234,40 +289,17 @@ class GatePostPolicy : public Policy {
       return out;
     });
   }
-
- private:
-  Gates* gates_;
 };
 
-class GatePolicy : public Policy {
+class GatePolicy : public GatesPolicy {
  public:
-  explicit GatePolicy(Gates* gates) : gates_(gates) {}
+  using GatesPolicy::GatesPolicy;
   std::string name() const override { return "gate"; }
-  bool learned() const override { return true; }
   Compressed compress(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
                       const std::vector<int64_t>&) const override {
-    c10::InferenceMode guard;
-    const int64_t L = model.config().num_hidden_layers, Hkv = model.config().num_key_value_heads;
-    Compressed c;
-    c.cache = std::make_unique<RaggedKVCache>(L);
-    gates_->set_decode_cache(false);
-    ForwardOptions fo;
-    fo.cache = c.cache.get();
-    fo.visibility = gates_;
-    fo.adapter = adapter;
-    const double t0 = now_seconds();
-    c.last_logits = model.forward(context_tensor(context), fo)[0][-1].to(at::kFloat);
-    c.prefill_seconds = now_seconds() - t0;
-    for (int64_t l = 0; l < L; ++l) {
-      int64_t n = 0;
-      for (int64_t g = 0; g < Hkv; ++g) n += c.cache->entries(l, g);
-      c.layer_entries.push_back(n);
-    }
-    return c;
+    gates_->set_decode_cache(decode_gating_);
+    return compress_forward(model, adapter, context, gates_, [&](int64_t l) { return gates_->flags(l); });
   }
-
- private:
-  Gates* gates_;
 };
 
 }  // namespace
@@ -282,6 +314,14 @@ at::Tensor record_prefill(const LlamaModel& model, ProjectionAdapter* adapter, c
   fo.adapter = adapter;
   fo.visibility = observer;
   return model.forward(context_tensor(context), fo)[0][-1].to(at::kFloat);
+}
+
+std::vector<int64_t> ScoredPolicy::layer_budgets(double value, bool tokens, int64_t T, int64_t layers, int64_t Hkv) const {
+  int64_t per_layer = 0;
+  if (tokens) per_layer = static_cast<int64_t>(value) * Hkv;
+  else if (o_.kvpress) per_layer = kvpress_n_kept(T, value) * Hkv;
+  else per_layer = std::llround(value * static_cast<double>(T * Hkv));
+  return std::vector<int64_t>(static_cast<size_t>(layers), per_layer);
 }
 
 Compressed ScoredPolicy::compress(const LlamaModel& model, ProjectionAdapter* adapter,
@@ -300,7 +340,7 @@ const std::vector<std::string>& baseline_names() {
 }
 
 std::unique_ptr<ScoredPolicy> make_policy(const std::string& name, const PolicyOptions& o) {
-  if (name == "full") return std::make_unique<FullPolicy>();
+  if (name == "full") return std::make_unique<FullPolicy>(o);
   if (name == "streamingllm") return std::make_unique<StreamingPolicy>(o);
   if (name == "h2o") return std::make_unique<H2OPolicy>(o);
   if (name == "snapkv") return std::make_unique<SnapFamilyPolicy>(name, o, false, false);
@@ -309,12 +349,12 @@ std::unique_ptr<ScoredPolicy> make_policy(const std::string& name, const PolicyO
   if (name == "ada-pyramid") return std::make_unique<SnapFamilyPolicy>(name, o, true, true);
   std::string list;
   for (const auto& n : baseline_names()) list += (list.empty() ? "" : ", ") + n;
-  throw_usage("unknown policy '" + name + "' (choose from " + list + ", gate, gate-post)");
+  throw_usage("unknown policy '" + name + "'", "choose from " + list + ", gate, gate-post");
 }
 
-std::unique_ptr<Policy> gate_policy(Gates* gates, bool after_prefill) {
-  if (after_prefill) return std::make_unique<GatePostPolicy>(gates);
-  return std::make_unique<GatePolicy>(gates);
+std::unique_ptr<Policy> gate_policy(Gates* gates, bool after_prefill, bool decode_gating) {
+  if (after_prefill) return std::make_unique<GatePostPolicy>(gates, decode_gating);
+  return std::make_unique<GatePolicy>(gates, decode_gating);
 }
 
 }  // namespace agate::evict

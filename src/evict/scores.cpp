@@ -41,9 +41,18 @@ at::Tensor snapkv_scores(const at::Tensor& q, const at::Tensor& k, const PolicyO
   if (o.kernel < 1 || o.kernel % 2 == 0) throw_usage("the pooling kernel must be odd and >= 1");
   at::Tensor qw = grouped(q, Hkv).slice(2, T - w, T);                         // [Hkv, G, w, hd]
   at::Tensor a = causal_probs(qw, k.to(at::kFloat), T - w).slice(3, 0, T - w); // [Hkv, G, w, T-w]
+  const int64_t pad = o.kernel / 2;
+  if (o.kvpress) {  // SnapKVPress.score: mean over the window, avg-pooled per query head, then the GQA mean
+    if (o.pooling != "avg" || o.gqa != "mean") {
+      throw_usage("kvpress's SnapKV pools by avg and reduces GQA by mean (got pooling " + o.pooling + ", gqa " + o.gqa + ")",
+                  "drop --pooling/--gqa with --kvpress-compat");
+    }
+    const int64_t G = a.size(1), n = T - w;
+    at::Tensor m = a.mean(2).reshape({1, Hkv * G, n});
+    return at::avg_pool1d(m, {o.kernel}, {1}, {pad})[0].view({Hkv, G, n}).mean(1);
+  }
   at::Tensor s = reduce_group(a.sum(2), o);                                    // [Hkv, T-w]
   if (o.kernel == 1) return s;
-  const int64_t pad = o.kernel / 2;
   if (o.pooling == "max") return at::max_pool1d(s.unsqueeze(0), {o.kernel}, {1}, {pad})[0];
   if (o.pooling == "avg") return at::avg_pool1d(s.unsqueeze(0), {o.kernel}, {1}, {pad})[0];
   throw_usage("unknown pooling '" + o.pooling + "' (use max or avg)");

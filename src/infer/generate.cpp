@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "agate/evict/policy.h"
 #include "agate/gate/gates.h"
 #include "agate/infer/ragged_kv_cache.h"
 #include "agate/model/llama.h"
@@ -31,44 +32,37 @@ int64_t pick(const at::Tensor& logits, const GenerateOptions& o, at::Generator& 
 
 }  // namespace
 
-GenerateResult generate(const LlamaModel& model, Gates* gates, const std::vector<int64_t>& prompt,
-                        const GenerateOptions& o) {
+GenerateResult generate(const LlamaModel& model, const evict::Policy& policy, const std::vector<int64_t>& layer_budgets,
+                        const std::vector<int64_t>& prompt, const GenerateOptions& o) {
   if (prompt.empty()) throw_usage("generate needs a prompt of at least one token");
   if (o.max_new < 0) throw_usage("--max-new must be >= 0");
   if (o.top_p <= 0 || o.top_p > 1) throw_usage("--top-p must be in (0, 1]");
   c10::InferenceMode guard;
   const ModelConfig& c = model.config();
-  RaggedKVCache cache(c.num_hidden_layers);
   auto gen = at::make_generator<at::CPUGeneratorImpl>(o.seed);
   GenerateResult res;
   res.prompt_tokens = static_cast<int64_t>(prompt.size());
 
-  if (gates) gates->set_decode_cache(o.gate_decode);
-  ForwardOptions prefill;
-  prefill.cache = &cache;
-  prefill.visibility = gates;
-  const double t0 = now_seconds();
-  at::Tensor logits = model.forward(at::tensor(prompt, at::kLong).unsqueeze(0), prefill);  // [1, T, V]
-  res.prefill_tokens_per_s = static_cast<double>(prompt.size()) / std::max(now_seconds() - t0, 1e-9);
-  // What each layer/head kept of the prompt.
-  res.kept.assign(static_cast<size_t>(c.num_hidden_layers),
-                  std::vector<std::vector<bool>>(static_cast<size_t>(c.num_key_value_heads),
-                                                 std::vector<bool>(prompt.size(), false)));
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    at::Tensor f = gates ? gates->flags(l) : at::Tensor();  // [1, T, Hkv]
-    if (f.defined()) f = f.to(at::kCPU, at::kFloat).contiguous();  // one read per layer
-    for (int64_t g = 0; g < c.num_key_value_heads; ++g)
-      for (size_t p = 0; p < prompt.size(); ++p)
-        res.kept[l][g][p] = !f.defined() || f.data_ptr<float>()[static_cast<int64_t>(p) * c.num_key_value_heads + g] > 0.5f;
+  evict::Compressed cmp = policy.compress(model, nullptr, prompt, layer_budgets);
+  RaggedKVCache& cache = *cmp.cache;
+  res.prefill_tokens_per_s = static_cast<double>(prompt.size()) / std::max(cmp.prefill_seconds + cmp.select_seconds, 1e-9);
+  // What each layer/head kept of the prompt: one read per layer.
+  for (const at::Tensor& layer : cmp.kept) {
+    const at::Tensor f = layer.to(at::kCPU).contiguous();  // [T, Hkv] bool
+    auto fa = f.accessor<bool, 2>();
+    std::vector<std::vector<bool>> heads(static_cast<size_t>(f.size(1)), std::vector<bool>(prompt.size()));
+    for (int64_t g = 0; g < f.size(1); ++g)
+      for (int64_t p = 0; p < f.size(0); ++p) heads[static_cast<size_t>(g)][static_cast<size_t>(p)] = fa[p][g];
+    res.kept.push_back(std::move(heads));
   }
 
   ForwardOptions decode;
   decode.cache = &cache;
-  if (o.gate_decode) decode.visibility = gates;  // else every decoded token is kept
+  decode.visibility = policy.decode_visibility();  // null: every decoded token is kept
   const double t1 = now_seconds();
   // Logits come to the host once per token (the next id is needed there, for stop tokens and
   // printing); sampling runs on the CPU, so a seed gives the same text on every device.
-  at::Tensor last = logits[0][-1].to(at::kCPU, at::kFloat);
+  at::Tensor last = cmp.last_logits.to(at::kCPU, at::kFloat);
   for (int64_t i = 0; i < o.max_new; ++i) {
     const int64_t next = pick(last, o, gen);
     res.tokens.push_back(next);
@@ -83,6 +77,15 @@ GenerateResult generate(const LlamaModel& model, Gates* gates, const std::vector
   const int64_t per_entry = c.head_dim * 2 * (model.dtype() == at::kBFloat16 ? 2 : 4);
   res.kv_bytes = cache.bytes();
   res.kv_bytes_full = res.kv_entries_full * per_entry;
+  return res;
+}
+
+GenerateResult generate(const LlamaModel& model, Gates* gates, const std::vector<int64_t>& prompt,
+                        const GenerateOptions& o) {
+  const std::unique_ptr<evict::Policy> policy =
+      gates ? evict::gate_policy(gates, false, o.gate_decode) : evict::make_policy("full", evict::PolicyOptions());
+  GenerateResult res = generate(model, *policy, std::vector<int64_t>(static_cast<size_t>(model.config().num_hidden_layers), 0),
+                                prompt, o);
   if (gates) gates->set_decode_cache(false);
   return res;
 }

@@ -185,6 +185,92 @@ TEST(Evict, EveryPolicyAtKeepOneEqualsTheFullCache) {
   }
 }
 
+// ---- kvpress 0.5.5's definitions (PolicyOptions::kvpress); tests/oracles/kvpress_oracle.py
+// checks them against kvpress itself. Expected values below are what kvpress 0.5.5 computes
+// (PyramidKVPress.get_layer_budget, compute_n_kept, AdaKVPress.compress).
+
+TEST(Kvpress, BudgetsAreComputeNKept) {
+  EXPECT_EQ(kvpress_n_kept(20, 0.5), 10);
+  EXPECT_EQ(kvpress_n_kept(10, 0.3), 3);   // 10 x (1 - 0.7) = 3.0000000000000004
+  EXPECT_EQ(kvpress_n_kept(7, 0.25), 1);   // floor(1.75)
+  EXPECT_EQ(kvpress_n_kept(3, 0.1), 1);    // never 0
+  PolicyOptions o;
+  o.kvpress = true;
+  EXPECT_EQ(make_policy("snapkv", o)->layer_budgets(0.5, false, 21, 3, 2), (std::vector<int64_t>{20, 20, 20}));
+  EXPECT_EQ(make_policy("h2o", o)->layer_budgets(8, true, 21, 2, 3), (std::vector<int64_t>{24, 24}));
+  o.kvpress = false;  // agate's own: round(R T Hkv) per layer
+  EXPECT_EQ(make_policy("snapkv", o)->layer_budgets(0.5, false, 21, 3, 2), (std::vector<int64_t>{21, 21, 21}));
+}
+
+TEST(Kvpress, PyramidScheduleIsGetLayerBudget) {
+  // T 40, compression 0.5, window 4, beta 2: min 10, max 30, step 6.67 (kvpress: 30, 23, 17, 10).
+  EXPECT_EQ(kvpress_pyramid(40, 4, 20.0, 4, 2), (std::vector<int64_t>{30, 23, 17, 10}));
+  // beta 20: max 39 capped at T - window = 36, so min = 2 x 20 - 36 = 4 (not below the window).
+  EXPECT_EQ(kvpress_pyramid(40, 4, 20.0, 4, 20), (std::vector<int64_t>{36, 25, 15, 4}));
+  // min = 25 / 20 < window 8 -> SnapKV's uniform round(T (1 - cr)), halves to even.
+  EXPECT_EQ(kvpress_pyramid(100, 4, 25.0, 8, 20), (std::vector<int64_t>{25, 25, 25, 25}));
+  EXPECT_EQ(kvpress_pyramid(50, 2, 12.5, 8, 20), (std::vector<int64_t>{12, 12}));
+  EXPECT_EQ(kvpress_pyramid(54, 2, 13.5, 8, 20), (std::vector<int64_t>{14, 14}));
+  // max capped at T - window: 36; min = 2 x 30 - 36 = 24.
+  EXPECT_EQ(kvpress_pyramid(40, 3, 30.0, 4, 2), (std::vector<int64_t>{36, 30, 24}));
+  PolicyOptions o;
+  o.kvpress = true;
+  o.window = 4;
+  o.beta = 2;
+  EXPECT_EQ(make_policy("pyramidkv", o)->layer_budgets(0.5, false, 40, 4, 2), (std::vector<int64_t>{60, 46, 34, 20}));
+}
+
+TEST(Kvpress, AdaProtectsTheSafeguardThenRanksAcrossHeads) {
+  // Window 2 (padded to max + 1), 4 per head: head 0 holds the layer's top scores.
+  const at::Tensor s = at::tensor({0.9f, 0.8f, 0.7f, 0.6f, 0.15f, 0.14f, 0.05f, 0.04f, 0.03f, 0.02f, 0.01f, 0.0f}).view({2, 6});
+  // alpha 0.5: 2 protected per head = the window; the other 4 go to head 0's top scores.
+  at::Tensor f = kvpress_ada_flags(s, 2, 8, 0.5);
+  EXPECT_EQ(kept_positions(f, 0), (std::vector<int64_t>{0, 1, 2, 3, 6, 7}));
+  EXPECT_EQ(kept_positions(f, 1), (std::vector<int64_t>{6, 7}));
+  // alpha 1: each head's top 4 protected, which is the whole budget.
+  f = kvpress_ada_flags(s, 2, 8, 1.0);
+  EXPECT_EQ(kept_positions(f, 0), (std::vector<int64_t>{0, 1, 6, 7}));
+  EXPECT_EQ(kept_positions(f, 1), (std::vector<int64_t>{0, 1, 6, 7}));
+}
+
+TEST(Kvpress, SnapKVScoresAreTheWindowMeanPooledPerQueryHead) {
+  // avg pooling and the GQA mean are linear: kvpress's order (mean over the window, pool per
+  // query head, then the group mean) is agate's (sum, group mean, pool) divided by the window.
+  const int64_t w = 3;
+  at::Tensor q = at::randn({4, 13, 8}), k = at::randn({2, 13, 8});
+  PolicyOptions o;
+  o.window = w;
+  o.kernel = 5;
+  o.pooling = "avg";
+  const at::Tensor ours = snapkv_scores(q, k, o);
+  o.kvpress = true;
+  EXPECT_TRUE(at::allclose(snapkv_scores(q, k, o) * w, ours, 1e-5, 1e-7));
+  o.pooling = "max";
+  EXPECT_NE(test::error_of([&] { snapkv_scores(q, k, o); }).find("kvpress's SnapKV pools by avg"), std::string::npos);
+}
+
+TEST(Kvpress, EveryBaselineKeepsExactlyItsBudget) {
+  c10::NoGradGuard no_grad;
+  const ModelConfig c = test::tiny_config(4, 2);
+  const LlamaModel m = LlamaModel::init_random(c, 3, at::kFloat);
+  const auto ctx = random_context(40, c.vocab_size, 1);
+  PolicyOptions o;
+  o.window = 4;
+  o.kvpress = true;
+  o.pooling = "avg";
+  o.beta = 2;
+  for (const auto& name : baseline_names()) {
+    for (double keep : {0.25, 0.5, 0.75, 1.0}) {
+      const auto p = make_policy(name, o);
+      const std::vector<int64_t> budgets = p->layer_budgets(keep, false, 40, 2, 2);
+      const Compressed cmp = p->compress(m, nullptr, ctx, budgets);
+      if (name == "full") continue;
+      EXPECT_EQ(cmp.layer_entries, budgets) << name << " keep " << keep;
+      for (size_t l = 0; l < 2; ++l) EXPECT_EQ(cmp.kept[l].sum().item<int64_t>(), budgets[l]) << name;
+    }
+  }
+}
+
 TEST(Evict, UnknownPolicyIsRefusedWithTheList) {
   const std::string e = test::error_of([] { make_policy("snapkv2", PolicyOptions()); });
   EXPECT_NE(e.find("unknown policy 'snapkv2'"), std::string::npos) << e;

@@ -1,5 +1,6 @@
-// Text generation over the ragged KV cache: a gated prefill keeps only the flagged entries per
-// KV head; decoding appends new tokens, all of them or (gate_decode) only those the gate keeps.
+// Text generation over the ragged KV cache: an eviction policy compresses the prompt (the
+// gates during their prefill, a training-free policy after a full one: evict::Policy), then
+// decoding appends new tokens, all of them or (the gates' decode gating) only those they keep.
 #pragma once
 
 #include <cstdint>
@@ -10,6 +11,9 @@ namespace agate {
 
 class LlamaModel;
 class Gates;
+namespace evict {
+class Policy;
+}
 
 struct GenerateOptions {
   int64_t max_new = 64;
@@ -17,7 +21,7 @@ struct GenerateOptions {
   double top_p = 1.0;        // nucleus sampling when temperature > 0
   uint64_t seed = 0;
   std::vector<int64_t> stop_ids;  // generation stops after any of these (e.g. EOS)
-  bool gate_decode = false;       // also gate decoded tokens (the gate keeps its own cache)
+  bool gate_decode = false;       // generate(gates): also gate decoded tokens (the gate keeps its own cache)
 };
 
 struct GenerateResult {
@@ -25,12 +29,17 @@ struct GenerateResult {
   int64_t prompt_tokens = 0;
   int64_t kv_entries = 0, kv_entries_full = 0;  // stored vs a full cache, after generation
   int64_t kv_bytes = 0, kv_bytes_full = 0;
-  double prefill_tokens_per_s = 0, decode_tokens_per_s = 0;
-  // kept[layer][kv_head][prompt position]: the gates' prefill flags (what --show-evictions draws).
+  double prefill_tokens_per_s = 0, decode_tokens_per_s = 0;  // prefill: the policy's prefill + selection
+  // kept[layer][kv_head][prompt position]: what the policy kept of the prompt (what
+  // --show-evictions draws and --flags-out writes).
   std::vector<std::vector<std::vector<bool>>> kept;
 };
 
-// prompt: token ids (at least 1). gates may be null (full cache).
+// prompt: token ids (at least 1), compressed by `policy` with one budget per layer (see
+// evict::Policy; ignored by full and the gates); decoding follows policy.decode_visibility().
+GenerateResult generate(const LlamaModel& model, const evict::Policy& policy, const std::vector<int64_t>& layer_budgets,
+                        const std::vector<int64_t>& prompt, const GenerateOptions& options);
+// The gates' policy (options.gate_decode: with decode gating), or with gates null the full cache.
 GenerateResult generate(const LlamaModel& model, Gates* gates, const std::vector<int64_t>& prompt,
                         const GenerateOptions& options);
 
