@@ -142,19 +142,16 @@ else:
     ids = tok(HELD_OUT, add_special_tokens=False)["input_ids"]
     model = hf_model(smol, "float32")
     compare("SmolLM2-135M", smol, ids, "float32", model)
-    # TEMP until generate --tokens lands (merge of the generate-policies branch).
-    if "--tokens" not in lib.agate(BIN, "generate", "--help", threads=None):
-        checks.finish()
-    prompt = tok("Question: What is the tallest mountain in Africa, and how high is it?\nAnswer:",
-                 add_special_tokens=False)["input_ids"]
+    prompt = tok("The history of the printing press begins in the fifteenth century, when", add_special_tokens=False)["input_ids"]
+    eos = tok.eos_token_id
     with torch.no_grad():
-        hf_out = model.generate(torch.tensor([prompt]), max_new_tokens=64, min_new_tokens=64, do_sample=False,
-                                pad_token_id=tok.eos_token_id)[0, len(prompt):].tolist()
-    out = lib.agate(BIN, "generate", "--model", smol, "--tokens", ",".join(map(str, prompt)), "--max-new", 64,
-                    "--ignore-eos", "--ids-out", "-")
-    got = json.loads(out.strip().splitlines()[-1])["generated"]
+        hf_out = model.generate(torch.tensor([prompt]), max_new_tokens=64, do_sample=False, eos_token_id=eos,
+                                pad_token_id=eos)[0, len(prompt):].tolist()
+    out = lib.agate(BIN, "generate", "--model", smol, "--tokens", ",".join(map(str, prompt)), "--max-new", 64)
+    line = next(l for l in out.splitlines() if l.startswith("[ids] "))
+    got = [int(x) for x in line[len("[ids] "):].split(",") if x]
     same = next((i for i, (a, b) in enumerate(zip(got, hf_out)) if a != b), min(len(got), len(hf_out)))
-    checks.check(got == hf_out, "SmolLM2-135M greedy 64 tokens == transformers generate",
-                 f"identical for {same} of {len(hf_out)} tokens")
+    checks.check(got == hf_out and len(hf_out) == 64, "SmolLM2-135M greedy generation == transformers generate",
+                 f"identical for {same} tokens; agate {len(got)}, transformers {len(hf_out)} (of 64)")
 
 checks.finish()
