@@ -84,7 +84,9 @@ int cmd_eval(const Argv& argv) {
   if (task_name == "ppl") {
     task = eval::perplexity_task(args.get("data"), args.get_int("context"), args.get_int("continuation"), samples);
   } else {
-    auto tok = Tokenizer::load(args.get_or("tokenizer", default_tokenizer_path(model_dir)));
+    const std::string tok_path = args.get_or("tokenizer", default_tokenizer_path(model_dir));
+    auto tok = Tokenizer::load(tok_path);
+    check_tokenizer_fits(*tok, tok_path, model.config().vocab_size);
     task = task_name == "choice" ? eval::choice_task(args.get("file"), *tok, args.flag("add-bos"), samples)
                                  : eval::passkey_task(args.get("file"), *tok, SftTemplate::named(args.get("template")),
                                                       args.flag("add-bos"), samples);

@@ -112,12 +112,14 @@ int cmd_generate(const Argv& argv) {
   const std::string model_dir = args.get("model");
   const std::string text = args.has("prompt") ? args.get("prompt") : args.has("prompt-file") ? read_file(args.get("prompt-file")) : "";
   std::unique_ptr<Tokenizer> tok;  // with --tokens only needed to show text: a default one that fails to load is skipped
+  const std::string tok_path = args.get_or("tokenizer", default_tokenizer_path(model_dir));
   try {
-    tok = Tokenizer::load(args.get_or("tokenizer", default_tokenizer_path(model_dir)));
+    tok = Tokenizer::load(tok_path);
   } catch (const Error&) {
     if (!ids_given || args.has("tokenizer")) throw;
   }
   LlamaModel model = LlamaModel::load(model_dir, parse_compute_dtype(args.get("dtype")), device_from(args));
+  if (tok) check_tokenizer_fits(*tok, tok_path, model.config().vocab_size);
   std::unique_ptr<Gates> gates;
   if (args.has("gates")) gates = load_gate_export(args.get("gates"), model, model_dir);
   std::vector<int64_t> prompt;

@@ -73,6 +73,7 @@ int cmd_score(const Argv& argv) {
   if (args.has("text")) {
     const std::string tok_path = args.get_or("tokenizer", default_tokenizer_path(args.get("model")));
     auto tok = Tokenizer::load(tok_path);
+    check_tokenizer_fits(*tok, tok_path, model.config().vocab_size);
     if (tok->bos_id() >= 0) tokens.push_back(tok->bos_id());
     for (int32_t id : tok->encode(args.get("text"))) tokens.push_back(id);
   } else {

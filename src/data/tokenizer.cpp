@@ -150,6 +150,13 @@ std::string default_tokenizer_path(const std::string& model_dir) {
   return json;
 }
 
+void check_tokenizer_fits(const Tokenizer& tok, const std::string& path, int64_t model_vocab) {
+  if (tok.vocab_size() <= model_vocab) return;
+  throw_input(path, "has " + std::to_string(tok.vocab_size()) + " token ids but the model has only " +
+                        std::to_string(model_vocab) + " embeddings",
+              "use the tokenizer that ships with the model (--tokenizer DIR/tokenizer.json)");
+}
+
 void train_tokenizer(const TokenizerTrainOptions& o) {
   if (o.inputs.empty()) throw_usage("tokenizer training needs at least one --input file");
   for (const auto& in : o.inputs) {

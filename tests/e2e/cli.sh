@@ -28,6 +28,13 @@ check "inspect counts parameters" "grep -q 'parameters' $tmp/o"
 check "score prints 3 logprobs" "python3 -c 'import json; d=json.load(open(\"$tmp/o\")); assert len(d[\"logprobs\"])==3 and abs(sum(d[\"logprobs\"])-d[\"total\"])<1e-9'"
 "$AGATE" score --model "$tmp/m" --tokens 1,2,999 >"$tmp/o" 2>&1; check "score refuses out-of-vocab ids (exit 2)" "[[ $? == 2 ]]"
 check "error is one line" "[[ \$(wc -l <$tmp/o) == 1 ]] && grep -q 'outside the vocabulary' $tmp/o"
+smol_tok=$SRC/models/smollm2-135m-instruct/tokenizer.json  # scripts/get_model.sh smollm2
+if [[ -f $smol_tok ]]; then
+  "$AGATE" score --model "$tmp/m" --text "hello" --tokenizer "$smol_tok" >"$tmp/o" 2>&1
+  check "a tokenizer larger than the model is refused (exit 2, one line, hint)" "[[ $? == 2 && \$(wc -l <$tmp/o) == 1 ]] && grep -q 'has 49152 token ids but the model has only 97 embeddings.*hint' $tmp/o"
+else
+  echo "skip tokenizer/model mismatch check: no $smol_tok"
+fi
 # generate --policy over --tokens (no tokenizer in the folder): every policy, the flags JSON.
 ids=3,14,15,9,26,5,35,8,7,3,23,84,62,64,33,83,27,9,50,28
 for p in streamingllm h2o snapkv pyramidkv ada-snapkv ada-pyramid; do

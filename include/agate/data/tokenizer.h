@@ -38,6 +38,11 @@ class Tokenizer {
 // says why).
 std::string default_tokenizer_path(const std::string& model_dir);
 
+// Refuses (input error naming `path`) a tokenizer with more ids than the model has embeddings:
+// its text could encode to ids the model cannot read. A smaller tokenizer is fine (models pad
+// their embedding tables, e.g. Qwen2's 151,936 rows for 151,665 tokens).
+void check_tokenizer_fits(const Tokenizer& tok, const std::string& path, int64_t model_vocab);
+
 struct TokenizerTrainOptions {
   std::vector<std::string> inputs;  // text files, one sentence/paragraph per line
   std::string out;                  // output path, e.g. tok.model (a .vocab file goes beside it)
