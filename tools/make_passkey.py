@@ -27,7 +27,7 @@ def sentences_from(path):
     return out
 
 
-def make(rng, pool, min_words, max_words, digits):
+def make(rng, pool, min_words, max_words, digits, answer="sentence"):
     words_total = rng.randint(min_words, max_words)
     filler = []
     n = 0
@@ -40,7 +40,8 @@ def make(rng, pool, min_words, max_words, digits):
     cut = int(round(depth * len(filler)))
     needle = "The pass key is %s. Remember it. %s is the pass key." % (key, key)
     prompt = " ".join(filler[:cut] + [needle] + filler[cut:]) + " What is the pass key?"
-    return {"prompt": prompt, "response": "The pass key is %s." % key, "passkey": key,
+    response = "The pass key is %s." % key if answer == "sentence" else " %s." % key
+    return {"prompt": prompt, "response": response, "passkey": key,
             "depth": round(cut / max(1, len(filler)), 3)}
 
 
@@ -53,6 +54,9 @@ def main():
     ap.add_argument("--max-words", type=int, default=120, help="filler words, at most")
     ap.add_argument("--digits", type=int, default=5, help="digits of the pass key")
     ap.add_argument("--filler", help="take filler sentences from this text file")
+    ap.add_argument("--answer", choices=["sentence", "key"], default="sentence",
+                    help="response: 'The pass key is K.' (sentence), or ' K.' for a template whose assistant "
+                         "prefix already says 'The pass key is' (plain completion, e.g. recipes/smollm2/passkey_template.json)")
     a = ap.parse_args()
     if a.n < 1 or a.min_words < 0 or a.max_words < a.min_words or not 1 <= a.digits <= 18:
         ap.error("need --n >= 1, 0 <= --min-words <= --max-words, 1 <= --digits <= 18")
@@ -60,7 +64,7 @@ def main():
     pool = sentences_from(a.filler) if a.filler else FILLER
     out = sys.stdout if a.out == "-" else open(a.out, "w", encoding="utf-8")
     for _ in range(a.n):
-        out.write(json.dumps(make(rng, pool, a.min_words, a.max_words, a.digits)) + "\n")
+        out.write(json.dumps(make(rng, pool, a.min_words, a.max_words, a.digits, a.answer)) + "\n")
     if out is not sys.stdout:
         out.close()
 

@@ -158,7 +158,7 @@ EncodedDoc encode(const Tokenizer& tok, const RawDoc& d, const TokenizeOptions& 
       append(o.sft_template.assistant_prefix, 0);
       append(m.content, 1);
       append(o.sft_template.assistant_suffix, 1);
-      if (tok.eos_id() >= 0) {
+      if (o.sft_template.end_with_eos && tok.eos_id() >= 0) {
         e.tokens.push_back(eos);
         e.mask.push_back(1);
       }
@@ -212,13 +212,18 @@ SftTemplate SftTemplate::named(const std::string& name) {
     throw_input(name, std::string("is not valid JSON: ") + e.what());
   }
   for (auto it = j.begin(); it != j.end(); ++it) {
+    if (it.key() == "eos") {
+      if (!it.value().is_boolean()) throw_input(name, "template key \"eos\" must be true or false");
+      t.end_with_eos = it.value().get<bool>();
+      continue;
+    }
     if (!it.value().is_string()) throw_input(name, "template key \"" + it.key() + "\" must be a string");
     const std::string v = it.value().get<std::string>();
     if (it.key() == "system") t.system = v;
     else if (it.key() == "user") t.user = v;
     else if (it.key() == "assistant_prefix") t.assistant_prefix = v;
     else if (it.key() == "assistant_suffix") t.assistant_suffix = v;
-    else throw_input(name, "unknown template key \"" + it.key() + "\"", "keys: system, user, assistant_prefix, assistant_suffix");
+    else throw_input(name, "unknown template key \"" + it.key() + "\"", "keys: system, user, assistant_prefix, assistant_suffix, eos");
   }
   return t;
 }

@@ -311,6 +311,23 @@ TEST(Tokenize, CptTextBecomesDocumentsWithEos) {
   EXPECT_EQ(tok.decode(last), "a wife");
 }
 
+// A plain-completion probe (recipes/smollm2/passkey_template.json) scores the answer alone: a
+// template with "eos": false puts no EOS after the reply.
+TEST(Tokenize, TemplateWithoutEosScoresTheReplyAlone) {
+  TempDir d;
+  const Tokenizer& tok = TokenizerEnv::get();
+  test::write_bytes(d.file("t.json"), "{\"user\": \"{content}\", \"assistant_prefix\": \" The key is\", \"eos\": false}");
+  const SftTemplate plain = SftTemplate::named(d.file("t.json"));
+  EXPECT_FALSE(plain.end_with_eos);
+  const SftPair p = encode_sft_pair(tok, "Remember 42917.", " 42917.", plain, false);
+  EXPECT_EQ(tok.decode(std::vector<int32_t>(p.target.begin(), p.target.end())), " 42917.");
+  EXPECT_NE(p.target.back(), tok.eos_id());
+  const SftPair with_eos = encode_sft_pair(tok, "Remember 42917.", " 42917.", SftTemplate::named("default"), false);
+  EXPECT_EQ(with_eos.target.back(), tok.eos_id());
+  test::write_bytes(d.file("bad.json"), "{\"eos\": \"no\"}");
+  EXPECT_NE(error_of([&] { SftTemplate::named(d.file("bad.json")); }).find("\"eos\" must be true or false"), std::string::npos);
+}
+
 TEST(Tokenize, SftMasksCoverExactlyTheResponse) {
   TempDir d;
   const Tokenizer& tok = TokenizerEnv::get();

@@ -21,8 +21,10 @@ struct SftTemplate {
   std::string user = "### Instruction:\n{content}\n\n";
   std::string assistant_prefix = "### Response:\n";
   std::string assistant_suffix = "";
+  bool end_with_eos = true;  // EOS after each reply (a loss target); false for plain-completion probes
 
-  // "default" (above), "chatml", or a JSON file with any of the four keys.
+
+  // "default" (above), "chatml", or a JSON file with any of the four string keys and "eos" (bool).
   static SftTemplate named(const std::string& name_or_file);
 };
 
