@@ -32,6 +32,12 @@ else
   step "1-2/8 using $AGATE (DEMO_AGATE): no install, no build"
 fi
 
+# The real model by default; DEMO_MODEL=tiny is the self-pretrained 6.8 M model (fast, no download).
+if [[ ${DEMO_MODEL:-smollm2} == smollm2 ]]; then
+  AGATE=$AGATE DEMO_T0=$t0 exec bash scripts/demo_smollm2.sh
+fi
+[[ ${DEMO_MODEL} == tiny ]] || { echo "demo: unknown DEMO_MODEL '${DEMO_MODEL}' (hint: smollm2 or tiny)" >&2; exit 2; }
+
 if [[ -z ${DEMO_CORPUS:-} ]]; then
   step "3/8 default corpus: Austen + King James Bible + Shakespeare -> tokenizer -> token shards"
   AGATE=$AGATE scripts/prepare_corpus.sh

@@ -11,7 +11,7 @@ make_tiny_setup "$AGATE" "$tmp"
 mkdir -p "$tmp/corpus" && cp "$tmp/tok.model" "$tmp/corpus/tokenizer.model" && ln -s "$tmp/data" "$tmp/corpus/tokens"
 
 run_demo() {
-  DEMO_AGATE="$AGATE" DEMO_CORPUS="$tmp/corpus" DEMO_DIR="$tmp/demo" DEMO_PRETRAIN_STEPS=30 DEMO_GATE_STEPS=20 \
+  DEMO_MODEL=tiny DEMO_AGATE="$AGATE" DEMO_CORPUS="$tmp/corpus" DEMO_DIR="$tmp/demo" DEMO_PRETRAIN_STEPS=30 DEMO_GATE_STEPS=20 \
     DEMO_EVAL_SAMPLES=4 bash scripts/demo.sh >"$tmp/out" 2>&1
 }
 run_demo
