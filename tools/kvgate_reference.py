@@ -36,12 +36,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
 import json
 import os
-import struct
 import sys
-import zlib
 from typing import Dict, List, Optional
 
 import torch
@@ -51,32 +48,9 @@ sys.dont_write_bytecode = True  # keep tools/ free of __pycache__
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import llama_reference as ref  # noqa: E402
 
-
-def weights_fingerprint(model_dir: str) -> str:
-    """agate's fingerprint of a model folder (src/model/inspect.cpp): CRC-32 over config.json,
-    then per *.safetensors file (sorted) its header, its size (u64 LE) and its data (for data
-    over 64 MiB: the first and last 4 MiB and 256 evenly spaced 4 KiB blocks)."""
-    with open(os.path.join(model_dir, "config.json"), "rb") as f:
-        crc = zlib.crc32(f.read())
-    for path in sorted(glob.glob(os.path.join(model_dir, "*.safetensors"))):
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            first = f.read(8)
-            n = struct.unpack("<Q", first)[0] if len(first) == 8 else 0
-            head = min(size, 8 + n)
-            f.seek(0)
-            crc = zlib.crc32(f.read(head), crc)
-            crc = zlib.crc32(struct.pack("<Q", size), crc)
-            body = size - head
-            if body <= 64 << 20:
-                crc = zlib.crc32(f.read(body), crc)
-            else:
-                edge, block = 4 << 20, 4096
-                for off, n_bytes in [(0, edge), (body - edge, edge)] + [
-                        ((body - block) // 255 * i, block) for i in range(256)]:
-                    f.seek(head + off)
-                    crc = zlib.crc32(f.read(n_bytes), crc)
-    return f"0x{crc:08x}"
+# agate's base-weights fingerprint is defined once, in the agate_gates package (python/).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
+from agate_gates.fingerprint import weights_fingerprint  # noqa: E402,F401
 
 
 class KVGates:
