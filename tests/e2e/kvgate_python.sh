@@ -2,7 +2,9 @@
 # The gate export read by another program: tools/kvgate_reference.py (plain PyTorch on top of
 # tools/llama_reference.py) recomputes, from the export folder and the base model alone, the
 # keep flags per (layer, KV head, prompt token) that `agate generate --gates` uses, for both
-# gate types (attention; mlp with a recent window). Needs the venv from scripts/setup.sh (torch 2.11).
+# gate types (attention; mlp with a recent window); and python/agate_gates' AgatePress (kvpress)
+# reads the same exports and flags what `agate generate --policy gate-post` flags (when kvpress
+# is there). Needs the venv from scripts/setup.sh (torch 2.11).
 set -uo pipefail
 AGATE=$1; SRC=$2
 PY=${AGATE_PYTHON:-$SRC/.venv/bin/python}
@@ -56,6 +58,32 @@ PY
   local rc=$?
   echo "     $name: $(cat "$tmp/cmp")"
   check "$name: flags equal (<= 1% differ), some evicted" "[[ $rc == 0 ]]"
+
+  # The agate_gates package (python/) on the real export: AgatePress's flags (kvpress, after a
+  # full prefill) equal agate's gate-post flags.
+  if "$PY" -c "import kvpress, safetensors" >/dev/null 2>&1; then
+    "$AGATE" generate --model "$tmp/pre/model" --gates "$tmp/$name-export" --policy gate-post --tokens "$ids" \
+      --max-new 1 --flags-out "$tmp/$name-post.json" >"$tmp/o" 2>&1
+    PYTHONPATH="$SRC/python" PYTHONDONTWRITEBYTECODE=1 "$PY" - "$tmp/pre/model" "$tmp/$name-export" "$tmp/$name-post.json" >"$tmp/cmp" 2>&1 <<'PY'
+import json, sys, torch
+from transformers import AutoModelForCausalLM, DynamicCache
+from agate_gates import AgatePress
+model_dir, export, flags = sys.argv[1:4]
+a = json.load(open(flags))
+model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa", dtype=torch.float32).eval()
+press = AgatePress(export)
+with torch.no_grad(), press(model):
+    model(torch.tensor([a["tokens"]]), past_key_values=DynamicCache())
+mine = torch.stack([press.kept[l][0] for l in range(len(press.kept))]).to(torch.int64)
+theirs = torch.tensor(a["kept"])
+bad = int((mine != theirs).sum()) if mine.shape == theirs.shape else -1
+print(f"{tuple(mine.shape)}: {bad} of {mine.numel()} flags differ from agate's gate-post")
+sys.exit(0 if bad == 0 else 1)
+PY
+    rc=$?
+    echo "     $name: $(tail -1 "$tmp/cmp")"
+    check "$name: AgatePress (python/agate_gates) flags equal agate's gate-post" "[[ $rc == 0 ]]"
+  fi
 }
 
 same attention gate-attn
