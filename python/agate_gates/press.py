@@ -25,6 +25,7 @@ hold what the last prefill decided (for inspection and tests).
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Dict, Optional
 
 import torch
@@ -76,6 +77,9 @@ class AgatePress(ScorerPress):
             name = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
             if name and os.path.isfile(os.path.join(name, "config.json")):
                 model_dir = name
+        if self.verify_weights and model_dir is None:
+            warnings.warn(f"AgatePress: the base weights fingerprint ({self.export.base_model['weights_fingerprint']}) "
+                          "is not checked: the model was not loaded from a local folder; pass model_dir=", stacklevel=2)
         check_model(self.export, model, model_dir if self.verify_weights else None)
         device = next(model.parameters()).device
         self.gates = Gates(self.export, model.config).to(device).eval()
