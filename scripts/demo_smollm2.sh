@@ -46,7 +46,8 @@ else
   if [[ -f $gates/summary.json ]]; then echo "$gates exists, skipping"
   else "$AGATE" train recipes/smollm2/cpt.yaml model.path="$MODEL" run.dir="$gates" data.train="$TOKENS/train" \
          data.val="$TOKENS/val" train.steps="$GATE_STEPS" train.log_every=2 eval.every="$GATE_STEPS" eval.batches=2 \
-         loss.lambda_warmup_steps=$(( GATE_STEPS / 4 + 1 )) optim.warmup_steps=$(( GATE_STEPS / 10 + 1 )); fi
+         loss.lambda_warmup_steps=$(( GATE_STEPS / 4 + 1 )) optim.warmup_steps=$(( GATE_STEPS / 10 + 1 )) \
+         gate.init_bias=1.0 optim.lr=1e-2; fi  # a short run: start near the threshold, move fast
   lap "gate training"
   step "5/8 exporting the gates"
   if [[ -f $export_dir/gates.safetensors && $export_dir/gates.safetensors -nt $gates/trainable.safetensors ]]; then
@@ -69,7 +70,8 @@ step "7/8 retrieval: the pass key after every policy compressed the ~450-token p
 lap "passkey eval"
 
 step "8/8 generating over the ragged KV cache with the gates, and the eviction picture"
-prompt="Question: Which planet is known as the Red Planet, and why does it look red? Answer:"
+# Plain completion: the instruct model answers a bare "Question: ... Answer:" with <|im_end|> at once.
+prompt="The history of the printing press begins in the fifteenth century, when a goldsmith in Mainz"
 "$AGATE" generate --model "$MODEL" --gates "$export_dir" --prompt "$prompt" --max-new 32 --show-evictions | tee "$DIR/generate.txt"
 lap "generation"
 
