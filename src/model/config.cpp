@@ -1,5 +1,6 @@
 #include "agate/model/config.h"
 
+#include <cmath>
 #include <nlohmann/json.hpp>
 
 #include "agate/util/error.h"
@@ -155,6 +156,19 @@ ModelConfig parse_model_config(const std::string& text, const std::string& src) 
   }
   if (c.head_dim <= 0 || c.head_dim % 2 != 0) throw_input(src, "head_dim must be positive and even (RoPE rotates pairs)");
   if (c.sliding_window < 0) throw_input(src, "sliding_window must be positive or null");
+  // NaN fails every comparison below, so each check is written to refuse it too.
+  if (!(c.rms_norm_eps > 0) || !std::isfinite(c.rms_norm_eps)) {
+    throw_input(src, "rms_norm_eps must be a positive number, found " + std::to_string(c.rms_norm_eps),
+                "HF configs use 1e-5 or 1e-6");
+  }
+  if (!(c.rope_theta > 0) || !std::isfinite(c.rope_theta)) {
+    throw_input(src, "rope_theta must be a positive number, found " + std::to_string(c.rope_theta),
+                "HF configs use 10000 or more");
+  }
+  if (c.max_position_embeddings <= 0) {
+    throw_input(src, "max_position_embeddings must be positive, found " + std::to_string(c.max_position_embeddings),
+                "the context length the model was trained for, e.g. 2048");
+  }
   for (int64_t id : c.bos_token_ids)
     if (id < 0 || id >= c.vocab_size) throw_input(src, "bos_token_id " + std::to_string(id) + " is outside the vocabulary");
   for (int64_t id : c.eos_token_ids)

@@ -245,6 +245,14 @@ TEST(ModelErrors, BadConfigsAreRefusedNamingTheKey) {
   EXPECT_NE(with([](auto& j) { j["num_key_value_heads"] = 3; }).find("not a multiple"), std::string::npos);
   EXPECT_NE(with([](auto& j) { j["tie_word_embeddings"] = 1; }).find("must be true or false"), std::string::npos);
   EXPECT_NE(with([](auto& j) { j["eos_token_id"] = "x"; }).find("eos_token_id"), std::string::npos);
+  // Numbers outside their domain: zero or negative epsilons, thetas and context lengths.
+  for (double eps : {0.0, -1e-6}) {
+    EXPECT_NE(with([&](auto& j) { j["rms_norm_eps"] = eps; }).find("rms_norm_eps must be a positive number"), std::string::npos);
+  }
+  EXPECT_NE(with([](auto& j) { j["rope_theta"] = -10000.0; }).find("rope_theta must be a positive number"), std::string::npos);
+  EXPECT_NE(with([](auto& j) { j["max_position_embeddings"] = -4; }).find("max_position_embeddings must be positive, found -4"),
+            std::string::npos);
+  EXPECT_NE(with([](auto& j) { j["max_position_embeddings"] = -4; }).find("hint:"), std::string::npos);
   EXPECT_NE(error_of([] { parse_model_config("{not json", "cfg.json"); }).find("cfg.json: is not valid JSON"),
             std::string::npos);
   // Every message starts with the file name.
