@@ -9,22 +9,78 @@ Each line: {"prompt": "<filler> The pass key is 48213. Remember it. 48213 is the
 <filler> What is the pass key?", "response": "The pass key is 48213.", "passkey": "48213",
 "depth": 0.37}. Filler is the classic repetitive passkey filler, so only the key carries
 information; --filler FILE uses sentences from a text file instead.
+
+Retrieval-shaped training text for the gates (plain text, one document per blank-line block,
+the fact in one of several phrasings, asked for and answered at the end, so the LM loss on the
+answer rewards keeping the fact), with filler only from the paragraphs that `agate tokenize
+--val-fraction 0.03` puts in the train split (held-out text stays unseen):
+
+    python3 tools/make_passkey.py --format text --kinds passkey,kv,code --exclude-val 0.03 \
+      --filler data/corpus/raw/austen.txt --n 3000 --min-words 150 --max-words 600 --out retrieval.txt
 """
 import argparse
 import json
 import random
 import sys
+import zlib
 
 FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
           "There and back again.").split(". ")
 
 
-def sentences_from(path):
-    text = open(path, encoding="utf-8").read().replace("\n", " ")
+def is_val(paragraph, fraction):
+    """agate tokenize's split: a plain-text document (a blank-line block, lines joined by \\n)
+    is validation iff crc32(text) % 1e6 < fraction * 1e6 (src/data/tokenize.cpp)."""
+    return zlib.crc32(paragraph.encode("utf-8")) % 1000000 < int(fraction * 1000000.0)
+
+
+def sentences_from(path, exclude_val=0.0):
+    paragraphs, cur = [], []
+    for line in open(path, encoding="utf-8").read().split("\n"):
+        line = line.rstrip("\r")
+        if line.strip(" \t"):
+            cur.append(line)
+        elif cur:
+            paragraphs.append("\n".join(cur))
+            cur = []
+    if cur:
+        paragraphs.append("\n".join(cur))
+    text = " ".join(p.replace("\n", " ") for p in paragraphs if not (exclude_val > 0 and is_val(p, exclude_val)))
     out = [s.strip() for s in text.split(". ") if 20 <= len(s.strip()) <= 200]
     if not out:
         sys.exit("error: %s: no usable sentences" % path)
     return out
+
+
+# Phrasings of the fact for --format text: (needle, question, answer prefix); {k} is the value,
+# {n} a name. The answer is the prefix followed by " {k}.".
+KINDS = {
+    "passkey": [("The pass key is {k}. Remember it. {k} is the pass key.", "What is the pass key?", "The pass key is"),
+                ("Remember this pass key: {k}.", "What was the pass key?", "The pass key was")],
+    "kv": [("The value of the key '{n}' is {k}.", "What is the value of the key '{n}'?", "The value of the key '{n}' is"),
+           ("Note: {n} = {k}.", "What does {n} equal?", "{n} equals")],
+    "code": [("The secret code of {n} is {k}; keep it safe.", "What is the secret code of {n}?",
+              "The secret code of {n} is"),
+             ("{n}'s locker number is {k}.", "What is {n}'s locker number?", "{n}'s locker number is")],
+}
+NAMES = ["Alice", "Bertram", "Clara", "Dorian", "Elinor", "Frederick", "Gwen", "Horace", "Isolde", "Jasper",
+         "amber-fox", "blue-owl", "cedar-7", "delta-9", "ember-3", "falcon", "granite", "harbor-2"]
+
+
+def make_text(rng, pool, min_words, max_words, digits, kinds):
+    """One plain-text document: filler with a fact at a random depth, then its question and answer."""
+    words_total = rng.randint(min_words, max_words)
+    filler, n = [], 0
+    while n < words_total:
+        s = rng.choice(pool).rstrip(".") + "."
+        filler.append(s)
+        n += len(s.split())
+    needle, question, prefix = rng.choice(KINDS[rng.choice(kinds)])
+    key = str(rng.randint(10 ** (digits - 1), 10 ** digits - 1))
+    name = rng.choice(NAMES)
+    cut = int(round(rng.random() * len(filler)))
+    fill = lambda t: t.format(k=key, n=name)
+    return " ".join(filler[:cut] + [fill(needle)] + filler[cut:]) + " " + fill(question) + " " + fill(prefix) + " " + key + "."
 
 
 def make(rng, pool, min_words, max_words, digits, answer="sentence"):
@@ -57,14 +113,28 @@ def main():
     ap.add_argument("--answer", choices=["sentence", "key"], default="sentence",
                     help="response: 'The pass key is K.' (sentence), or ' K.' for a template whose assistant "
                          "prefix already says 'The pass key is' (plain completion, e.g. recipes/smollm2/passkey_template.json)")
+    ap.add_argument("--format", choices=["jsonl", "text"], default="jsonl",
+                    help="jsonl: prompt/response lines (SFT, eval); text: plain-text training documents "
+                         "separated by blank lines")
+    ap.add_argument("--kinds", default="passkey", help="text format: comma list of " + ",".join(KINDS))
+    ap.add_argument("--exclude-val", type=float, default=0.0, metavar="F",
+                    help="take filler only from paragraphs that agate tokenize --val-fraction F puts in train")
     a = ap.parse_args()
+    kinds = a.kinds.split(",")
+    if any(k not in KINDS for k in kinds):
+        ap.error("--kinds: choose from " + ",".join(KINDS))
+    if not 0 <= a.exclude_val < 1:
+        ap.error("--exclude-val must be in [0, 1)")
     if a.n < 1 or a.min_words < 0 or a.max_words < a.min_words or not 1 <= a.digits <= 18:
         ap.error("need --n >= 1, 0 <= --min-words <= --max-words, 1 <= --digits <= 18")
     rng = random.Random(a.seed)
-    pool = sentences_from(a.filler) if a.filler else FILLER
+    pool = sentences_from(a.filler, a.exclude_val) if a.filler else FILLER
     out = sys.stdout if a.out == "-" else open(a.out, "w", encoding="utf-8")
     for _ in range(a.n):
-        out.write(json.dumps(make(rng, pool, a.min_words, a.max_words, a.digits, a.answer)) + "\n")
+        if a.format == "text":
+            out.write(make_text(rng, pool, a.min_words, a.max_words, a.digits, kinds) + "\n\n")
+        else:
+            out.write(json.dumps(make(rng, pool, a.min_words, a.max_words, a.digits, a.answer)) + "\n")
     if out is not sys.stdout:
         out.close()
 

@@ -21,7 +21,7 @@ int cmd_eval(const Argv& argv) {
       {"task", "NAME", "ppl | choice | passkey", ""},
       {"data", "DIR", "token dataset (ppl)", ""},
       {"file", "FILE", "JSONL task file (choice, passkey)", ""},
-      {"policies", "LIST", "policies to run (default: every baseline, and gate, gate-post with --gates)", ""},
+      {"policies", "LIST", "policies to run (default: every baseline, and gate, gate-post, gate-rank, ada-gate with --gates)", ""},
       {"keep", "LIST", "keep ratios of the context, e.g. 0.5,0.25", ""},
       {"budget", "LIST", "absolute budgets in tokens per KV head, e.g. 32,64", ""},
       {"match-gate", "", "run every baseline at exactly the entries the gates kept, per sample and layer", ""},
@@ -64,10 +64,13 @@ int cmd_eval(const Argv& argv) {
     o.policies = args.get_list("policies");
   } else {
     o.policies = evict::baseline_names();
-    if (args.has("gates")) o.policies.insert(o.policies.begin(), {"gate", "gate-post"});
+    if (args.has("gates")) o.policies.insert(o.policies.begin(), {"gate", "gate-post", "gate-rank", "ada-gate"});
   }
-  for (const auto& p : o.policies) {
-    if (p != "gate" && p != "gate-post") evict::make_policy(p, o.policy);  // refuses unknown names before any work
+  for (const auto& p : o.policies) {  // refuses unknown names before any work
+    if (p != "gate" && p != "gate-post" && !evict::ranks_by_gates(p)) evict::make_policy(p, o.policy);
+    if ((p == "gate" || p == "gate-post" || evict::ranks_by_gates(p)) && !args.has("gates")) {
+      throw_usage("policy " + p + " needs the gates", "pass --gates EXPORT (agate export)");
+    }
   }
 
   LlamaModel model = LlamaModel::load(model_dir, parse_compute_dtype(args.get("dtype")), device_from(args));

@@ -50,10 +50,10 @@ evict::PolicyOptions policy_tuning(const Args& args) {
 
 std::vector<Option> policy_choice_options(const std::string& default_policy_help) {
   std::vector<Option> out = {
-      {"policy", "NAME", "eviction policy: full, streamingllm, h2o, snapkv, pyramidkv, ada-snapkv, ada-pyramid, gate, gate-post (" +
+      {"policy", "NAME", "eviction policy: full, streamingllm, h2o, snapkv, pyramidkv, ada-snapkv, ada-pyramid, gate, gate-post, gate-rank, ada-gate (" +
                              default_policy_help + ")", ""},
-      {"keep", "R", "the share of the context each layer keeps, in (0, 1] (training-free policies)", ""},
-      {"budget", "N", "entries kept per KV head (training-free policies)", ""}};
+      {"keep", "R", "the share of the context each layer keeps, in (0, 1] (training-free policies, gate-rank, ada-gate)", ""},
+      {"budget", "N", "entries kept per KV head (training-free policies, gate-rank, ada-gate)", ""}};
   for (Option& o : policy_tuning_options()) out.push_back(std::move(o));
   return out;
 }
@@ -62,8 +62,9 @@ PolicySpec parse_policy_spec(const Args& args, const std::string& fallback, bool
   PolicySpec s;
   s.name = args.get_or("policy", fallback);
   s.options = policy_tuning(args);
-  if (!is_gate(s.name)) evict::make_policy(s.name, s.options);  // refuses unknown names with the list
-  if (is_gate(s.name) && !have_gates) throw_usage("--policy " + s.name + " needs the gates", "pass --gates EXPORT (agate export)");
+  const bool ranked = evict::ranks_by_gates(s.name);
+  if (!is_gate(s.name) && !ranked) evict::make_policy(s.name, s.options);  // refuses unknown names with the list
+  if ((is_gate(s.name) || ranked) && !have_gates) throw_usage("--policy " + s.name + " needs the gates", "pass --gates EXPORT (agate export)");
   if (args.has("keep") && args.has("budget")) throw_usage("pass at most one of --keep and --budget", "--keep 0.5 or --budget 128");
   s.has_budget = args.has("keep") || args.has("budget");
   if (s.has_budget && (s.name == "full" || is_gate(s.name))) {
@@ -95,7 +96,7 @@ PolicyChoice make_policy_choice(const PolicySpec& spec, Gates* gates, const Mode
                     std::to_string(context_tokens) + " tokens)",
                 "use a smaller --budget, or --keep R");
   }
-  auto scored = evict::make_policy(spec.name, spec.options);
+  auto scored = evict::make_policy(spec.name, spec.options, gates);
   if (spec.has_budget) {
     out.layer_budgets = scored->layer_budgets(spec.value, spec.tokens, context_tokens, c.num_hidden_layers, c.num_key_value_heads);
   }

@@ -88,7 +88,7 @@ Report evaluate(const LlamaModel& model, const Task& task, const EvalOptions& o)
   }
   std::vector<std::unique_ptr<evict::ScoredPolicy>> baselines;
   for (const auto& name : o.policies) {
-    if (name != "gate" && name != "gate-post" && name != "full") baselines.push_back(evict::make_policy(name, o.policy));
+    if (name != "gate" && name != "gate-post" && name != "full") baselines.push_back(evict::make_policy(name, o.policy, o.gates));
   }
 
   Report rep;

@@ -302,7 +302,72 @@ class GatePolicy : public GatesPolicy {
   }
 };
 
+// Records the gates' keep probabilities on a full prefill (every key stays visible).
+class ProbabilityRecorder : public KeyVisibility {
+ public:
+  explicit ProbabilityRecorder(Gates* gates) : gates_(gates) {}
+  at::Tensor key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions) override {
+    p.push_back(gates_->probabilities(layer, x, positions)[0]);  // [T, Hkv]
+    return at::Tensor();
+  }
+  std::vector<at::Tensor> p;
+
+ private:
+  Gates* gates_;
+};
+
+// The gates as a ranking for any budget: sinks and the last `window` tokens protected and
+// counted, the rest of each head's share by keep probability (shares even, or Ada-KV's).
+class GateRankPolicy : public ScoredPolicy {
+ public:
+  GateRankPolicy(Gates* gates, PolicyOptions o, bool ada) : ScoredPolicy(std::move(o)), gates_(gates), ada_(ada) {}
+  std::string name() const override { return ada_ ? "ada-gate" : "gate-rank"; }
+
+  Compressed compress(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
+                      const std::vector<int64_t>& budgets) const override;
+
+  std::vector<at::Tensor> select(const PrefillRecord& r, const std::vector<int64_t>& budgets) const override {
+    if (r.keep_p.size() != r.k.size()) throw_usage("gate-rank needs the gates' probabilities in the prefill record");
+    const int64_t T = r.length(), w = std::min(o_.window, T);
+    const int64_t sinks = std::min(gates_->config().sink_tokens, T - w);
+    std::vector<at::Tensor> out;
+    for (size_t l = 0; l < r.k.size(); ++l) {
+      const int64_t Hkv = r.k[l].size(0), budget = std::clamp<int64_t>(budgets.at(l), 0, Hkv * T);
+      const int64_t selectable = budget - Hkv * w;
+      if (selectable < 0) {  // smaller than the window: the most recent tokens only
+        at::Tensor f = at::zeros({T, Hkv}, r.k[l].options().dtype(at::kBool));
+        const auto b = head_budgets(budget, Hkv, T);
+        for (int64_t g = 0; g < Hkv; ++g) f.select(1, g).slice(0, T - b[static_cast<size_t>(g)], T).fill_(true);
+        out.push_back(f);
+        continue;
+      }
+      at::Tensor s = r.keep_p[l].slice(0, 0, T - w).t().contiguous();  // [Hkv, T - w]
+      if (sinks > 0) s.slice(1, 0, sinks).fill_(2.0);                  // above any probability
+      const auto extra = ada_ ? ada_allocate(s, selectable, o_.alpha) : split_even(selectable, Hkv);
+      out.push_back(top_plus_tail(T, s, extra, w));
+    }
+    return out;
+  }
+
+ private:
+  Gates* gates_;
+  bool ada_;
+};
+
+Compressed GateRankPolicy::compress(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
+                                    const std::vector<int64_t>& budgets) const {
+  if (static_cast<int64_t>(budgets.size()) != model.config().num_hidden_layers) throw_usage("a policy needs one budget per layer");
+  ProbabilityRecorder rec(gates_);
+  return compress_recorded(model, adapter, context, &rec, [&](const PrefillRecord& r) {
+    PrefillRecord with_p = r;  // tensors are shared, not copied
+    with_p.keep_p = rec.p;
+    return select(with_p, budgets);
+  });
+}
+
 }  // namespace
+
+bool ranks_by_gates(const std::string& name) { return name == "gate-rank" || name == "ada-gate"; }
 
 at::Tensor record_prefill(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
                           PrefillRecord& record, KeyVisibility* observer) {
@@ -339,7 +404,11 @@ const std::vector<std::string>& baseline_names() {
   return names;
 }
 
-std::unique_ptr<ScoredPolicy> make_policy(const std::string& name, const PolicyOptions& o) {
+std::unique_ptr<ScoredPolicy> make_policy(const std::string& name, const PolicyOptions& o, Gates* gates) {
+  if (ranks_by_gates(name)) {
+    if (!gates) throw_usage("policy " + name + " ranks by the gates", "pass --gates EXPORT (agate export)");
+    return std::make_unique<GateRankPolicy>(gates, o, name == "ada-gate");
+  }
   if (name == "full") return std::make_unique<FullPolicy>(o);
   if (name == "streamingllm") return std::make_unique<StreamingPolicy>(o);
   if (name == "h2o") return std::make_unique<H2OPolicy>(o);
@@ -349,7 +418,7 @@ std::unique_ptr<ScoredPolicy> make_policy(const std::string& name, const PolicyO
   if (name == "ada-pyramid") return std::make_unique<SnapFamilyPolicy>(name, o, true, true);
   std::string list;
   for (const auto& n : baseline_names()) list += (list.empty() ? "" : ", ") + n;
-  throw_usage("unknown policy '" + name + "'", "choose from " + list + ", gate, gate-post");
+  throw_usage("unknown policy '" + name + "'", "choose from " + list + ", gate, gate-post, gate-rank, ada-gate");
 }
 
 std::unique_ptr<Policy> gate_policy(Gates* gates, bool after_prefill, bool decode_gating) {

@@ -12,6 +12,7 @@
 #include "agate/data/tokenizer.h"
 #include "agate/eval/eval.h"
 #include "agate/evict/policy.h"
+#include "agate/gate/gates.h"
 #include "agate/model/llama.h"
 
 using namespace agate;
@@ -350,4 +351,76 @@ TEST(Eval, MalformedTaskFilesAreRefusedWithFileAndLine) {
   }
   EXPECT_NE(test::error_of([&] { eval::choice_task(dir.file("missing.jsonl"), tok, false, 0); }).find("cannot be opened"),
             std::string::npos);
+}
+
+// ---- gate-rank and ada-gate: the gates' keep probabilities as a ranking for any budget ------
+
+TEST(GateRank, ProtectsSinksAndWindowThenTakesTheMostProbable) {
+  const ModelConfig c = test::tiny_config(4, 2);
+  GateConfig gc;
+  gc.sink_tokens = 1;
+  auto gates = Gates::create(gc, c, 1);
+  PolicyOptions o;
+  o.window = 2;
+  PrefillRecord r = record_of(at::zeros({4, 8, 4}), at::zeros({2, 8, 4}));
+  // Head 0 prefers positions 3 and 5, head 1 positions 2 and 4 (window = 6, 7; sink = 0).
+  r.keep_p = {at::tensor({0.9f, 0.1f, 0.2f, 0.8f, 0.3f, 0.7f, 0.f, 0.f, 0.1f, 0.2f, 0.9f, 0.3f, 0.8f, 0.1f, 0.f, 0.f})
+                  .view({2, 8}).t().contiguous()};
+  const auto f = make_policy("gate-rank", o, gates.get())->select(r, {2 * 5});  // 5 per head
+  EXPECT_EQ(kept_positions(f[0], 0), (std::vector<int64_t>{0, 3, 5, 6, 7}));
+  EXPECT_EQ(kept_positions(f[0], 1), (std::vector<int64_t>{0, 2, 4, 6, 7}));
+  // Below the window: the most recent tokens only, still exactly the budget.
+  EXPECT_EQ(make_policy("gate-rank", o, gates.get())->select(r, {2})[0].sum().item<int64_t>(), 2);
+  EXPECT_NE(test::error_of([&] { make_policy("gate-rank", o); }).find("--gates"), std::string::npos);
+}
+
+TEST(GateRank, KeepsExactlyItsBudgetAndEqualsTheFullCacheAtKeepOne) {
+  c10::NoGradGuard no_grad;
+  const ModelConfig c = test::tiny_config(4, 2);
+  const LlamaModel m = LlamaModel::init_random(c, 3, at::kFloat);
+  GateConfig gc;
+  gc.sink_tokens = 2;
+  gc.init_std = 0.5;  // spread the probabilities
+  auto gates = Gates::create(gc, c, 7);
+  const auto ctx = random_context(40, c.vocab_size, 1);
+  PolicyOptions o;
+  o.window = 4;
+  for (const std::string name : {"gate-rank", "ada-gate"}) {
+    for (int64_t per_layer : {2 * 3, 2 * 8, 2 * 20 + 1, 2 * 40}) {
+      const std::vector<int64_t> budgets = {per_layer, per_layer};
+      const Compressed cmp = make_policy(name, o, gates.get())->compress(m, nullptr, ctx, budgets);
+      EXPECT_EQ(cmp.layer_entries, budgets) << name << " " << per_layer;
+      EXPECT_EQ(cmp.cache->total_entries(), 2 * per_layer) << name;
+    }
+  }
+  // At the full budget the continuation equals the full cache's.
+  const auto full = make_policy("full", o)->compress(m, nullptr, ctx, {0, 0});
+  const auto ranked = make_policy("gate-rank", o, gates.get())->compress(m, nullptr, ctx, {80, 80});
+  const auto cont = random_context(5, c.vocab_size, 9);
+  EXPECT_TRUE(at::allclose(continuation_logits(m, nullptr, ranked, cont), continuation_logits(m, nullptr, full, cont), 1e-4, 1e-5));
+}
+
+TEST(GateRank, AtTheGatesOwnCountItKeepsWhatGatePostFlags) {
+  // With no window and the gates' own per-head counts, ranking by probability keeps exactly
+  // the entries above the threshold: gate-rank generalises gate-post to any budget.
+  c10::NoGradGuard no_grad;
+  const ModelConfig c = test::tiny_config(4, 2);
+  const LlamaModel m = LlamaModel::init_random(c, 3, at::kFloat);
+  GateConfig gc;
+  gc.init_bias = 0.0;
+  gc.init_std = 0.5;
+  auto gates = Gates::create(gc, c, 11);
+  const auto ctx = random_context(32, c.vocab_size, 4);
+  const Compressed post = gate_policy(gates.get(), true)->compress(m, nullptr, ctx, {0, 0});
+  PolicyOptions o;
+  o.window = 0;
+  o.alpha = 0.0;
+  // ada-gate with alpha 0 splits the layer's count by the heads' shares of the top scores, which
+  // are exactly the gates' per-head flag counts when the budget is the flags' total.
+  const Compressed ranked = make_policy("ada-gate", o, gates.get())->compress(m, nullptr, ctx, post.layer_entries);
+  for (size_t l = 0; l < 2; ++l) {
+    ASSERT_GT(post.layer_entries[l], 0);
+    ASSERT_LT(post.layer_entries[l], 64);
+    EXPECT_TRUE(at::equal(ranked.kept[l], post.kept[l])) << "layer " << l;
+  }
 }

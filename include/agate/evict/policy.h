@@ -19,6 +19,11 @@
 //   ada-pyramid   pyramidkv's layer budgets, Ada-KV's split within each layer
 // The learned policy (gate) evicts during the prefill itself, as it was trained to; gate-post
 // asks the same gates on a full prefill and applies their flags afterwards, as the baselines do.
+// The gates as a ranking (any budget, one set of gates; selection after a full prefill):
+//   gate-rank     the gates' keep probabilities as scores: the first sink_tokens and the last
+//                 `window` tokens protected (counted in the budget), the rest by top
+//                 probability, the layer's budget split evenly across KV heads
+//   ada-gate      the same scores, the layer's budget split across heads by Ada-KV (alpha)
 //
 // PolicyOptions::kvpress switches to NVIDIA kvpress 0.5.5's definitions where they differ
 // (README "kvpress agreement"; tests/oracles/kvpress_oracle.py checks the kept sets):
@@ -72,8 +77,9 @@ struct PolicyOptions {
 
 // A context's full-attention prefill, per layer (post-RoPE, batch 1).
 struct PrefillRecord {
-  std::vector<at::Tensor> q;     // [H, T, hd] float32
-  std::vector<at::Tensor> k, v;  // [Hkv, T, hd] in the model's dtype
+  std::vector<at::Tensor> q;       // [H, T, hd] float32
+  std::vector<at::Tensor> k, v;    // [Hkv, T, hd] in the model's dtype
+  std::vector<at::Tensor> keep_p;  // gate-rank, ada-gate: the gates' keep probabilities [T, Hkv] float32
   int64_t length() const { return k.empty() ? 0 : k[0].size(1); }
 };
 
@@ -121,8 +127,11 @@ class ScoredPolicy : public Policy {
   PolicyOptions o_;
 };
 
-// One of the training-free names above; throws a usage error listing them otherwise.
-std::unique_ptr<ScoredPolicy> make_policy(const std::string& name, const PolicyOptions& options);
+// One of the training-free names above, or gate-rank / ada-gate (they need `gates`, not
+// owned); throws a usage error listing them otherwise.
+std::unique_ptr<ScoredPolicy> make_policy(const std::string& name, const PolicyOptions& options, Gates* gates = nullptr);
+// True for the policies that rank by the gates and take a budget (gate-rank, ada-gate).
+bool ranks_by_gates(const std::string& name);
 // The gates (not owned) as a policy: "gate", or "gate-post" with after_prefill. With
 // decode_gating the gates keep their own cache through the prefill and also flag decoded
 // tokens (decode_visibility()).
