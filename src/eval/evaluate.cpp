@@ -60,6 +60,34 @@ Budget parse_budget(const std::string& text, bool tokens) {
   return {Budget::Keep, v};
 }
 
+namespace {
+
+bool uses_gates(const std::string& policy) {
+  return policy == "gate" || policy == "gate-post" || evict::ranks_by_gates(policy);
+}
+
+// Paired bootstrap intervals: every row against the full cache; every gate row against the
+// best training-free row of its budget ("learned" rows against the "= gate" budget's).
+void add_intervals(Report& rep) {
+  const Row& full = rep.rows.front();
+  for (Row& w : rep.rows) {
+    if (&w != &full) w.ci_full = paired_bootstrap(w.parts, full.parts);
+    if (!uses_gates(w.policy)) continue;
+    const std::string budget = w.budget == "learned" ? "= gate" : w.budget;
+    const Row* best = nullptr;
+    for (const Row& b : rep.rows) {
+      if (uses_gates(b.policy) || b.policy == "full" || b.budget != budget) continue;
+      if (!best || (rep.higher_is_better ? b.metric > best->metric : b.metric < best->metric)) best = &b;
+    }
+    if (!best) continue;
+    w.best_baseline = best->policy;
+    w.vs_best = w.metric - best->metric;
+    w.ci_best = paired_bootstrap(w.parts, best->parts);
+  }
+}
+
+}  // namespace
+
 Report evaluate(const LlamaModel& model, const Task& task, const EvalOptions& o) {
   c10::InferenceMode guard;
   const ModelConfig& mc = model.config();
@@ -103,6 +131,7 @@ Report evaluate(const LlamaModel& model, const Task& task, const EvalOptions& o)
     Row row;
     row.policy = p.name();
     row.budget = label;
+    row.parts.exp = task.metric == Metric::Perplexity;
     double nll = 0, tokens = 0, hits = 0, correct = 0, keep = 0, bytes = 0, prefill = 0, plain = 0, seconds = 0;
     const size_t n = task.samples.size();
     for (size_t i = 0; i < n; ++i) {
@@ -124,8 +153,11 @@ Report evaluate(const LlamaModel& model, const Task& task, const EvalOptions& o)
       if (p.name() == "gate") gate_entries[i] = c.layer_entries;
       bool ok = false;
       if (task.metric == Metric::Perplexity) {
-        nll -= score(model, o.adapter, c, s.candidates[0]).logprob;
+        const double lp = score(model, o.adapter, c, s.candidates[0]).logprob;
+        nll -= lp;
         tokens += static_cast<double>(s.candidates[0].size());
+        row.parts.num.push_back(-lp);
+        row.parts.den.push_back(static_cast<double>(s.candidates[0].size()));
       } else if (task.metric == Metric::ExactMatch) {
         const CandidateScore cs = score(model, o.adapter, c, s.candidates[0]);
         ok = cs.greedy;
@@ -141,6 +173,7 @@ Report evaluate(const LlamaModel& model, const Task& task, const EvalOptions& o)
         ok = static_cast<int64_t>(best) == s.answer;
       }
       correct += ok;
+      if (task.metric != Metric::Perplexity) row.parts.num.push_back(ok ? 1.0 : 0.0), row.parts.den.push_back(1.0);
       if (!s.group.empty()) {
         auto& g = row.groups[s.group];
         g.first += ok, g.second += 1;
@@ -177,6 +210,7 @@ Report evaluate(const LlamaModel& model, const Task& task, const EvalOptions& o)
     }
   }
   if (!want_gate && match) rep.rows.erase(rep.rows.begin() + 1);  // the gate ran only to set the budgets
+  add_intervals(rep);
   return rep;
 }
 

@@ -21,19 +21,26 @@ std::string fmt(const char* f, double v) {
 
 std::string metric_text(const Report& r, double v) { return r.higher_is_better ? fmt("%.3f", v) : fmt("%.2f", v); }
 
+std::string interval_text(const Interval& i) {
+  return "[" + fmt("%+.3f", i.lo) + ", " + fmt("%+.3f", i.hi) + "]" + (i.excludes_zero() ? "*" : "");
+}
+
 }  // namespace
 
 std::string markdown(const Report& r) {
   const bool tokens = !r.rows.empty() && r.rows[0].token_accuracy >= 0;
-  std::string out = "| policy | budget | keep | KV MB | " + r.metric_name + " | delta vs full |" +
-                    (tokens ? " target-token acc |" : "") + " samples/s | prefill+select vs full |\n";
-  out += std::string("|---|---|---|---|---|---|") + (tokens ? "---|" : "") + "---|---|\n";
+  std::string out = "| policy | budget | keep | KV MB | " + r.metric_name + " | delta vs full [95% CI] |" +
+                    (tokens ? " target-token acc |" : "") + " vs best training-free [95% CI] | samples/s | prefill+select vs full |\n";
+  out += std::string("|---|---|---|---|---|---|") + (tokens ? "---|" : "") + "---|---|---|\n";
   for (const Row& w : r.rows) {
+    const std::string delta = w.policy == "full" ? std::string("-") : fmt("%+.3f", w.delta) + " " + interval_text(w.ci_full);
+    const std::string best =
+        w.best_baseline.empty() ? std::string("-") : fmt("%+.3f", w.vs_best) + " " + interval_text(w.ci_best) + " vs " + w.best_baseline;
     out += "| " + w.policy + " | " + w.budget + " | " + fmt("%.3f", w.keep) + " | " + fmt("%.3f", w.kv_bytes / 1e6) + " | " +
-           metric_text(r, w.metric) + " | " + (w.policy == "full" ? std::string("-") : fmt("%+.3f", w.delta)) + " | " +
-           (tokens ? fmt("%.3f", w.token_accuracy) + " | " : "") + fmt("%.1f", w.samples_per_s) + " | " +
-           fmt("%.2fx", w.overhead) + " |\n";
+           metric_text(r, w.metric) + " | " + delta + " | " + (tokens ? fmt("%.3f", w.token_accuracy) + " | " : "") + best + " | " +
+           fmt("%.1f", w.samples_per_s) + " | " + fmt("%.2fx", w.overhead) + " |\n";
   }
+  out += "\n95% CI: paired bootstrap over samples (2000 resamples); * marks an interval that excludes 0.\n";
   std::set<std::string> groups;
   for (const Row& w : r.rows)
     for (const auto& g : w.groups) groups.insert(g.first);
@@ -64,6 +71,13 @@ std::string json_text(const Report& r) {
                     {"metric", w.metric}, {"delta", w.delta}, {"samples_per_s", w.samples_per_s},
                     {"overhead", w.overhead}, {"groups", g}});
     if (w.token_accuracy >= 0) rows.back()["token_accuracy"] = w.token_accuracy;
+    rows.back()["per_sample"] = {{"num", w.parts.num}, {"den", w.parts.den}, {"exp", w.parts.exp}};
+    if (w.policy != "full") rows.back()["delta_ci95"] = {w.ci_full.lo, w.ci_full.hi};
+    if (!w.best_baseline.empty()) {
+      rows.back()["best_baseline"] = w.best_baseline;
+      rows.back()["vs_best"] = w.vs_best;
+      rows.back()["vs_best_ci95"] = {w.ci_best.lo, w.ci_best.hi};
+    }
   }
   nlohmann::json j = {{"task", r.task}, {"metric", r.metric_name}, {"higher_is_better", r.higher_is_better},
                       {"samples", r.samples}, {"rows", rows}};

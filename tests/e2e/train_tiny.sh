@@ -55,7 +55,7 @@ check "sft with gates + LoRA runs" "[[ $? == 0 && -f $tmp/sftrun/trainable.safet
 "$AGATE" eval --model "$tmp/pre/model" --gates "$tmp/export" --task ppl --data "$tmp/data/val" --samples 4 --context 48 \
   --continuation 16 --window 8 --keep 1.0,0.5 --match-gate --json "$tmp/eval.json" --plot "$tmp/eval.svg" >"$tmp/o" 2>"$tmp/log"
 check "eval: every policy at matched budgets, JSON and SVG" "[[ $? == 0 ]] && grep -q '| ada-pyramid | = gate |' $tmp/o && \
-  python3 -c 'import json; d=json.load(open(\"$tmp/eval.json\")); assert len(d[\"rows\"]) == 3 + 3 * 6' && grep -q '</svg>' $tmp/eval.svg"
+  python3 -c 'import json; d=json.load(open(\"$tmp/eval.json\")); assert len(d[\"rows\"]) == 3 + 3 * 8' && grep -q '</svg>' $tmp/eval.svg"
 "$AGATE" export "$tmp/sftrun" --out "$tmp/export-sft" >/dev/null 2>&1
 printf '{"prompt": "Anne walked to Bath with", "response": "Emma.", "depth": 0.5}\n%.0s' {1..3} >"$tmp/pk.jsonl"
 "$AGATE" eval --model "$tmp/pre/model" --gates "$tmp/export-sft" --task passkey --file "$tmp/pk.jsonl" --window 2 >"$tmp/o" 2>"$tmp/log"

@@ -315,8 +315,14 @@ TEST(Eval, KeepOneMatchesFullAndSmallerBudgetsAreReported) {
       EXPECT_NEAR(row.kv_bytes, r.rows[0].kv_bytes / 2, 1e-9) << row.policy;
     }
   }
+  for (const auto& row : r.rows) {
+    ASSERT_EQ(row.parts.num.size(), 3u) << row.policy;
+    EXPECT_NEAR(row.parts.metric(), row.metric, 1e-9 * row.metric) << row.policy;
+    if (row.budget == "keep 1.00") EXPECT_NEAR(row.ci_full.hi - row.ci_full.lo, 0, 1e-3) << row.policy;
+  }
   const std::string md = eval::markdown(r), svg = eval::svg_plot(r);
   EXPECT_NE(md.find("| ada-pyramid | keep 0.50 | 0.500 |"), std::string::npos) << md;
+  EXPECT_NE(md.find("paired bootstrap"), std::string::npos) << md;
   EXPECT_NE(svg.find("</svg>"), std::string::npos);
 }
 
@@ -423,4 +429,32 @@ TEST(GateRank, AtTheGatesOwnCountItKeepsWhatGatePostFlags) {
     ASSERT_LT(post.layer_entries[l], 64);
     EXPECT_TRUE(at::equal(ranked.kept[l], post.kept[l])) << "layer " << l;
   }
+}
+
+TEST(Eval, PairedBootstrapIntervals) {
+  eval::SampleParts a, b;
+  for (int i = 0; i < 40; ++i) {
+    a.num.push_back(i % 3 == 0), a.den.push_back(1);  // accuracy 14/40
+    b.num.push_back(i % 3 == 0), b.den.push_back(1);
+  }
+  const eval::Interval same = eval::paired_bootstrap(a, b);
+  EXPECT_DOUBLE_EQ(same.lo, 0);  // paired: identical per-sample results differ by exactly 0
+  EXPECT_DOUBLE_EQ(same.hi, 0);
+  for (int i = 0; i < 40; i += 3) b.num[static_cast<size_t>(i)] = 0;  // b misses all of a's hits
+  const eval::Interval better = eval::paired_bootstrap(a, b);
+  EXPECT_TRUE(better.excludes_zero());
+  EXPECT_LT(better.lo, 0.35);
+  EXPECT_GT(better.hi, 0.35);
+  // Perplexity parts: exp(sum nll / sum tokens), the interval brackets the observed difference.
+  eval::SampleParts p, q;
+  p.exp = q.exp = true;
+  for (int i = 0; i < 30; ++i) {
+    p.num.push_back(10.0 + (i % 5)), p.den.push_back(4);
+    q.num.push_back(10.0 + ((i * 7) % 5)), q.den.push_back(4);
+  }
+  const eval::Interval pq = eval::paired_bootstrap(p, q);
+  EXPECT_LE(pq.lo, p.metric() - q.metric());
+  EXPECT_GE(pq.hi, p.metric() - q.metric());
+  EXPECT_FALSE(pq.excludes_zero());
+  EXPECT_NE(test::error_of([&] { eval::paired_bootstrap(p, a); }).find("same"), std::string::npos);
 }

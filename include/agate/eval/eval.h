@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "agate/eval/bootstrap.h"
 #include "agate/evict/policy.h"
 
 namespace agate {
@@ -82,6 +83,13 @@ struct Row {
   double overhead = 1;        // (prefill + selection) / a plain full prefill of the same context (interleaved)
   double token_accuracy = -1; // passkey: share of target tokens that are the argmax (teacher-forced)
   std::map<std::string, std::pair<int64_t, int64_t>> groups;  // group -> (correct, total)
+  SampleParts parts;          // per-sample parts of the metric (for paired intervals)
+  Interval ci_full;           // paired bootstrap 95% interval of delta (not for full)
+  // Policies that use the gates: the best training-free row at the same budget label (by its
+  // metric), the difference to it and its paired 95% interval; empty when there is none.
+  std::string best_baseline;
+  double vs_best = 0;
+  Interval ci_best;
 };
 
 struct Report {
