@@ -6,7 +6,8 @@ text, asked for at the end. The SFT form the tiny recipes train on, and a retrie
     python3 tools/make_passkey.py --out data/corpus/passkey/val.jsonl --n 200 --seed 1
 
 Each line: {"prompt": "<filler> The pass key is 48213. Remember it. 48213 is the pass key.
-<filler> What is the pass key?", "response": "The pass key is 48213.", "passkey": "48213",
+<filler> What is the pass key?", "question": "What is the pass key?" (the prompt's ending, for
+agate eval --question-after), "response": "The pass key is 48213.", "passkey": "48213",
 "depth": 0.37}. Filler is the classic repetitive passkey filler, so only the key carries
 information; --filler FILE uses sentences from a text file instead.
 
@@ -97,7 +98,7 @@ def make(rng, pool, min_words, max_words, digits, answer="sentence"):
     needle = "The pass key is %s. Remember it. %s is the pass key." % (key, key)
     prompt = " ".join(filler[:cut] + [needle] + filler[cut:]) + " What is the pass key?"
     response = "The pass key is %s." % key if answer == "sentence" else " %s." % key
-    return {"prompt": prompt, "response": response, "passkey": key,
+    return {"prompt": prompt, "question": "What is the pass key?", "response": response, "passkey": key,
             "depth": round(cut / max(1, len(filler)), 3)}
 
 

@@ -21,6 +21,7 @@ int cmd_eval(const Argv& argv) {
       {"task", "NAME", "ppl | choice | passkey", ""},
       {"data", "DIR", "token dataset (ppl)", ""},
       {"file", "FILE", "JSONL task file (choice, passkey)", ""},
+      {"question-after", "", "passkey: compress the context before the question arrives (question-agnostic; needs \"question\" in each line)", ""},
       {"policies", "LIST", "policies to run (default: every baseline, and gate, gate-post, gate-rank, ada-gate with --gates)", ""},
       {"keep", "LIST", "keep ratios of the context, e.g. 0.5,0.25", ""},
       {"budget", "LIST", "absolute budgets in tokens per KV head, e.g. 32,64", ""},
@@ -92,7 +93,7 @@ int cmd_eval(const Argv& argv) {
     check_tokenizer_fits(*tok, tok_path, model.config().vocab_size);
     task = task_name == "choice" ? eval::choice_task(args.get("file"), *tok, args.flag("add-bos"), samples)
                                  : eval::passkey_task(args.get("file"), *tok, SftTemplate::named(args.get("template")),
-                                                      args.flag("add-bos"), samples);
+                                                      args.flag("add-bos"), samples, args.flag("question-after"));
   }
   const eval::Report rep = eval::evaluate(model, task, o);
   std::printf("%s", eval::markdown(rep).c_str());

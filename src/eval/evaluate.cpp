@@ -25,9 +25,13 @@ struct CandidateScore {
 
 // Scores `cand` after a compressed context, over a copy of its cache (the compressed cache
 // itself stays untouched for the next candidate).
+// `lead` (unscored) then `cand` (scored), teacher-forced over a copy of the compressed cache.
 CandidateScore score(const LlamaModel& model, ProjectionAdapter* adapter, const evict::Compressed& c,
-                     const std::vector<int64_t>& cand) {
-  const at::Tensor logits = evict::continuation_logits(model, adapter, c, cand);  // [n, V]
+                     const std::vector<int64_t>& cand, const std::vector<int64_t>& lead = {}) {
+  std::vector<int64_t> all = lead;
+  all.insert(all.end(), cand.begin(), cand.end());
+  const at::Tensor logits =
+      evict::continuation_logits(model, adapter, c, all).slice(0, static_cast<int64_t>(lead.size()));  // [n, V]
   at::Tensor target = at::tensor(cand, at::kLong).to(logits.device());
   at::Tensor lp = at::log_softmax(logits, -1).gather(1, target.unsqueeze(1));
   CandidateScore s;
@@ -153,13 +157,13 @@ Report evaluate(const LlamaModel& model, const Task& task, const EvalOptions& o)
       if (p.name() == "gate") gate_entries[i] = c.layer_entries;
       bool ok = false;
       if (task.metric == Metric::Perplexity) {
-        const double lp = score(model, o.adapter, c, s.candidates[0]).logprob;
+        const double lp = score(model, o.adapter, c, s.candidates[0], s.lead).logprob;
         nll -= lp;
         tokens += static_cast<double>(s.candidates[0].size());
         row.parts.num.push_back(-lp);
         row.parts.den.push_back(static_cast<double>(s.candidates[0].size()));
       } else if (task.metric == Metric::ExactMatch) {
-        const CandidateScore cs = score(model, o.adapter, c, s.candidates[0]);
+        const CandidateScore cs = score(model, o.adapter, c, s.candidates[0], s.lead);
         ok = cs.greedy;
         hits += static_cast<double>(cs.hits);
         tokens += static_cast<double>(s.candidates[0].size());
@@ -167,7 +171,7 @@ Report evaluate(const LlamaModel& model, const Task& task, const EvalOptions& o)
         size_t best = 0;
         double best_lp = -INFINITY;
         for (size_t k = 0; k < s.candidates.size(); ++k) {
-          const double lp = score(model, o.adapter, c, s.candidates[k]).logprob;
+          const double lp = score(model, o.adapter, c, s.candidates[k], s.lead).logprob;
           if (lp > best_lp) best_lp = lp, best = k;
         }
         ok = static_cast<int64_t>(best) == s.answer;

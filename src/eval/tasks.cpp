@@ -1,6 +1,7 @@
 // Evaluation tasks: perplexity windows from a token dataset, multiple choice and passkey JSONL.
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -107,13 +108,31 @@ Task choice_task(const std::string& jsonl, const Tokenizer& tok, bool add_bos, i
 }
 
 Task passkey_task(const std::string& jsonl, const Tokenizer& tok, const SftTemplate& tmpl, bool add_bos,
-                  int64_t max_samples) {
-  Task t{"passkey", Metric::ExactMatch, {}};
+                  int64_t max_samples, bool question_after) {
+  Task t{question_after ? "passkey (question after compression)" : "passkey", Metric::ExactMatch, {}};
   for_each_jsonl(jsonl, max_samples, [&](const json& j, const std::string& where) {
-    const SftPair p = encode_sft_pair(tok, need_string(j, "prompt", where), need_string(j, "response", where), tmpl, add_bos);
+    const std::string prompt = need_string(j, "prompt", where);
+    const SftPair p = encode_sft_pair(tok, prompt, need_string(j, "response", where), tmpl, add_bos);
     if (p.context.empty() || p.target.empty()) throw_input(where, "encodes to an empty prompt or response");
     Sample x;
     x.context = p.context;
+    if (question_after) {
+      // The question's tokens, found last in the rendered prompt; from there on is the lead.
+      const std::string q = need_string(j, "question", where);
+      if (q.empty() || prompt.size() <= q.size() || prompt.compare(prompt.size() - q.size(), q.size(), q) != 0) {
+        throw_input(where, "\"question\" must be a non-empty ending of \"prompt\"", "tools/make_passkey.py writes both");
+      }
+      const bool spaced = prompt[prompt.size() - q.size() - 1] == ' ';
+      std::vector<int64_t> qt;
+      for (int32_t id : tok.encode(spaced ? " " + q : q)) qt.push_back(id);
+      auto at = std::find_end(x.context.begin(), x.context.end(), qt.begin(), qt.end());
+      if (qt.empty() || at == x.context.end() || at == x.context.begin()) {
+        throw_input(where, "the question's tokens do not appear as such in the rendered prompt",
+                    "end the prompt's text before the question with a space or a full stop");
+      }
+      x.lead.assign(at, x.context.end());
+      x.context.erase(at, x.context.end());
+    }
     x.candidates.push_back(p.target);
     // Breakdown: context length in blocks of 64 tokens, depth in thirds.
     const int64_t T = static_cast<int64_t>(x.context.size()), lo = (T - 1) / 64 * 64 + 1;

@@ -9,6 +9,7 @@
 
 #include "../test_util.h"
 #include "../tiny_model.h"
+#include "agate/data/tokenize.h"
 #include "agate/data/tokenizer.h"
 #include "agate/eval/eval.h"
 #include "agate/evict/policy.h"
@@ -39,6 +40,17 @@ std::vector<int64_t> random_context(int64_t T, int64_t vocab, uint64_t seed) {
   at::Tensor t = at::randint(1, vocab, {T}, gen, at::kLong);
   return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + T);
 }
+
+// One token per byte.
+struct ByteTok : Tokenizer {
+  std::vector<int32_t> encode(const std::string& t) const override { return std::vector<int32_t>(t.begin(), t.end()); }
+  std::string decode(const std::vector<int32_t>&) const override { return ""; }
+  std::string piece(int32_t) const override { return ""; }
+  int64_t vocab_size() const override { return 256; }
+  int32_t bos_id() const override { return -1; }
+  int32_t eos_id() const override { return -1; }
+  uint64_t hash() const override { return 0; }
+};
 
 }  // namespace
 
@@ -338,17 +350,9 @@ TEST(Eval, MalformedTaskFilesAreRefusedWithFileAndLine) {
       {"{\"choices\": [\"b\", \"c\"], \"answer\": 0}\n", ":1: needs a string \"context\""},
       {"\n\n", "holds no samples"},
   };
-  // A tokenizer is needed to encode; the stub below never gets called for refused lines,
-  // except the first case's valid line 1.
-  struct ByteTok : Tokenizer {
-    std::vector<int32_t> encode(const std::string& t) const override { return std::vector<int32_t>(t.begin(), t.end()); }
-    std::string decode(const std::vector<int32_t>&) const override { return ""; }
-    std::string piece(int32_t) const override { return ""; }
-    int64_t vocab_size() const override { return 256; }
-    int32_t bos_id() const override { return -1; }
-    int32_t eos_id() const override { return -1; }
-    uint64_t hash() const override { return 0; }
-  } tok;
+  // A tokenizer is needed to encode; it never gets called for refused lines, except the first
+  // case's valid line 1.
+  const ByteTok tok;
   for (const auto& c : cases) {
     const std::string path = dir.file("task.jsonl");
     test::write_bytes(path, c.text);
@@ -457,4 +461,26 @@ TEST(Eval, PairedBootstrapIntervals) {
   EXPECT_GE(pq.hi, p.metric() - q.metric());
   EXPECT_FALSE(pq.excludes_zero());
   EXPECT_NE(test::error_of([&] { eval::paired_bootstrap(p, a); }).find("same"), std::string::npos);
+}
+
+TEST(Eval, QuestionAfterMovesTheQuestionOutOfTheCompressedContext) {
+  test::TempDir dir;
+  const ByteTok tok;
+  const std::string path = dir.file("pk.jsonl");
+  test::write_bytes(path, "{\"prompt\": \"Key 42. Filler. What is the key?\", \"question\": \"What is the key?\", \"response\": \" 42.\"}\n");
+  const SftTemplate t = SftTemplate::named("default");
+  const eval::Task inside = eval::passkey_task(path, tok, t, false, 0);
+  const eval::Task after = eval::passkey_task(path, tok, t, false, 0, true);
+  ASSERT_EQ(after.samples.size(), 1u);
+  const eval::Sample &a = after.samples[0], &b = inside.samples[0];
+  EXPECT_TRUE(b.lead.empty());
+  std::vector<int64_t> joined = a.context;
+  joined.insert(joined.end(), a.lead.begin(), a.lead.end());
+  EXPECT_EQ(joined, b.context);  // nothing lost or added: only where compression stops moves
+  const std::string lead(a.lead.begin(), a.lead.begin() + 17);
+  EXPECT_EQ(lead, " What is the key?");
+  EXPECT_EQ(a.candidates, b.candidates);
+  test::write_bytes(path, "{\"prompt\": \"Key 42. What is the key?\", \"question\": \"Which key?\", \"response\": \" 42.\"}\n");
+  const std::string e = test::error_of([&] { eval::passkey_task(path, tok, t, false, 0, true); });
+  EXPECT_NE(e.find(":1: \"question\" must be a non-empty ending of \"prompt\""), std::string::npos) << e;
 }

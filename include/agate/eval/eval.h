@@ -37,6 +37,9 @@ struct Sample {
   std::vector<std::vector<int64_t>> candidates;  // >= 1, each >= 1 token
   int64_t answer = 0;                            // the correct candidate (choice)
   std::string group;                             // breakdown key, may be empty
+  // Unscored tokens between the compressed context and every candidate (question-agnostic
+  // passkey: the question arrives after the context was compressed); usually empty.
+  std::vector<int64_t> lead;
 };
 
 enum class Metric { Perplexity, Accuracy, ExactMatch };
@@ -52,8 +55,10 @@ struct Task {
 Task perplexity_task(const std::string& dataset_dir, int64_t context, int64_t continuation, int64_t samples);
 // Malformed lines are refused with file:line.
 Task choice_task(const std::string& jsonl, const Tokenizer& tokenizer, bool add_bos, int64_t max_samples);
+// question_after (question-agnostic): each line's "question" (the end of its prompt) and what
+// the template renders after it are moved out of the compressed context into Sample::lead.
 Task passkey_task(const std::string& jsonl, const Tokenizer& tokenizer, const SftTemplate& sft_template, bool add_bos,
-                  int64_t max_samples);
+                  int64_t max_samples, bool question_after = false);
 
 // A budget: a keep ratio of the context, absolute tokens per KV head, or per sample and layer
 // exactly what the gates kept ("match-gate").
