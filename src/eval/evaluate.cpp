@@ -129,90 +129,138 @@ Report evaluate(const LlamaModel& model, const Task& task, const EvalOptions& o)
   rep.metric_name = task.metric == Metric::Perplexity ? "perplexity" : task.metric == Metric::Accuracy ? "accuracy" : "passkey accuracy";
   rep.higher_is_better = task.metric != Metric::Perplexity;
   std::vector<std::vector<int64_t>> gate_entries(task.samples.size());
+  const std::vector<int64_t> none(static_cast<size_t>(L), 0);
 
-  // One policy at one budget over every sample.
-  auto run = [&](const evict::Policy& p, const std::string& label, const std::function<std::vector<int64_t>(size_t)>& budgets) {
+  // One row's sums; add() scores one sample's compressed context, finish() appends the row.
+  struct Acc {
     Row row;
-    row.policy = p.name();
-    row.budget = label;
-    row.parts.exp = task.metric == Metric::Perplexity;
     double nll = 0, tokens = 0, hits = 0, correct = 0, keep = 0, bytes = 0, prefill = 0, plain = 0, seconds = 0;
-    const size_t n = task.samples.size();
-    for (size_t i = 0; i < n; ++i) {
-      const Sample& s = task.samples[i];
-      {  // a plain full prefill of the same context, interleaved so machine noise hits both alike
-        ForwardOptions fo;
-        fo.adapter = o.adapter;
-        const double tp = now_seconds();
-        model.forward(at::tensor(s.context, at::kLong).unsqueeze(0), fo);
-        plain += now_seconds() - tp;
+  };
+  const size_t n = task.samples.size();
+  auto start = [&](const std::string& policy, const std::string& label) {
+    Acc a;
+    a.row.policy = policy;
+    a.row.budget = label;
+    a.row.parts.exp = task.metric == Metric::Perplexity;
+    return a;
+  };
+  // c: sample i compressed; plain: a plain full prefill's seconds; spent: seconds so far
+  // (prefill and selection), the scoring's are added here.
+  auto add = [&](Acc& a, size_t i, const evict::Compressed& c, double plain, double spent) {
+    const Sample& s = task.samples[i];
+    const double t0 = now_seconds();
+    int64_t stored = 0;
+    for (int64_t e : c.layer_entries) stored += e;
+    a.keep += static_cast<double>(stored) / static_cast<double>(L * Hkv * static_cast<int64_t>(s.context.size()));
+    a.bytes += static_cast<double>(c.cache->bytes());
+    a.prefill += c.prefill_seconds + c.select_seconds;
+    a.plain += plain;
+    bool ok = false;
+    if (task.metric == Metric::Perplexity) {
+      const double lp = score(model, o.adapter, c, s.candidates[0], s.lead).logprob;
+      a.nll -= lp;
+      a.tokens += static_cast<double>(s.candidates[0].size());
+      a.row.parts.num.push_back(-lp);
+      a.row.parts.den.push_back(static_cast<double>(s.candidates[0].size()));
+    } else if (task.metric == Metric::ExactMatch) {
+      const CandidateScore cs = score(model, o.adapter, c, s.candidates[0], s.lead);
+      ok = cs.greedy;
+      a.hits += static_cast<double>(cs.hits);
+      a.tokens += static_cast<double>(s.candidates[0].size());
+    } else {
+      size_t best = 0;
+      double best_lp = -INFINITY;
+      for (size_t k = 0; k < s.candidates.size(); ++k) {
+        const double lp = score(model, o.adapter, c, s.candidates[k], s.lead).logprob;
+        if (lp > best_lp) best_lp = lp, best = k;
       }
-      const double t0 = now_seconds();
-      evict::Compressed c = p.compress(model, o.adapter, s.context, budgets(i));
-      int64_t stored = 0;
-      for (int64_t e : c.layer_entries) stored += e;
-      keep += static_cast<double>(stored) / static_cast<double>(L * Hkv * static_cast<int64_t>(s.context.size()));
-      bytes += static_cast<double>(c.cache->bytes());
-      prefill += c.prefill_seconds + c.select_seconds;
-      if (p.name() == "gate") gate_entries[i] = c.layer_entries;
-      bool ok = false;
-      if (task.metric == Metric::Perplexity) {
-        const double lp = score(model, o.adapter, c, s.candidates[0], s.lead).logprob;
-        nll -= lp;
-        tokens += static_cast<double>(s.candidates[0].size());
-        row.parts.num.push_back(-lp);
-        row.parts.den.push_back(static_cast<double>(s.candidates[0].size()));
-      } else if (task.metric == Metric::ExactMatch) {
-        const CandidateScore cs = score(model, o.adapter, c, s.candidates[0], s.lead);
-        ok = cs.greedy;
-        hits += static_cast<double>(cs.hits);
-        tokens += static_cast<double>(s.candidates[0].size());
-      } else {
-        size_t best = 0;
-        double best_lp = -INFINITY;
-        for (size_t k = 0; k < s.candidates.size(); ++k) {
-          const double lp = score(model, o.adapter, c, s.candidates[k], s.lead).logprob;
-          if (lp > best_lp) best_lp = lp, best = k;
-        }
-        ok = static_cast<int64_t>(best) == s.answer;
-      }
-      correct += ok;
-      if (task.metric != Metric::Perplexity) row.parts.num.push_back(ok ? 1.0 : 0.0), row.parts.den.push_back(1.0);
-      if (!s.group.empty()) {
-        auto& g = row.groups[s.group];
-        g.first += ok, g.second += 1;
-      }
-      seconds += now_seconds() - t0;
-      if ((i + 1) % std::max<size_t>(1, n / 4) == 0 || i + 1 == n) {
-        log::info("eval {} {}: {}/{} samples ({:.1f} samples/s)", row.policy, label, i + 1, n, (i + 1) / seconds);
-      }
+      ok = static_cast<int64_t>(best) == s.answer;
     }
+    a.correct += ok;
+    if (task.metric != Metric::Perplexity) a.row.parts.num.push_back(ok ? 1.0 : 0.0), a.row.parts.den.push_back(1.0);
+    if (!s.group.empty()) {
+      auto& g = a.row.groups[s.group];
+      g.first += ok, g.second += 1;
+    }
+    a.seconds += spent + now_seconds() - t0;
+  };
+  auto finish = [&](Acc& a) {
+    Row& row = a.row;
     const double dn = static_cast<double>(n);
-    row.keep = keep / dn;
-    row.kv_bytes = bytes / dn;
-    row.metric = task.metric == Metric::Perplexity ? std::exp(nll / tokens) : correct / dn;
-    row.samples_per_s = dn / std::max(seconds, 1e-9);
-    if (task.metric == Metric::ExactMatch) row.token_accuracy = hits / tokens;
-    row.overhead = prefill / std::max(plain, 1e-12);
+    row.keep = a.keep / dn;
+    row.kv_bytes = a.bytes / dn;
+    row.metric = task.metric == Metric::Perplexity ? std::exp(a.nll / a.tokens) : a.correct / dn;
+    row.samples_per_s = dn / std::max(a.seconds, 1e-9);
+    if (task.metric == Metric::ExactMatch) row.token_accuracy = a.hits / a.tokens;
+    row.overhead = a.prefill / std::max(a.plain, 1e-12);
     row.delta = rep.rows.empty() ? 0 : row.metric - rep.rows.front().metric;
     rep.rows.push_back(row);
   };
+  // A plain full prefill of a context (interleaved with the policies, so machine noise hits both alike).
+  auto plain_prefill = [&](const Sample& s) {
+    ForwardOptions fo;
+    fo.adapter = o.adapter;
+    const double t0 = now_seconds();
+    model.forward(at::tensor(s.context, at::kLong).unsqueeze(0), fo);
+    return now_seconds() - t0;
+  };
 
-  const std::vector<int64_t> none(static_cast<size_t>(L), 0);
+  // The policies without a budget (full, the gates in the prefill, gate-post): each its own prefill.
+  auto run = [&](const evict::Policy& p, const std::string& label) {
+    Acc a = start(p.name(), label);
+    for (size_t i = 0; i < n; ++i) {
+      const double plain = plain_prefill(task.samples[i]);
+      const double t0 = now_seconds();
+      const evict::Compressed c = p.compress(model, o.adapter, task.samples[i].context, none);
+      if (p.name() == "gate") gate_entries[i] = c.layer_entries;
+      add(a, i, c, plain, now_seconds() - t0);
+    }
+    log::info("eval {}: {} samples", p.name(), n);
+    finish(a);
+  };
+
   // Warm-up (allocator, thread pool, oneDNN primitives) so the first timed policy is not charged for it.
   for (int i = 0; i < 2; ++i) evict::make_policy("full", o.policy)->compress(model, o.adapter, task.samples[0].context, none);
-  run(*evict::make_policy("full", o.policy), "-", [&](size_t) { return none; });
+  run(*evict::make_policy("full", o.policy), "-");
   std::unique_ptr<evict::Policy> gate = o.gates ? evict::gate_policy(o.gates) : nullptr;
-  if (want_gate || match) run(*gate, "learned", [&](size_t) { return none; });
-  if (want_post) run(*evict::gate_policy(o.gates, true), "learned", [&](size_t) { return none; });
-  for (const Budget& b : o.budgets) {
-    for (const auto& p : baselines) {
-      run(*p, b.label(), [&](size_t i) {
-        if (b.kind == Budget::MatchGate) return gate_entries[i];
-        return p->layer_budgets(b.value, b.kind == Budget::Tokens, static_cast<int64_t>(task.samples[i].context.size()), L, Hkv);
-      });
+  if (want_gate || match) run(*gate, "learned");
+  if (want_post) run(*evict::gate_policy(o.gates, true), "learned");
+
+  // Every budgeted policy at every budget from ONE recorded full prefill per sample (their
+  // selections differ, the prefill does not); each row is charged the shared prefill's time.
+  bool need_p = false;
+  for (const auto& p : baselines) need_p |= evict::ranks_by_gates(p->name());
+  std::vector<Acc> accs;
+  for (const Budget& b : o.budgets)
+    for (const auto& p : baselines) accs.push_back(start(p->name(), b.label()));
+  const double t_all = now_seconds();
+  for (size_t i = 0; i < n && !baselines.empty(); ++i) {
+    const Sample& s = task.samples[i];
+    const double plain = plain_prefill(s);
+    evict::PrefillRecord rec;
+    const double t0 = now_seconds();
+    const at::Tensor last = need_p ? evict::record_prefill_with_gates(model, o.adapter, s.context, rec, o.gates)
+                                   : evict::record_prefill(model, o.adapter, s.context, rec);
+    const double prefill = now_seconds() - t0;
+    size_t k = 0;
+    for (const Budget& b : o.budgets) {
+      for (const auto& p : baselines) {
+        const std::vector<int64_t> budgets =
+            b.kind == Budget::MatchGate ? gate_entries[i]
+                                        : p->layer_budgets(b.value, b.kind == Budget::Tokens, static_cast<int64_t>(s.context.size()), L, Hkv);
+        const double t1 = now_seconds();
+        evict::Compressed c = p->compress_from(rec, last, budgets);
+        c.prefill_seconds = prefill;
+        add(accs[k++], i, c, plain, prefill + now_seconds() - t1);
+      }
+    }
+    if ((i + 1) % std::max<size_t>(1, n / 8) == 0 || i + 1 == n) {
+      const double el = now_seconds() - t_all;
+      log::info("eval {} policies x {} budgets: {}/{} samples ({:.0f} s, about {:.0f} s left)", baselines.size(),
+                o.budgets.size(), i + 1, n, el, el / static_cast<double>(i + 1) * static_cast<double>(n - i - 1));
     }
   }
+  for (Acc& a : accs) finish(a);
   if (!want_gate && match) rep.rows.erase(rep.rows.begin() + 1);  // the gate ran only to set the budgets
   add_intervals(rep);
   return rep;

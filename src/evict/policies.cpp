@@ -221,16 +221,12 @@ class SnapFamilyPolicy : public ScoredPolicy {
 // A full prefill recorded (observer, if any, sees each layer's input), flags chosen from the
 // record by select(record), the chosen entries stored in a fresh ragged cache.
 template <typename Select>
-Compressed compress_recorded(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
-                             KeyVisibility* observer, Select select) {
+Compressed select_recorded(const PrefillRecord& rec, const at::Tensor& last_logits, Select select) {
   c10::InferenceMode guard;
-  const int64_t L = model.config().num_hidden_layers;
+  const int64_t L = static_cast<int64_t>(rec.k.size());
   Compressed c;
-  PrefillRecord rec;
-  double t0 = now_seconds();
-  c.last_logits = record_prefill(model, adapter, context, rec, observer);
-  c.prefill_seconds = now_seconds() - t0;
-  t0 = now_seconds();
+  c.last_logits = last_logits;
+  const double t0 = now_seconds();
   const std::vector<at::Tensor> flags = select(rec);
   c.select_seconds = now_seconds() - t0;
   c.cache = std::make_unique<RaggedKVCache>(L);
@@ -240,6 +236,19 @@ Compressed compress_recorded(const LlamaModel& model, ProjectionAdapter* adapter
   }
   c.cache->advance(rec.length());
   c.kept = flags;
+  return c;
+}
+
+template <typename Select>
+Compressed compress_recorded(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
+                             KeyVisibility* observer, Select select) {
+  c10::InferenceMode guard;
+  PrefillRecord rec;
+  const double t0 = now_seconds();
+  const at::Tensor last = record_prefill(model, adapter, context, rec, observer);
+  const double prefill = now_seconds() - t0;
+  Compressed c = select_recorded(rec, last, select);
+  c.prefill_seconds = prefill;
   return c;
 }
 
@@ -357,15 +366,30 @@ class GateRankPolicy : public ScoredPolicy {
 Compressed GateRankPolicy::compress(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
                                     const std::vector<int64_t>& budgets) const {
   if (static_cast<int64_t>(budgets.size()) != model.config().num_hidden_layers) throw_usage("a policy needs one budget per layer");
-  ProbabilityRecorder rec(gates_);
-  return compress_recorded(model, adapter, context, &rec, [&](const PrefillRecord& r) {
-    PrefillRecord with_p = r;  // tensors are shared, not copied
-    with_p.keep_p = rec.p;
-    return select(with_p, budgets);
-  });
+  PrefillRecord rec;
+  const double t0 = now_seconds();
+  const at::Tensor last = record_prefill_with_gates(model, adapter, context, rec, gates_);
+  const double prefill = now_seconds() - t0;
+  Compressed c = compress_from(rec, last, budgets);
+  c.prefill_seconds = prefill;
+  return c;
 }
 
 }  // namespace
+
+at::Tensor record_prefill_with_gates(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
+                                     PrefillRecord& record, Gates* gates) {
+  ProbabilityRecorder observer(gates);
+  const at::Tensor last = record_prefill(model, adapter, context, record, &observer);
+  record.keep_p = observer.p;
+  return last;
+}
+
+Compressed ScoredPolicy::compress_from(const PrefillRecord& record, const at::Tensor& last_logits,
+                                       const std::vector<int64_t>& budgets) const {
+  if (budgets.size() != record.k.size()) throw_usage("a policy needs one budget per layer");
+  return select_recorded(record, last_logits, [&](const PrefillRecord& r) { return select(r, budgets); });
+}
 
 bool ranks_by_gates(const std::string& name) { return name == "gate-rank" || name == "ada-gate"; }
 

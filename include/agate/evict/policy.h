@@ -119,6 +119,11 @@ class ScoredPolicy : public Policy {
   virtual std::vector<int64_t> layer_budgets(double value, bool tokens, int64_t T, int64_t layers, int64_t Hkv) const;
   Compressed compress(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
                       const std::vector<int64_t>& layer_budgets) const override;
+  // The same from a context's recorded full prefill (shared by every policy and budget of an
+  // evaluation; keep_p filled by record_prefill_with_gates for gate-rank and ada-gate).
+  // prefill_seconds stays 0: the caller timed the prefill.
+  Compressed compress_from(const PrefillRecord& record, const at::Tensor& last_logits,
+                           const std::vector<int64_t>& layer_budgets) const;
   // Keep flags per layer, [T, Hkv] bool, with exactly the budgeted number of kept entries per
   // layer (all of them when the budget reaches the context).
   virtual std::vector<at::Tensor> select(const PrefillRecord& record, const std::vector<int64_t>& layer_budgets) const = 0;
@@ -150,6 +155,10 @@ at::Tensor continuation_logits(const LlamaModel& model, ProjectionAdapter* adapt
 // `observer` (optional) sees each layer's input; its keep flags are ignored.
 at::Tensor record_prefill(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
                           PrefillRecord& record, KeyVisibility* observer = nullptr);
+
+// record_prefill that also records the gates' keep probabilities (record.keep_p).
+at::Tensor record_prefill_with_gates(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
+                                     PrefillRecord& record, Gates* gates);
 
 // SnapKV's score of every key before the window: [Hkv, T - window] (window < T).
 at::Tensor snapkv_scores(const at::Tensor& q, const at::Tensor& k, const PolicyOptions& o);
