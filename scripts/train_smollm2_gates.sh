@@ -23,7 +23,7 @@ bash data/fetch_corpus.sh
 if [[ -f $MIX/train/manifest.json && -f $MIX/val/manifest.json ]]; then echo "$MIX exists, skipping"
 else
   mkdir -p data/corpus/retrieval
-  python3 tools/make_passkey.py --format text --kinds passkey,kv,code --exclude-val 0.03 \
+  python3 tools/make_passkey.py --format text --kinds passkey,kv,code --split train \
     --filler data/corpus/raw/austen.txt --n 4000 --min-words 80 --max-words 320 --seed 7 \
     --out data/corpus/retrieval/train.txt
   "$AGATE" tokenize --tokenizer "$MODEL/tokenizer.json" --val-fraction 0.03 \

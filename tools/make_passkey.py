@@ -16,7 +16,7 @@ the fact in one of several phrasings, asked for and answered at the end, so the 
 answer rewards keeping the fact), with filler only from the paragraphs that `agate tokenize
 --val-fraction 0.03` puts in the train split (held-out text stays unseen):
 
-    python3 tools/make_passkey.py --format text --kinds passkey,kv,code --exclude-val 0.03 \
+    python3 tools/make_passkey.py --format text --kinds passkey,kv,code --split train \
       --filler data/corpus/raw/austen.txt --n 3000 --min-words 150 --max-words 600 --out retrieval.txt
 """
 import argparse
@@ -35,7 +35,7 @@ def is_val(paragraph, fraction):
     return zlib.crc32(paragraph.encode("utf-8")) % 1000000 < int(fraction * 1000000.0)
 
 
-def sentences_from(path, exclude_val=0.0):
+def sentences_from(path, split="all", val_fraction=0.03):
     paragraphs, cur = [], []
     for line in open(path, encoding="utf-8").read().split("\n"):
         line = line.rstrip("\r")
@@ -46,7 +46,9 @@ def sentences_from(path, exclude_val=0.0):
             cur = []
     if cur:
         paragraphs.append("\n".join(cur))
-    text = " ".join(p.replace("\n", " ") for p in paragraphs if not (exclude_val > 0 and is_val(p, exclude_val)))
+    if split != "all":
+        paragraphs = [p for p in paragraphs if is_val(p, val_fraction) == (split == "val")]
+    text = " ".join(p.replace("\n", " ") for p in paragraphs)
     out = [s.strip() for s in text.split(". ") if 20 <= len(s.strip()) <= 200]
     if not out:
         sys.exit("error: %s: no usable sentences" % path)
@@ -118,18 +120,22 @@ def main():
                     help="jsonl: prompt/response lines (SFT, eval); text: plain-text training documents "
                          "separated by blank lines")
     ap.add_argument("--kinds", default="passkey", help="text format: comma list of " + ",".join(KINDS))
-    ap.add_argument("--exclude-val", type=float, default=0.0, metavar="F",
-                    help="take filler only from paragraphs that agate tokenize --val-fraction F puts in train")
+    ap.add_argument("--split", choices=["all", "train", "val"], default="all",
+                    help="take filler only from the paragraphs that agate tokenize --val-fraction puts in this split "
+                         "(train: for training text; val: held-out haystacks for evaluation)")
+    ap.add_argument("--val-fraction", type=float, default=0.03, help="the --val-fraction the corpus was tokenized with")
     a = ap.parse_args()
     kinds = a.kinds.split(",")
     if any(k not in KINDS for k in kinds):
         ap.error("--kinds: choose from " + ",".join(KINDS))
-    if not 0 <= a.exclude_val < 1:
-        ap.error("--exclude-val must be in [0, 1)")
+    if not 0 < a.val_fraction < 1:
+        ap.error("--val-fraction must be in (0, 1)")
     if a.n < 1 or a.min_words < 0 or a.max_words < a.min_words or not 1 <= a.digits <= 18:
         ap.error("need --n >= 1, 0 <= --min-words <= --max-words, 1 <= --digits <= 18")
     rng = random.Random(a.seed)
-    pool = sentences_from(a.filler, a.exclude_val) if a.filler else FILLER
+    if a.split != "all" and not a.filler:
+        ap.error("--split needs --filler FILE")
+    pool = sentences_from(a.filler, a.split, a.val_fraction) if a.filler else FILLER
     out = sys.stdout if a.out == "-" else open(a.out, "w", encoding="utf-8")
     for _ in range(a.n):
         if a.format == "text":
