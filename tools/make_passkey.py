@@ -9,6 +9,10 @@ Each line: {"prompt": "<filler> The pass key is 48213. Remember it. 48213 is the
 <filler> What is the pass key?", "response": "The pass key is 48213.", "passkey": "48213",
 "depth": 0.37}. Filler is the classic repetitive passkey filler, so only the key carries
 information; --filler FILE uses sentences from a text file instead.
+
+For other generators (tools/eval/press_eval.py's retrieval task) the facts come in several
+phrasings, a pass key and a key-value pair (NEEDLES, needle()), and insert_at_depth() places
+one between the sentences of any haystack text.
 """
 import argparse
 import json
@@ -17,6 +21,56 @@ import sys
 
 FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
           "There and back again.").split(". ")
+
+
+# phrasing -> (needle, question, answer prefix); {v} is the value, {name} the key of a key-value pair.
+NEEDLES = {
+    "passkey": ("The pass key is {v}. Remember it. {v} is the pass key.",
+                "What is the pass key?", "The pass key is"),
+    "passkey-note": ("Important note: the pass key for the vault is {v}. Keep the number {v} in mind.",
+                     "What is the pass key for the vault?", "The pass key for the vault is"),
+    "kv-number": ("The secret number of {name} is {v}.",
+                  "What is the secret number of {name}?", "The secret number of {name} is"),
+    "kv-code": ("{name} has the locker code {v}. Write it down: {name}'s locker code is {v}.",
+                "What is {name}'s locker code?", "{name}'s locker code is"),
+}
+NAMES = ["Oliver Brandt", "Mira Castell", "Tobias Wren", "Elena Marsh", "Jonah Pike", "Clara Voss",
+         "Felix Harrow", "Nadia Quill", "Simon Ashby", "Lena Frost", "Victor Hale", "Ruth Calder"]
+
+
+def needle(rng, phrasing, digits=5):
+    """A fact in one of NEEDLES' phrasings with a fresh value (and name for key-value pairs):
+    {"phrasing", "kind" (passkey or kv), "needle", "question", "answer_prefix", "value", "key"}."""
+    text, question, prefix = NEEDLES[phrasing]
+    value = str(rng.randint(10 ** (digits - 1), 10 ** digits - 1))
+    name = rng.choice(NAMES) if "{name}" in text else ""
+    fmt = lambda t: t.format(v=value, name=name)  # noqa: E731
+    return {"phrasing": phrasing, "kind": "kv" if name else "passkey", "needle": fmt(text),
+            "question": fmt(question), "answer_prefix": fmt(prefix), "value": value, "key": name}
+
+
+def split_sentences(text):
+    """Cut points of a text after each sentence end ('. ', '! ', '? ', a newline): a list of
+    (start, end) spans that together cover the text."""
+    spans, start = [], 0
+    for i, ch in enumerate(text):
+        if ch == "\n" or (ch in ".!?;" and i + 1 < len(text) and text[i + 1] in " \n"):
+            spans.append((start, i + 1))
+            start = i + 1
+    if start < len(text):
+        spans.append((start, len(text)))
+    return spans
+
+
+def insert_at_depth(text, fact, depth):
+    """The text with `fact` inserted at the sentence boundary nearest to depth x len(text)
+    (depth in [0, 1]); returns (new text, the realised depth as a fraction of characters)."""
+    cuts = [0] + [e for _, e in split_sentences(text)]
+    at = min(cuts, key=lambda c: abs(c - depth * len(text)))
+    before, after = text[:at].rstrip(" "), text[at:].lstrip(" ")
+    sep_b = "" if not before or before.endswith("\n") else " "
+    sep_a = "" if not after or after.startswith("\n") else " "
+    return before + sep_b + fact + sep_a + after, round(at / max(1, len(text)), 3)
 
 
 def sentences_from(path):
