@@ -26,7 +26,7 @@ FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
 # phrasing -> (needle, question, answer prefix); {v} is the value, {name} the key of a key-value pair.
 NEEDLES = {
     "passkey": ("The pass key is {v}. Remember it. {v} is the pass key.",
-                "What is the pass key?", "The pass key is"),
+                "What is the pass key (a number)?", "The pass key is the number"),
     "passkey-note": ("Important note: the pass key for the vault is {v}. Keep the number {v} in mind.",
                      "What is the pass key for the vault?", "The pass key for the vault is"),
     "kv-number": ("The secret number of {name} is {v}.",

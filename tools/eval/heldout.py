@@ -75,18 +75,33 @@ class HeldOut:
     def num_tokens(self) -> int:
         return sum(len(d) for d in self.docs)
 
-    def windows(self, length: int, count: int) -> List[dict]:
-        """Up to `count` non-overlapping windows of `length` token ids, each inside one document,
-        spread over the documents long enough (round robin over documents, the windows of a
-        document taken left to right). Returns dicts {doc, start, ids}."""
-        per_doc = [[(i, s) for s in range(0, len(d) - length + 1, length)] for i, d in enumerate(self.docs)]
-        out = []
-        while len(out) < count and any(per_doc):
-            for slots in per_doc:
-                if slots and len(out) < count:
-                    i, s = slots.pop(0)
-                    out.append({"doc": i, "start": s, "ids": self.docs[i][s:s + length]})
+    def stream(self) -> List[int]:
+        """Every held-out document's ids, in order, joined by the ids of a blank line ("\n\n",
+        the separator of documents in the raw text)."""
+        sep = self.tokenizer.encode("\n\n", add_special_tokens=False)
+        out: List[int] = []
+        for i, d in enumerate(self.docs):
+            out.extend((sep if i else []) + d)
         return out
 
-    def text_span(self, doc: int, start: int, length: int) -> str:
-        return self.tokenizer.decode(self.docs[doc][start:start + length])
+    def windows(self, length: int, count: int) -> List[dict]:
+        """Up to `count` non-overlapping windows of `length` ids of the stream, evenly spaced
+        over it (fewer when the stream is too short). Returns dicts {doc, start, ids}: doc is the
+        document the window starts in, start its offset in the stream."""
+        ids = self.stream()
+        gap = len(self.tokenizer.encode("\n\n", add_special_tokens=False))
+        n = min(count, len(ids) // length)
+        if n <= 0:
+            return []
+        stride = (len(ids) - length) // (n - 1) if n > 1 else 0
+        bounds, at = [], 0
+        for d in self.docs:
+            bounds.append(at)
+            at += len(d) + gap
+        out = []
+        for j in range(n):
+            s = j * stride
+            doc = max(i for i, b in enumerate(bounds) if b <= s)
+            out.append({"doc": doc, "start": s, "ids": ids[s:s + length]})
+        return out
+

@@ -191,6 +191,43 @@ def kept_fraction(cache: DynamicCache, modules, context_length: int) -> float:
     return kept / total
 
 
+def snapshot(cache: DynamicCache, modules) -> dict:
+    """A compressed cache and its head-wise masks (kvpress keeps those on the attention modules,
+    where the next press would overwrite them), detached from the modules."""
+    return {"kv": [(cache.layers[l].keys, cache.layers[l].values) for l in range(len(modules))],
+            "masks": [getattr(m, "masked_key_indices", None) for m in modules]}
+
+
+def batch_caches(snaps: List[dict], modules) -> DynamicCache:
+    """Stacks several compressed caches (snapshot()) along the batch: every layer padded to the
+    longest with zero entries, and padding plus each cache's own masked entries masked through
+    kvpress's head-wise mechanism (module.masked_key_indices with the row as batch index; their
+    attention weight is exactly 0). Row i then attends exactly to what cache i kept."""
+    cache = DynamicCache()
+    for l, m in enumerate(modules):
+        n = max(s["kv"][l][0].shape[2] for s in snaps)
+        ks, vs, bi, hi, si = [], [], [], [], []
+        for row, s in enumerate(snaps):
+            k, v = s["kv"][l]
+            _, H, have, D = k.shape
+            if have < n:
+                k = torch.cat([k, k.new_zeros(1, H, n - have, D)], dim=2)
+                v = torch.cat([v, v.new_zeros(1, H, n - have, D)], dim=2)
+                bi.append(torch.full((H * (n - have),), row, dtype=torch.long))
+                hi.append(torch.arange(H).repeat_interleave(n - have))
+                si.append(torch.arange(have, n).repeat(H))
+            old = s["masks"][l]
+            if old is not None:
+                bi.append(torch.full_like(old[0], row).long().cpu())
+                hi.append(old[1].long().cpu())
+                si.append(old[2].long().cpu())
+            ks.append(k)
+            vs.append(v)
+        cache.update(torch.cat(ks), torch.cat(vs), l)
+        m.masked_key_indices = (torch.cat(bi), torch.cat(hi), torch.cat(si)) if bi else None
+    return cache
+
+
 def equalize_lengths(cache: DynamicCache, modules) -> None:
     """Makes every layer's cache as long as the longest (PyramidKV keeps a different number per
     layer, and transformers 5.2 builds one attention mask for all layers, so a multi-token

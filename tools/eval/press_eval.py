@@ -69,7 +69,8 @@ def parse_args(argv=None):
     ap.add_argument("--phrasings", default=",".join(PHRASINGS), help="tools/make_passkey.py NEEDLES keys")
     ap.add_argument("--prompt", choices=["chat", "plain"], default="chat",
                     help="chat: the pipeline's chat template (the model's); plain: no template")
-    ap.add_argument("--max-new-tokens", type=int, default=7)
+    ap.add_argument("--max-new-tokens", type=int, default=6, help="greedy tokens per answer (a space and 5 digits)")
+    ap.add_argument("--decode-batch", type=int, default=1, help="compressed caches decoded together in one batch (retrieval; on CPU batching saves nothing, so 1)")
     ap.add_argument("--ppl-samples", type=int, default=16, help="perplexity windows per context length")
     ap.add_argument("--ppl-contexts", type=ints, default=[512, 1024])
     ap.add_argument("--long", action="store_true", help="add context 2048 to --ppl-contexts")
@@ -144,7 +145,7 @@ def main(argv=None) -> int:
             samples = make_retrieval_samples(held, tok, a.samples, a.lengths, a.depths, phrasings, a.seed,
                                              digits=5)
         t0 = time.time()
-        res = run_retrieval(pipe, policies, a.keep, samples, setting, a.max_new_tokens, a.verify)
+        res = run_retrieval(pipe, policies, a.keep, samples, setting, a.max_new_tokens, a.verify, batch=a.decode_batch)
         tasks[name] = dict(res, title=f"Retrieval, question-{setting}", metric="exact match (%)", statistic="mean",
                            higher_is_better=True, n=len(samples), seconds=round(time.time() - t0, 1),
                            samples=[{k: s[k] for k in ("phrasing", "kind", "value", "key", "length", "depth",

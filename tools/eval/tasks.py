@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from policies import KVzipScores, Policy, Prefill, equalize_lengths, kept_fraction
+from policies import KVzipScores, Policy, Prefill, batch_caches, equalize_lengths, kept_fraction, snapshot
 
 sys.path.insert(0, __import__("os").path.join(__import__("os").path.dirname(__file__), ".."))
 import make_passkey  # noqa: E402  (tools/make_passkey.py: needles, phrasings, insertion)
@@ -95,13 +95,46 @@ def exact_match(answer: str, value: str) -> float:
     return float(m is not None and m.group(0) == value)
 
 
+@torch.no_grad()
+def generate_batched(pipe, question_ids: torch.Tensor, cache, context_length: int, max_new_tokens: int,
+                     rows: int) -> List[str]:
+    """kvpress's KVPressTextGenerationPipeline.generate_answer for `rows` caches stacked along the
+    batch (batch_caches): the question at positions T, T+1, ..., then greedy decoding, a row
+    ending at the first end-of-sequence token the loop produces (as generate_answer's loop
+    breaks), each answer decoded with skip_special_tokens."""
+    model = pipe.model
+    q = question_ids.expand(rows, -1)
+    pos = torch.arange(context_length, context_length + q.shape[1]).unsqueeze(0).expand(rows, -1)
+    out = model(input_ids=q, past_key_values=cache, position_ids=pos, logits_to_keep=1)
+    pos = pos[:, -1:] + 1
+    ids = [out.logits[:, -1].argmax(-1)]
+    stop = model.generation_config.eos_token_id
+    stop = set(stop if isinstance(stop, list) else [stop])
+    done = torch.zeros(rows, dtype=torch.bool)
+    ends = [None] * rows
+    for i in range(max_new_tokens - 1):
+        out = model(input_ids=ids[-1].unsqueeze(1), past_key_values=cache, position_ids=pos + i)
+        new = out.logits[:, -1].argmax(-1)
+        ids.append(new)
+        for r in range(rows):
+            if not done[r] and int(new[r]) in stop:
+                done[r], ends[r] = True, len(ids)
+        if bool(done.all()):
+            break
+    seq = torch.stack(ids, dim=1)
+    return [str(pipe.tokenizer.decode(seq[r, :ends[r] or seq.shape[1]], skip_special_tokens=True)) for r in range(rows)]
+
+
 def run_retrieval(pipe, policies: Sequence[Policy], keeps: Sequence[float], samples: List[dict], setting: str,
                   max_new_tokens: int, verify: int = 1, verify_keep: Optional[float] = None,
-                  label: str = "retrieval") -> dict:
+                  label: str = "retrieval", batch: int = 16) -> dict:
+    """Every (policy, keep) on every sample. Per sample: one prefill, each press replayed on it
+    (policies.Prefill), the answers decoded `batch` caches at a time (generate_batched)."""
     model = pipe.model
     runs: Dict[tuple, dict] = {(p.name, k): {"scores": [], "kept": [], "answers": []} for p, k in run_keys(policies, keeps)}
     checks = []
     prog = Progress(f"{label}-{setting}", len(samples))
+    keys = list(run_keys(policies, keeps))
     for si, s in enumerate(samples):
         context, question = prompt_parts(s, setting)
         inp = pipe.preprocess(context, questions=[question], answer_prefix=s["answer_prefix"],
@@ -110,26 +143,29 @@ def run_retrieval(pipe, policies: Sequence[Policy], keeps: Sequence[float], samp
         T = ctx_ids.shape[1]
         pre = Prefill(model, ctx_ids)
         kvz = None
-        for p, k in run_keys(policies, keeps):
-            if p.kvzip:
-                if kvz is None:
-                    kvz = KVzipScores(model, ctx_ids)
-                cache = kvz.apply(pre, p.make(k))
-            else:
-                cache = pre.compressed(p.make(k))
-            kept = kept_fraction(cache, pre.modules, T)
-            equalize_lengths(cache, pre.modules)
-            with torch.no_grad():
-                ans = pipe.generate_answer(question_ids=q_ids, cache=cache, context_length=T,
-                                           max_new_tokens=max_new_tokens)
-            r = runs[(p.name, k)]
-            r["scores"].append(exact_match(ans, s["value"]))
-            r["kept"].append(kept)
-            r["answers"].append(ans)
+        for c0 in range(0, len(keys), batch):
+            chunk, snaps = keys[c0:c0 + batch], []
+            for p, k in chunk:
+                if p.kvzip:
+                    if kvz is None:
+                        kvz = KVzipScores(model, ctx_ids)
+                    cache = kvz.apply(pre, p.make(k))
+                else:
+                    cache = pre.compressed(p.make(k))
+                runs[(p.name, k)]["kept"].append(kept_fraction(cache, pre.modules, T))
+                snaps.append(snapshot(cache, pre.modules))
+            cache = batch_caches(snaps, pre.modules)
+            answers = generate_batched(pipe, q_ids, cache, T, max_new_tokens, len(snaps))
+            for (p, k), ans in zip(chunk, answers):
+                r = runs[(p.name, k)]
+                r["scores"].append(exact_match(ans, s["value"]))
+                r["answers"].append(ans)
+        for m in pre.modules:
+            m.masked_key_indices = None
         if si < verify:
             checks.append(verify_pipeline(pipe, policies, keeps, runs, si, s, setting, max_new_tokens, verify_keep))
         full = runs[("full", None)]["scores"]
-        prog.step(f"full cache {sum(full)}/{len(full)}")
+        prog.step(f"full cache {int(sum(full))}/{len(full)}")
     return {"runs": runs, "checks": checks}
 
 
