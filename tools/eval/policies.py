@@ -200,12 +200,12 @@ def snapshot(cache: DynamicCache, modules) -> dict:
 
 def batch_caches(snaps: List[dict], modules) -> DynamicCache:
     """Stacks several compressed caches (snapshot()) along the batch: every layer padded to the
-    longest with zero entries, and padding plus each cache's own masked entries masked through
+    longest layer of any of them with zero entries, and padding plus each cache's own masked entries masked through
     kvpress's head-wise mechanism (module.masked_key_indices with the row as batch index; their
     attention weight is exactly 0). Row i then attends exactly to what cache i kept."""
     cache = DynamicCache()
+    n = max(s["kv"][l][0].shape[2] for s in snaps for l in range(len(modules)))  # one length for all layers
     for l, m in enumerate(modules):
-        n = max(s["kv"][l][0].shape[2] for s in snaps)
         ks, vs, bi, hi, si = [], [], [], [], []
         for row, s in enumerate(snaps):
             k, v = s["kv"][l]
