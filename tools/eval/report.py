@@ -116,8 +116,11 @@ def plot(out_dir: str, tasks: Dict[str, dict], policies, keeps) -> None:
     cols = min(n, 3)
     rows_n = math.ceil(n / cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(5.2 * cols, 4.0 * rows_n), squeeze=False)
-    cmap = plt.get_cmap("tab20")
-    colors = {p.name: cmap(i % 20) for i, p in enumerate(policies)}
+    base = [p for p in policies if p.family == "kvpress"]
+    cmap = plt.get_cmap("tab10")
+    colors = {p.name: cmap(i % 10) for i, p in enumerate(base)}
+    for p, c in zip([p for p in policies if p.family == "agate"], ("black", "dimgray", "darkred")):
+        colors[p.name] = c
     for ax, (name, t) in zip(axes.flat, tasks.items()):
         rows = t["rows"]
         for p in policies:
@@ -127,11 +130,11 @@ def plot(out_dir: str, tasks: Dict[str, dict], policies, keeps) -> None:
             if p.family == "full":
                 ax.axhline(pr[0]["value"], color="black", ls="--", lw=1, label="full cache")
             elif p.keep_free:
-                ax.plot([pr[0]["kept"]], [pr[0]["value"]], marker="*", ms=12, ls="", color=colors[p.name], label=p.name)
+                ax.plot([pr[0]["kept"]], [pr[0]["value"]], marker="*", ms=14, ls="", color=colors[p.name], label=p.name)
             else:
-                ax.plot([r["keep"] for r in pr], [r["value"] for r in pr], marker="o", ms=4,
-                        lw=2.2 if p.family == "agate" else 1.2, ls="-" if p.family == "agate" else "-",
-                        color=colors[p.name], label=p.name)
+                agate = p.family == "agate"
+                ax.plot([r["keep"] for r in pr], [r["value"] for r in pr], marker="s" if agate else "o", ms=5 if agate else 4,
+                        lw=2.4 if agate else 1.2, color=colors[p.name], label=p.name)
         ax.set_title(f"{t['title']} (n={t['n']})", fontsize=9)
         ax.set_xlabel("keep ratio (kvpress: 1 - compression_ratio)")
         ax.set_ylabel(t["metric"])
@@ -146,3 +149,18 @@ def plot(out_dir: str, tasks: Dict[str, dict], policies, keeps) -> None:
     for ext in ("png", "svg"):
         fig.savefig(os.path.join(out_dir, f"plot.{ext}"), dpi=110)
     plt.close(fig)
+
+
+def replot(out_dir: str) -> None:
+    """Redraws plot.png / plot.svg from an existing results.json (e.g. after a style change)."""
+    with open(os.path.join(out_dir, "results.json"), encoding="utf-8") as f:
+        js = json.load(f)
+
+    class P:
+        def __init__(self, d):
+            self.name, self.family, self.keep_free = d["name"], d["family"], d["keep_free"]
+
+    policies = [P(d) for d in js["config"]["policies"]]
+    tasks = {k: {"rows": t["rows"], "title": t["title"], "metric": t["metric"], "statistic": t["statistic"],
+                 "n": t["rows"][0]["n"] if t["rows"] else 0} for k, t in js["tasks"].items()}
+    plot(out_dir, tasks, policies, js["config"]["keep"])
