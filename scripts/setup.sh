@@ -5,7 +5,7 @@
 #     headers, GoogleTest, nlohmann-json, zlib, PCRE2 and utf8proc (the tokenizer.json backend).
 #   - A project venv at .venv/ (or $AGATE_VENV) with LibTorch from the PyPI wheel torch==2.11.0
 #     (the +cu130 build the GPU machines run; C++ headers, libraries and the CMake package) and
-#     the pinned Python packages the tools and tests use.
+#     the pinned Python packages the tools and tests use, and python/ (agate_gates) editable.
 # First run on a fresh cpp-kernels machine: ~2-3 min, ~5 GB (the CUDA wheels are most of it).
 # Usage: scripts/setup.sh            (AGATE_SKIP_APT=1 skips the Debian step, e.g. on a GPU box
 #                                     that has no apt; AGATE_VENV=DIR uses another venv)
@@ -54,8 +54,30 @@ VENV=${AGATE_VENV:-.venv}
 PY=$VENV/bin/python
 stamp="$VENV/.agate-setup"
 want="${PY_PKGS[*]}"
+# python/ (agate_gates: the gates in PyTorch, AgatePress for kvpress), editable, offline-safe: no
+# build isolation and no dependency resolution (its dependencies are the pins above). Skipped when
+# the venv already imports it from this checkout.
+install_agate_gates() {
+  local here
+  here=$("$PY" -c 'import importlib.util as u, os; s = u.find_spec("agate_gates"); print(os.path.dirname(os.path.dirname(os.path.realpath(s.origin))) if s else "")' 2>/dev/null || true)
+  if [[ $here == "$(realpath python)" ]]; then
+    echo "[setup] agate_gates installed (editable, python/)"
+  else
+    if "$PY" -m pip install -q --disable-pip-version-check -e python/ --no-build-isolation --no-deps >/dev/null 2>&1; then
+      echo "[setup] installed agate_gates from python/ (editable)"
+    else
+      # Without network, an old setuptools with no `wheel` cannot build the editable wheel: put
+      # python/ on the venv's path with a .pth file instead (what an editable install amounts to).
+      site=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+      realpath python >"$site/agate_gates.pth"
+      echo "[setup] pip could not build agate_gates offline; added python/ to $VENV via $site/agate_gates.pth"
+    fi
+  fi
+}
+
 if [[ -x $PY && -f $stamp && "$(cat "$stamp")" == "$want" ]]; then
   echo "[setup] venv $VENV up to date (torch $TORCH_VERSION)"
+  install_agate_gates
   exit 0
 fi
 start=$(date +%s)
@@ -67,4 +89,5 @@ echo "[setup] installing into $VENV: ${PY_PKGS[*]} (first time: ~2 min, ~5 GB)"
 "$PY" -m pip install -q --disable-pip-version-check "${PY_PKGS[@]}"
 "$PY" -c "import torch; assert torch.__version__.startswith('$TORCH_VERSION'), torch.__version__"
 echo "$want" >"$stamp"
+install_agate_gates
 echo "[setup] venv ready in $(( $(date +%s) - start )) s: $("$PY" -c 'import torch; print(torch.__version__)')"

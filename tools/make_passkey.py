@@ -18,6 +18,12 @@ answer rewards keeping the fact), with filler only from the paragraphs that `aga
 
     python3 tools/make_passkey.py --format text --kinds passkey,kv,code --split train \
       --filler data/corpus/raw/austen.txt --n 3000 --min-words 150 --max-words 600 --out retrieval.txt
+
+For other generators (tools/eval/press_eval.py's retrieval task) the facts come in several
+phrasings, a pass key and a key-value pair (NEEDLES, needle()), and insert_at_depth() places
+one between the sentences of any haystack text. The training phrasings (TRAIN_KINDS) and the
+evaluation's (NEEDLES) are kept apart on purpose, so that the evaluation asks in phrasings
+the gates were not trained on (only the classic pass-key sentence is in both).
 """
 import argparse
 import json
@@ -27,6 +33,56 @@ import zlib
 
 FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
           "There and back again.").split(". ")
+
+
+# phrasing -> (needle, question, answer prefix); {v} is the value, {name} the key of a key-value pair.
+NEEDLES = {
+    "passkey": ("The pass key is {v}. Remember it. {v} is the pass key.",
+                "What is the pass key (a number)?", "The pass key is the number"),
+    "passkey-note": ("Important note: the pass key for the vault is {v}. Keep the number {v} in mind.",
+                     "What is the pass key for the vault?", "The pass key for the vault is"),
+    "kv-number": ("The secret number of {name} is {v}.",
+                  "What is the secret number of {name}?", "The secret number of {name} is"),
+    "kv-code": ("{name} has the locker code {v}. Write it down: {name}'s locker code is {v}.",
+                "What is {name}'s locker code?", "{name}'s locker code is"),
+}
+NAMES = ["Oliver Brandt", "Mira Castell", "Tobias Wren", "Elena Marsh", "Jonah Pike", "Clara Voss",
+         "Felix Harrow", "Nadia Quill", "Simon Ashby", "Lena Frost", "Victor Hale", "Ruth Calder"]
+
+
+def needle(rng, phrasing, digits=5):
+    """A fact in one of NEEDLES' phrasings with a fresh value (and name for key-value pairs):
+    {"phrasing", "kind" (passkey or kv), "needle", "question", "answer_prefix", "value", "key"}."""
+    text, question, prefix = NEEDLES[phrasing]
+    value = str(rng.randint(10 ** (digits - 1), 10 ** digits - 1))
+    name = rng.choice(NAMES) if "{name}" in text else ""
+    fmt = lambda t: t.format(v=value, name=name)  # noqa: E731
+    return {"phrasing": phrasing, "kind": "kv" if name else "passkey", "needle": fmt(text),
+            "question": fmt(question), "answer_prefix": fmt(prefix), "value": value, "key": name}
+
+
+def split_sentences(text):
+    """Cut points of a text after each sentence end ('. ', '! ', '? ', a newline): a list of
+    (start, end) spans that together cover the text."""
+    spans, start = [], 0
+    for i, ch in enumerate(text):
+        if ch == "\n" or (ch in ".!?;" and i + 1 < len(text) and text[i + 1] in " \n"):
+            spans.append((start, i + 1))
+            start = i + 1
+    if start < len(text):
+        spans.append((start, len(text)))
+    return spans
+
+
+def insert_at_depth(text, fact, depth):
+    """The text with `fact` inserted at the sentence boundary nearest to depth x len(text)
+    (depth in [0, 1]); returns (new text, the realised depth as a fraction of characters)."""
+    cuts = [0] + [e for _, e in split_sentences(text)]
+    at = min(cuts, key=lambda c: abs(c - depth * len(text)))
+    before, after = text[:at].rstrip(" "), text[at:].lstrip(" ")
+    sep_b = "" if not before or before.endswith("\n") else " "
+    sep_a = "" if not after or after.startswith("\n") else " "
+    return before + sep_b + fact + sep_a + after, round(at / max(1, len(text)), 3)
 
 
 def is_val(paragraph, fraction):
@@ -55,9 +111,9 @@ def sentences_from(path, split="all", val_fraction=0.03):
     return out
 
 
-# Phrasings of the fact for --format text: (needle, question, answer prefix); {k} is the value,
+# Phrasings of the fact for --format text (training): (needle, question, answer prefix); {k} is the value,
 # {n} a name. The answer is the prefix followed by " {k}.".
-KINDS = {
+TRAIN_KINDS = {
     "passkey": [("The pass key is {k}. Remember it. {k} is the pass key.", "What is the pass key?", "The pass key is"),
                 ("Remember this pass key: {k}.", "What was the pass key?", "The pass key was")],
     "kv": [("The value of the key '{n}' is {k}.", "What is the value of the key '{n}'?", "The value of the key '{n}' is"),
@@ -66,7 +122,7 @@ KINDS = {
               "The secret code of {n} is"),
              ("{n}'s locker number is {k}.", "What is {n}'s locker number?", "{n}'s locker number is")],
 }
-NAMES = ["Alice", "Bertram", "Clara", "Dorian", "Elinor", "Frederick", "Gwen", "Horace", "Isolde", "Jasper",
+TRAIN_NAMES = ["Alice", "Bertram", "Clara", "Dorian", "Elinor", "Frederick", "Gwen", "Horace", "Isolde", "Jasper",
          "amber-fox", "blue-owl", "cedar-7", "delta-9", "ember-3", "falcon", "granite", "harbor-2"]
 
 
@@ -78,9 +134,9 @@ def make_text(rng, pool, min_words, max_words, digits, kinds):
         s = rng.choice(pool).rstrip(".") + "."
         filler.append(s)
         n += len(s.split())
-    needle, question, prefix = rng.choice(KINDS[rng.choice(kinds)])
+    needle, question, prefix = rng.choice(TRAIN_KINDS[rng.choice(kinds)])
     key = str(rng.randint(10 ** (digits - 1), 10 ** digits - 1))
-    name = rng.choice(NAMES)
+    name = rng.choice(TRAIN_NAMES)
     cut = int(round(rng.random() * len(filler)))
     fill = lambda t: t.format(k=key, n=name)
     return " ".join(filler[:cut] + [fill(needle)] + filler[cut:]) + " " + fill(question) + " " + fill(prefix) + " " + key + "."
@@ -119,15 +175,15 @@ def main():
     ap.add_argument("--format", choices=["jsonl", "text"], default="jsonl",
                     help="jsonl: prompt/response lines (SFT, eval); text: plain-text training documents "
                          "separated by blank lines")
-    ap.add_argument("--kinds", default="passkey", help="text format: comma list of " + ",".join(KINDS))
+    ap.add_argument("--kinds", default="passkey", help="text format: comma list of " + ",".join(TRAIN_KINDS))
     ap.add_argument("--split", choices=["all", "train", "val"], default="all",
                     help="take filler only from the paragraphs that agate tokenize --val-fraction puts in this split "
                          "(train: for training text; val: held-out haystacks for evaluation)")
     ap.add_argument("--val-fraction", type=float, default=0.03, help="the --val-fraction the corpus was tokenized with")
     a = ap.parse_args()
     kinds = a.kinds.split(",")
-    if any(k not in KINDS for k in kinds):
-        ap.error("--kinds: choose from " + ",".join(KINDS))
+    if any(k not in TRAIN_KINDS for k in kinds):
+        ap.error("--kinds: choose from " + ",".join(TRAIN_KINDS))
     if not 0 < a.val_fraction < 1:
         ap.error("--val-fraction must be in (0, 1)")
     if a.n < 1 or a.min_words < 0 or a.max_words < a.min_words or not 1 <= a.digits <= 18:

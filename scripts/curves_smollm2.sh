@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Issue 19's evaluation on SmolLM2-135M: every policy (the training-free baselines and the gates
+# in each deployment: gate, gate-post, gate-rank, ada-gate) at keep 0.1, 0.25, 0.5 and 0.75 on
+#   ppl-512, ppl-1024   continuation perplexity (64 tokens) of held-out natural text (the
+#                       corpus's val split at --val-fraction 0.03: paragraphs the gates never saw)
+#   passkey-inside      a 5-digit key in held-out Austen haystacks (~300 and ~600 words), the
+#                       question inside the compressed prompt (question-aware)
+#   passkey-after       the same samples, the question arriving after compression (agnostic)
+# Each writes OUT/<task>.{md,json,svg}: the table with paired bootstrap 95% intervals against
+# the full cache and against the best training-free policy, every sample's score, the curves.
+# GATES (default exports/smollm2-gates), OUT (default runs/curves-smollm2), SAMPLES (default 16),
+# TASKS (default "ppl-512 ppl-1024 passkey-inside passkey-after"), KEEP (default 0.1,0.25,0.5,0.75).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+AGATE=${AGATE:-build/agate}
+GATES=${GATES:-exports/smollm2-gates}
+OUT=${OUT:-runs/curves-smollm2}
+N=${SAMPLES:-16}
+KEEP=${KEEP:-0.1,0.25,0.5,0.75}
+TASKS=${TASKS:-ppl-512 ppl-1024 passkey-inside passkey-after}
+MODEL=models/smollm2-135m-instruct
+HELD=data/corpus/smollm2-heldout
+[[ -f $GATES/gates.safetensors ]] || { echo "error: no gate export at $GATES (hint: scripts/train_smollm2_gates.sh, or GATES=DIR)" >&2; exit 2; }
+bash scripts/get_model.sh smollm2 >/dev/null
+bash data/fetch_corpus.sh >/dev/null
+mkdir -p "$OUT"
+t0=$(date +%s)
+if [[ ! -f $HELD/val/manifest.json ]]; then
+  "$AGATE" tokenize --tokenizer "$MODEL/tokenizer.json" --val-fraction 0.03 \
+    --input data/corpus/raw/austen.txt,data/corpus/raw/kjv.txt,data/corpus/raw/shakespeare.txt --out "$HELD" >/dev/null
+fi
+if [[ ! -f $OUT/passkey.jsonl ]]; then
+  { python3 tools/make_passkey.py --out - --n $(( (N + 1) / 2 )) --seed 11 --split val --filler data/corpus/raw/austen.txt \
+      --min-words 250 --max-words 350 --answer key
+    python3 tools/make_passkey.py --out - --n $(( N / 2 )) --seed 12 --split val --filler data/corpus/raw/austen.txt \
+      --min-words 550 --max-words 650 --answer key; } >"$OUT/passkey.jsonl.tmp"
+  mv "$OUT/passkey.jsonl.tmp" "$OUT/passkey.jsonl"
+fi
+common=(--model "$MODEL" --gates "$GATES" --keep "$KEEP" --dtype bfloat16 --samples "$N")
+for task in $TASKS; do
+  echo "==> [$(date +%H:%M:%S)] $task"
+  case $task in
+    ppl-*) args=(--task ppl --data "$HELD/val" --context "${task#ppl-}" --continuation 64) ;;
+    passkey-inside) args=(--task passkey --file "$OUT/passkey.jsonl" --template recipes/smollm2/passkey_template.json) ;;
+    passkey-after) args=(--task passkey --file "$OUT/passkey.jsonl" --template recipes/smollm2/passkey_template.json --question-after) ;;
+    *) echo "error: unknown task '$task' (hint: ppl-N, passkey-inside, passkey-after)" >&2; exit 2 ;;
+  esac
+  "$AGATE" eval "${common[@]}" "${args[@]}" --json "$OUT/$task.json" --plot "$OUT/$task.svg" >"$OUT/$task.md.tmp"
+  mv "$OUT/$task.md.tmp" "$OUT/$task.md"
+done
+echo "curves written to $OUT/ in $(( $(date +%s) - t0 )) s"
