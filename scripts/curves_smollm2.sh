@@ -9,7 +9,9 @@
 # Each writes OUT/<task>.{md,json,svg}: the table with paired bootstrap 95% intervals against
 # the full cache and against the best training-free policy, every sample's score, the curves.
 # GATES (default exports/smollm2-gates), OUT (default runs/curves-smollm2), SAMPLES (default 16),
-# TASKS (default "ppl-512 ppl-1024 passkey-inside passkey-after"), KEEP (default 0.1,0.25,0.5,0.75).
+# TASKS (default "ppl-512 ppl-1024 passkey-inside passkey-after"), KEEP (default 0.1,0.25,0.5,0.75),
+# THREADS (default 0 = all cores; on a shared machine use 1: OpenMP threads that wait for a
+# descheduled partner spin, and two threads on one free core run several times slower than one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AGATE=${AGATE:-build/agate}
@@ -36,7 +38,7 @@ if [[ ! -f $OUT/passkey.jsonl ]]; then
       --min-words 550 --max-words 650 --answer key; } >"$OUT/passkey.jsonl.tmp"
   mv "$OUT/passkey.jsonl.tmp" "$OUT/passkey.jsonl"
 fi
-common=(--model "$MODEL" --gates "$GATES" --keep "$KEEP" --dtype bfloat16 --samples "$N")
+common=(--model "$MODEL" --gates "$GATES" --keep "$KEEP" --dtype bfloat16 --samples "$N" --threads "${THREADS:-0}")
 for task in $TASKS; do
   echo "==> [$(date +%H:%M:%S)] $task"
   case $task in

@@ -30,26 +30,29 @@ at::Tensor RaggedKVCache::attend(int64_t layer, const at::Tensor& q, const at::T
   auto fa = flags.accessor<bool, 2>();
   auto long_opts = at::TensorOptions().dtype(at::kLong).device(k.device());
   at::Tensor q_pos = at::arange(first, first + Tn, long_opts);
+  // Removes the entries that no query at position >= next can see: evicted ones whose recent
+  // window has passed, and those outside Mistral's sliding window.
+  auto prune = [&](Head& h, int64_t next) {
+    if (h.pos.empty()) return;
+    std::vector<int64_t> live;
+    for (size_t i = 0; i < h.pos.size(); ++i) {
+      const bool in_window = sliding_window <= 0 || next - h.pos[i] < sliding_window;
+      if (h.expires[i] >= next && in_window) live.push_back(static_cast<int64_t>(i));
+    }
+    if (live.size() == h.pos.size()) return;
+    at::Tensor idx = at::tensor(live, long_opts);
+    h.k = h.k.index_select(0, idx);
+    h.v = h.v.index_select(0, idx);
+    std::vector<int64_t> pos, exp;
+    for (int64_t i : live) pos.push_back(h.pos[static_cast<size_t>(i)]), exp.push_back(h.expires[static_cast<size_t>(i)]);
+    h.pos = pos;
+    h.expires = exp;
+  };
   std::vector<at::Tensor> outs;
   for (int64_t g = 0; g < Hkv; ++g) {
     Head& h = heads[static_cast<size_t>(g)];
     // Drop entries no new query can see any more (the cache only moves forward).
-    if (!h.pos.empty()) {
-      std::vector<int64_t> live;
-      for (size_t i = 0; i < h.pos.size(); ++i) {
-        const bool in_window = sliding_window <= 0 || first - h.pos[i] < sliding_window;
-        if (h.expires[i] >= first && in_window) live.push_back(static_cast<int64_t>(i));
-      }
-      if (live.size() != h.pos.size()) {
-        at::Tensor idx = at::tensor(live, long_opts);
-        h.k = h.k.index_select(0, idx);
-        h.v = h.v.index_select(0, idx);
-        std::vector<int64_t> pos, exp;
-        for (int64_t i : live) pos.push_back(h.pos[static_cast<size_t>(i)]), exp.push_back(h.expires[static_cast<size_t>(i)]);
-        h.pos = pos;
-        h.expires = exp;
-      }
-    }
+    prune(h, first);
     // Keys: the stored entries, then the new tokens. Visibility of stored entries: each
     // survives until `expires`; new tokens follow the training rule through masked_attention.
     const int64_t n_old = static_cast<int64_t>(h.pos.size());
@@ -108,6 +111,7 @@ at::Tensor RaggedKVCache::attend(int64_t layer, const at::Tensor& q, const at::T
       h.k = n_old ? at::cat({h.k, nk}) : nk;
       h.v = n_old ? at::cat({h.v, nv}) : nv;
     }
+    prune(h, first + Tn);  // what the next token cannot see is not stored (nor counted) after this chunk
   }
   return at::cat(outs, 0).unsqueeze(0);  // [1, H, Tn, hd]
 }

@@ -53,12 +53,13 @@ TEST(RaggedCache, TeacherForcedDecodingEqualsTheGatedForward) {
         for (int64_t t = P; t < T; ++t) got.push_back(m.forward(tokens.slice(1, t, t + 1), inc));
         EXPECT_TRUE(at::allclose(at::cat(got, 1), want, 1e-4, 1e-5))
             << "kv " << kv << " recent " << recent << " decode gating " << decode_gating;
-        // Stored = kept entries (plus evicted ones still inside the recent window).
+        // Stored = kept entries, plus the evicted ones the next token still sees (an evicted
+        // entry at p is visible up to query p + recent - 1); nothing else is held.
         int64_t kept = 0;
         for (int64_t l = 0; l < 2; ++l)
           for (int64_t g = 0; g < kv; ++g) {
             int64_t n = 0;
-            for (int64_t p = 0; p < T; ++p) n += table[l][p][g].item<float>() > 0.5f || (recent > 1 && T - 1 - p < recent);
+            for (int64_t p = 0; p < T; ++p) n += table[l][p][g].item<float>() > 0.5f || (recent > 1 && p + recent - 1 >= T);
             EXPECT_EQ(cache.entries(l, g), n) << "layer " << l << " head " << g;
             kept += n;
           }
