@@ -7,7 +7,8 @@
 #                       question inside the compressed prompt (question-aware)
 #   passkey-after       the same samples, the question arriving after compression (agnostic)
 # Each writes OUT/<task>.{md,json,svg}: the table with paired bootstrap 95% intervals against
-# the full cache and against the best training-free policy, every sample's score, the curves.
+# the full cache and against the best training-free policy, every sample's score, the curves;
+# OUT/summary.md has one compact policy x budget table per task (tools/eval/curves_table.py).
 # GATES (default exports/smollm2-gates), OUT (default runs/curves-smollm2), SAMPLES (default 16),
 # TASKS (default "ppl-512 ppl-1024 passkey-inside passkey-after"), KEEP (default 0.1,0.25,0.5,0.75),
 # THREADS (default 0 = all cores; on a shared machine use 1: OpenMP threads that wait for a
@@ -50,4 +51,8 @@ for task in $TASKS; do
   "$AGATE" eval "${common[@]}" "${args[@]}" --json "$OUT/$task.json" --plot "$OUT/$task.svg" >"$OUT/$task.md.tmp"
   mv "$OUT/$task.md.tmp" "$OUT/$task.md"
 done
-echo "curves written to $OUT/ in $(( $(date +%s) - t0 )) s"
+jsons=()
+for task in $TASKS; do jsons+=("$OUT/$task.json"); done
+python3 tools/eval/curves_table.py "${jsons[@]}" >"$OUT/summary.md"
+cat "$OUT/summary.md"
+echo "curves written to $OUT/ (summary.md, <task>.{md,json,svg}) in $(( $(date +%s) - t0 )) s"
