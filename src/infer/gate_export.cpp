@@ -200,7 +200,7 @@ std::unique_ptr<Gates> load_gate_export(const std::string& dir, const LlamaModel
   auto gates = Gates::create(g, mc, 0, base.device());
   SafetensorsFile f = SafetensorsFile::open((fs::path(dir) / "gates.safetensors").string());
   NamedTensors t;
-  for (const auto& e : f.entries()) t.push_back({e.name, f.tensor(e.name)});
+  for (const auto& e : f.entries()) t.push_back({e.name, f.float_tensor(e.name)});
   gates->load(t, f.path());
   return gates;
 }
@@ -222,7 +222,7 @@ std::unique_ptr<LoraAdapters> load_lora_export(const std::string& dir, const Lla
   SafetensorsFile f = SafetensorsFile::open(file.string());
   for (const auto& [name, t] : lora->parameters()) {
     if (!f.find(name)) throw_input(file.string(), "lacks tensor " + name, "re-export the run with agate export");
-    at::Tensor src = f.tensor(name);
+    at::Tensor src = f.float_tensor(name);
     if (src.sizes() != t.sizes()) throw_input(file.string(), "tensor " + name + " has the wrong shape");
     t.detach().copy_(src);
   }

@@ -196,6 +196,24 @@ struct Trainer::Impl {
     }
   }
 
+  // A resumed state's counters must be its step's: the data cursor and the tokens seen (an
+  // edited cursor would silently replay or skip data).
+  void check_counters(const TrainState& st, const std::string& where) const {
+    LoaderOptions o;
+    o.seq_len = seq_len;
+    o.global_batch = global_batch;
+    o.sft_mode = r.str("data.sft_mode");
+    o.prefetch = 0;
+    const LoaderCursor want = DataLoader(*train_data, o, {}).cursor_after(static_cast<uint64_t>(r.integer("run.seed")), st.step);
+    if (!(st.cursor == want) || st.tokens != st.step * global_batch * seq_len) {
+      throw_input(where, "at step " + std::to_string(st.step) + " holds data cursor (epoch " + std::to_string(st.cursor.epoch) +
+                             ", sample " + std::to_string(st.cursor.sample) + ") and " + std::to_string(st.tokens) +
+                             " tokens, expected (epoch " + std::to_string(want.epoch) + ", sample " + std::to_string(want.sample) +
+                             ") and " + std::to_string(st.step * global_batch * seq_len),
+                  "the checkpoint was edited or damaged: resume from an older one with --resume-from");
+    }
+  }
+
   // Checks that need no loading, so bad recipes fail before any work.
   void validate() const {
     // Single-key ranges are the schema's (checked when the recipe was loaded); here, what
@@ -348,6 +366,7 @@ struct Trainer::Impl {
                     "raise train.steps to continue this run, or start a new one (another run.dir)");
       }
       guard().check(st, *from);
+      check_counters(st, where);
     }
     if (lead) write_file_atomic((fs::path(run_dir) / "config.resolved.yaml").string(), r.to_yaml());
     log::info("run folder {}; {} rank(s), backend {}; plan:\n{}", run_dir, pg->world(), pg->backend(), plan().describe());

@@ -331,6 +331,15 @@ TEST(Resume, EditedOrDamagedTrainerStateIsRefused) {
   EXPECT_NE(m.find("says step 1000 but sits in step_00000003"), std::string::npos) << m;
   m = with("\"step\": 3", "\"step\": 2");  // fewer steps than the optimizer took
   EXPECT_NE(m.find("holds impossible values (step 2, optimizer steps 3"), std::string::npos) << m;
+  // The data cursor and the token count must be those of the step (an edited cursor used to
+  // replay or skip data silently).
+  m = with("\"sample\": 12", "\"sample\": 20");
+  EXPECT_NE(m.find("at step 3 holds data cursor (epoch 0, sample 20) and 192 tokens, expected (epoch 0, sample 12) and 192"),
+            std::string::npos) << m;
+  m = with("\"tokens\": 192", "\"tokens\": 3");
+  EXPECT_NE(m.find("expected (epoch 0, sample 12) and 192"), std::string::npos) << m;
+  m = with("\"seed\": 0", "\"seed\": 5");
+  EXPECT_NE(m.find("holds data cursor"), std::string::npos) << m;
   m = with("\"format\": \"agate-trainer-state\"", "\"format\": \"other\"");
   EXPECT_NE(m.find("is not an agate trainer state"), std::string::npos) << m;
   m = with("\"val_loss\"", "\"val_los\"");
@@ -345,6 +354,14 @@ TEST(Resume, EditedOrDamagedTrainerStateIsRefused) {
     save_safetensors(opt, st);
     m = error_of([&] { Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=6"})).run(); });
     EXPECT_NE(m.find("holds NaN/inf"), std::string::npos) << m;
+    test::write_bytes(opt, saved);
+    // A header that labels the float moments I32 is refused, not read as integers.
+    std::string relabelled = saved;
+    relabelled.replace(relabelled.find("\"F32\""), 5, "\"I32\"");
+    test::write_bytes(opt, relabelled);
+    m = error_of([&] { Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=6"})).run(); });
+    EXPECT_NE(m.find("optimizer.safetensors: tensor '"), std::string::npos) << m;
+    EXPECT_NE(m.find("' is I32, expected a floating dtype"), std::string::npos) << m;
     test::write_bytes(opt, saved);
   }
   m = error_of([&] { Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=2"})).run(); });
