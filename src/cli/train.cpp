@@ -40,6 +40,7 @@ int cmd_train(const Argv& argv) {
             {{"dry-run", "", "validate and print the plan, train nothing", ""},
              {"fresh", "", "refuse to touch a run folder that already holds a run (default: resume it)", ""},
              {"resume-from", "DIR", "resume from this checkpoint folder instead of the newest", ""},
+             {"force", "", "start over in a run folder whose checkpoints are all incomplete (they are overwritten)", ""},
              {"print-schema", "", "print every recipe key as a markdown table and exit", ""},
              {"device", "D", "run.device: auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda or cuda:N", ""}});
   if (!args.parse(argv)) return 0;
@@ -54,6 +55,7 @@ int cmd_train(const Argv& argv) {
   ResumeOptions resume;
   resume.fresh = args.flag("fresh");
   resume.resume_from = args.get_or("resume-from", "");
+  resume.force = args.flag("force");
   if (resume.fresh && !resume.resume_from.empty()) throw_usage("--fresh and --resume-from exclude each other");
   Trainer trainer(recipe, resume, args.flag("dry-run"));
   if (args.flag("dry-run")) {

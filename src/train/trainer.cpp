@@ -187,9 +187,19 @@ struct Trainer::Impl {
 
   // --fresh refuses a folder that already holds a run; --resume-from needs a complete checkpoint.
   void check_run_folder(const ResumeOptions& resume) const {
-    const bool has_run = fs::exists(fs::path(run_dir) / "metrics.jsonl") || !list_checkpoints(run_dir).empty();
+    // Step folders without DONE are an earlier run's interrupted checkpoints: starting over would
+    // overwrite them, so that takes --force.
+    bool has_steps = false;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(fs::path(run_dir) / "checkpoints", ec))
+      has_steps |= e.path().filename().string().rfind("step_", 0) == 0;
+    const bool has_run = fs::exists(fs::path(run_dir) / "metrics.jsonl") || has_steps;
     if (resume.fresh && has_run) {
       throw_usage("--fresh: '" + run_dir + "' already holds a run", "choose another run.dir, or drop --fresh to resume it");
+    }
+    if (!resume.fresh && !resume.force && resume.resume_from.empty() && has_steps && list_checkpoints(run_dir).empty()) {
+      throw_input((fs::path(run_dir) / "checkpoints").string(), "holds step folders but no complete checkpoint (no DONE marker): a new run would overwrite them",
+                  "pass --force to start this run over, or choose another run.dir");
     }
     if (!resume.resume_from.empty() && !fs::exists(fs::path(resume.resume_from) / "DONE")) {
       throw_input(resume.resume_from, "is not a complete checkpoint (no DONE marker)", "pick a folder under RUN_DIR/checkpoints/");
@@ -422,6 +432,7 @@ struct Trainer::Impl {
       log::info("resuming from {} (step {}, {} tokens seen, data epoch {} sample {})", *from, start, tokens_seen,
                    cursor.epoch, cursor.sample);
     }
+    if (ckpt && start >= steps) return finished(summary, metrics_path, lead);
     MetricsLog metrics(metrics_path, lead, ckpt ? start : -1);  // a resumed run drops what came after its checkpoint
     auto record = [&](const json& j) { metrics.record(j); };
     // Identical starting parameters everywhere (they are seeded alike; this makes it certain).
@@ -553,6 +564,30 @@ struct Trainer::Impl {
     if (lead) save_outputs(summary);
     pg->barrier();
     return summary;
+  }
+
+  // Re-running a finished run trains nothing and rewrites nothing: the summary is the one on
+  // disk (rebuilt from the last metrics record only when the run died before writing it).
+  TrainSummary finished(TrainSummary s, const std::string& metrics_path, bool lead) {
+    const fs::path path = fs::path(run_dir) / "summary.json";
+    json prev;
+    try {
+      prev = json::parse(read_file(path.string()));
+    } catch (const std::exception&) {  // absent or damaged
+      std::ifstream in(metrics_path);
+      for (std::string line; std::getline(in, line);) {
+        const json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+        if (j.is_object() && j.contains("loss")) prev = {{"train_loss", j["loss"]}, {"tokens_per_s", j.value("tokens_per_s", 0.0)}};
+      }
+    }
+    if (prev.is_object()) {
+      s.train_loss = prev.value("train_loss", 0.0);
+      s.tokens_per_s = prev.value("tokens_per_s", 0.0);
+    }
+    log::info("{} already finished at step {}: nothing to train", run_dir, s.steps);
+    if (lead && !fs::exists(path)) save_outputs(s);
+    pg->barrier();
+    return s;
   }
 
   void save_outputs(const TrainSummary& s) {

@@ -369,6 +369,37 @@ TEST(Resume, EditedOrDamagedTrainerStateIsRefused) {
   EXPECT_NO_THROW(Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=6"})).run());
 }
 
+// The write policy of a run folder (issue 16): re-running a finished run rewrites nothing (its
+// summary.json used to become train_loss 0.0, tokens_per_s 0.0), and a new run does not
+// overwrite an earlier run's step folders when none of them is complete, unless --force.
+TEST(Resume, FinishedRunsAndIncompleteCheckpointsAreNotOverwritten) {
+  TinySetup s;
+  test::write_bytes(s.dir.file("r.yaml"), s.recipe());
+  const TrainSummary first = Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=3"})).run();
+  const std::string summary = test::read_bytes(s.dir.file("run/summary.json"));
+  const TrainSummary again = Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=3"})).run();
+  EXPECT_EQ(test::read_bytes(s.dir.file("run/summary.json")), summary);
+  EXPECT_EQ(again.train_loss, first.train_loss);
+  EXPECT_GT(again.train_loss, 0.0);
+  EXPECT_EQ(again.steps, 3);
+  // Without summary.json (the run died after its last checkpoint) it is rebuilt from the metrics.
+  fs::remove(s.dir.file("run/summary.json"));
+  EXPECT_EQ(Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=3"})).run().train_loss, first.train_loss);
+  EXPECT_TRUE(fs::exists(s.dir.file("run/summary.json")));
+  // Every checkpoint lacks DONE: refused without --force, started over with it.
+  fs::remove(s.dir.file("run/checkpoints/step_00000003/DONE"));
+  const std::string m = error_of([&] { Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=3"})).run(); });
+  EXPECT_NE(m.find("checkpoints: holds step folders but no complete checkpoint (no DONE marker)"), std::string::npos) << m;
+  EXPECT_NE(m.find("--force"), std::string::npos) << m;
+  EXPECT_TRUE(fs::exists(s.dir.file("run/checkpoints/step_00000003/trainable.safetensors")));
+  EXPECT_NE(error_of([&] { Trainer(Recipe::load(s.dir.file("r.yaml")), ResumeOptions{true, ""}); }).find("already holds a run"),
+            std::string::npos);
+  ResumeOptions force;
+  force.force = true;
+  EXPECT_NO_THROW(Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=3"}), force).run());
+  EXPECT_TRUE(fs::exists(s.dir.file("run/checkpoints/step_00000003/DONE")));
+}
+
 TEST(Checkpoint, InterruptedWritesAreNeverLoadedAndPruningKeepsTheNewest) {
   TempDir d;
   CheckpointData data{{{"w", at::ones({2})}}, {{"w.exp_avg", at::zeros({2})}}, "{}"};
