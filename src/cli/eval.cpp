@@ -1,6 +1,7 @@
 #include <cstdio>
 
 #include "agate/data/tokenize.h"
+#include "agate/data/dataset.h"
 #include "agate/data/tokenizer.h"
 #include "agate/eval/eval.h"
 #include "agate/infer/gate_export.h"
@@ -82,6 +83,7 @@ int cmd_eval(const Argv& argv) {
   const int64_t samples = args.get_int("samples");
   eval::Task task;
   if (task_name == "ppl") {
+    check_dataset_tokenizer(read_manifest(args.get("data")), args.get("data"), model_dir, "--data");
     task = eval::perplexity_task(args.get("data"), args.get_int("context"), args.get_int("continuation"), samples);
   } else {
     const std::string tok_path = args.get_or("tokenizer", default_tokenizer_path(model_dir));

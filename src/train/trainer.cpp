@@ -149,6 +149,7 @@ struct Trainer::Impl {
     // The ids the data holds, not the tokenizer's size: a tokenizer.json may list added tokens
     // beyond the model's embeddings (SmolLM2's GGUF tokenizer has 5) that the text never uses.
     train_data->check_fits(mc.vocab_size, "data.train");
+    check_dataset_tokenizer(train_data->manifest(), train_dir, model_dir, r.origin("data.train") + ": data.train");
     if (!r.str("data.val").empty()) {
       val_data.emplace(Dataset::open(r.str("data.val")));
       val_data->check_fits(mc.vocab_size, "data.val");

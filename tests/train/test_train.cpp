@@ -16,6 +16,7 @@
 #include "agate/train/recipe.h"
 #include "agate/train/schedule.h"
 #include "agate/train/trainer.h"
+#include "agate/util/checksum.h"
 #include "agate/util/fs.h"
 
 using namespace agate;
@@ -142,6 +143,24 @@ TEST(Recipe, TrainerRefusesBadValuesBeforeAnyWork) {
   EXPECT_NE(error_of([&] { Trainer t(Recipe::load(path, {"data.seq_len=4096"})); })
                 .find("data.seq_len 4096 is above the model's max_position_embeddings (2048)"),
             std::string::npos);
+}
+
+// A dataset tokenized with another tokenizer than the model folder's (same vocabulary size or
+// not) used to train silently, its base validation loss worse than uniform (issue 16).
+TEST(Recipe, DataFromAnotherTokenizerThanTheModelsIsRefused) {
+  TinySetup s;  // its datasets record tokenizer hash 0x4d (77)
+  const std::string path = s.dir.file("r.yaml");
+  test::write_bytes(path, s.recipe());
+  test::write_bytes(s.model + "/tokenizer.model", "not the tokenizer the data was made with");
+  const std::string m = error_of([&] { Trainer t(Recipe::load(path)); });
+  EXPECT_NE(m.find("data.train: dataset '" + s.train + "' was tokenized with tokenizer 0x0000004d, but the model folder"), std::string::npos) << m;
+  EXPECT_NE(m.find("holds tokenizer.model 0x"), std::string::npos) << m;
+  EXPECT_NE(m.find("hint: tokenize the data with the model's own tokenizer"), std::string::npos) << m;
+  EXPECT_FALSE(fs::exists(s.dir.file("run")));
+  // A folder without a tokenizer has nothing to compare with (the e2e runs train with the
+  // tokenizer the data was made with copied into the model folder).
+  fs::remove(s.model + "/tokenizer.model");
+  EXPECT_EQ(error_of([&] { Trainer t(Recipe::load(path)); }), "");
 }
 
 TEST(Schedule, WarmupCosineConstantWsd) {
