@@ -72,14 +72,10 @@ int cmd_eval(const Argv& argv) {
   }
 
   LlamaModel model = LlamaModel::load(model_dir, parse_compute_dtype(args.get("dtype")), device_from(args));
-  std::unique_ptr<Gates> gates;
-  std::unique_ptr<LoraAdapters> lora;
-  if (args.has("gates")) {
-    gates = load_gate_export(args.get("gates"), model, model_dir);
-    lora = load_lora_export(args.get("gates"), model);
-  }
-  o.gates = gates.get();
-  o.adapter = lora.get();
+  LoadedExport exported;  // gates and LoRA together: an export is used whole
+  if (args.has("gates")) exported = load_export(args.get("gates"), model, model_dir);
+  o.gates = exported.gates.get();
+  o.adapter = exported.lora.get();
   const int64_t samples = args.get_int("samples");
   eval::Task task;
   if (task_name == "ppl") {
