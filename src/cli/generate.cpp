@@ -105,7 +105,7 @@ int cmd_generate(const Argv& argv) {
   args.expect_positionals(0);
   configure_threads(static_cast<int>(args.get_int("threads")));
   if (args.has("prompt") + args.has("prompt-file") + args.has("tokens") != 1) {
-    throw_usage("pass exactly one of --prompt, --prompt-file and --tokens\n" + args.usage());
+    throw_usage("pass exactly one of --prompt, --prompt-file and --tokens (" + args.usage() + ")");
   }
   const bool ids_given = args.has("tokens");
   const PolicySpec spec = parse_policy_spec(args, args.has("gates") ? "gate" : "full", args.has("gates"));

@@ -69,7 +69,7 @@ int cmd_score(const Argv& argv) {
   const PolicySpec spec = compress ? parse_policy_spec(args, "full", args.has("gates")) : PolicySpec();
   LlamaModel model = LlamaModel::load(args.get("model"), parse_compute_dtype(args.get("dtype")), device_from(args));
   std::vector<int64_t> tokens;
-  if (args.has("text") == args.has("tokens")) throw_usage("pass exactly one of --tokens and --text\n" + args.usage());
+  if (args.has("text") == args.has("tokens")) throw_usage("pass exactly one of --tokens and --text (" + args.usage() + ")");
   if (args.has("text")) {
     const std::string tok_path = args.get_or("tokenizer", default_tokenizer_path(args.get("model")));
     auto tok = Tokenizer::load(tok_path);

@@ -4,6 +4,7 @@
 #include "agate/data/tokenize.h"
 #include "agate/data/tokenizer.h"
 #include "agate/util/error.h"
+#include "agate/util/threads.h"
 #include "args.h"
 #include "commands.h"
 
@@ -57,6 +58,7 @@ int cmd_tokenize(const Argv& argv) {
   o.sft_template = SftTemplate::named(args.get("template"));
   o.max_len = args.get_int("max-len");
   o.threads = static_cast<int>(args.get_int("threads"));
+  check_thread_count(o.threads, "--threads");  // before any work
   auto tok = Tokenizer::load(args.get("tokenizer"));
   TokenizeSummary s = tokenize_corpus(*tok, o);
 

@@ -48,7 +48,7 @@ int cmd_train(const Argv& argv) {
     print_schema();
     return 0;
   }
-  if (args.positionals().empty()) throw_usage("missing the recipe\n" + args.usage(), "e.g. agate train recipes/tiny/cpt.yaml");
+  if (args.positionals().empty()) throw_usage("missing the recipe (" + args.usage() + ")", "e.g. agate train recipes/tiny/cpt.yaml");
   std::vector<std::string> overrides(args.positionals().begin() + 1, args.positionals().end());
   if (args.has("device")) overrides.push_back("run.device=" + args.get("device"));
   Recipe recipe = Recipe::load(args.positionals()[0], overrides);

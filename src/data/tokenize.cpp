@@ -13,6 +13,7 @@
 #include "agate/util/checksum.h"
 #include "agate/util/error.h"
 #include "agate/util/fs.h"
+#include "agate/util/threads.h"
 #include "agate/util/timer.h"
 
 namespace fs = std::filesystem;
@@ -248,6 +249,7 @@ TokenizeSummary tokenize_corpus(const Tokenizer& tok, const TokenizeOptions& o) 
     if (!fs::is_regular_file(in)) throw_input(in, "does not exist or is not a file", "check --input");
   }
   if (tok.vocab_size() > UINT32_MAX) throw_usage("vocabulary too large");
+  check_thread_count(o.threads, "--threads");
   // Written to a staging folder inside --out and swapped in only when every input has been read
   // and validated: a bad input never costs the dataset already there (nor leaves half of one).
   const bool out_existed = fs::exists(o.out);
