@@ -33,7 +33,7 @@ int cmd_eval(const Argv& argv) {
   options.insert(options.end(),
                  {{"tokenizer", "FILE", "tokenizer.json or SentencePiece model (default: DIR/tokenizer.json when supported, else DIR/tokenizer.model)", ""},
                   {"template", "NAME", "SFT template for passkey: default, chatml or a JSON file", "default"},
-                  {"add-bos", "", "prepend BOS to JSONL contexts (as tokenize --add-bos)", ""},
+                  {"add-bos", "", "prepend BOS to JSONL contexts (as tokenize --bos)", ""},
                   {"json", "FILE", "also write the results as JSON", ""},
                   {"plot", "FILE", "also write an SVG plot of the metric against keep ratio", ""},
                   {"dtype", "NAME", "compute dtype: float32 or bfloat16", "float32"},
