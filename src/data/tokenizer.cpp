@@ -149,9 +149,6 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& path) {
 std::string default_tokenizer_path(const std::string& model_dir) {
   // A missing model folder is the problem to report, not its missing tokenizer.
   if (!fs::is_directory(model_dir)) throw_input(model_dir, "is not a folder", "pass a Hugging Face model folder (config.json + safetensors)");
-  if (!fs::exists(fs::path(model_dir) / "config.json")) {
-    throw_input(model_dir, "has no config.json", "pass a Hugging Face model folder (config.json + safetensors)");
-  }
   const std::string json = (fs::path(model_dir) / "tokenizer.json").string();
   const std::string model = (fs::path(model_dir) / "tokenizer.model").string();
   if (fs::exists(json) && bpe_tokenizer_problem(json).empty()) return json;
