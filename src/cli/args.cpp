@@ -52,14 +52,18 @@ bool Args::parse(const std::vector<std::string>& argv) {
         inline_value = true;
       }
       const Option* o = find(name);
-      if (!o) throw_usage("unknown option '--" + name + "' for 'agate " + command_ + "'\n" + usage(),
-                          "run 'agate " + command_ + " --help'");
+      if (!o) throw_usage("unknown option '--" + name + "' for 'agate " + command_ + "'", usage() + "; 'agate " + command_ + " --help' lists the options");
       if (o->value_name.empty()) {
-        if (inline_value) throw_usage("option '--" + name + "' takes no value\n" + usage());
+        if (inline_value) throw_usage("option '--" + name + "' takes no value", usage());
         values_[name] = "1";
       } else {
         if (!inline_value) {
-          if (i + 1 >= argv.size()) throw_usage("option '--" + name + "' needs a value " + o->value_name + "\n" + usage());
+          if (i + 1 >= argv.size()) throw_usage("option '--" + name + "' needs a value " + o->value_name, usage());
+          // "--model --prompt hi": the next word is an option, not this option's value.
+          if (argv[i + 1].rfind("--", 0) == 0 && argv[i + 1].size() > 2) {
+            throw_usage("option '--" + name + "' needs a value " + o->value_name + ", found the option '" + argv[i + 1] + "'",
+                        "give --" + name + " its value, or write --" + name + "=VALUE when the value starts with --");
+          }
           value = argv[++i];
         }
         values_[name] = value;
@@ -74,8 +78,11 @@ bool Args::parse(const std::vector<std::string>& argv) {
 
 void Args::expect_positionals(size_t n, const std::string& what) const {
   if (positionals_.size() == n) return;
-  if (positionals_.size() > n) throw_usage("unexpected argument '" + positionals_[n] + "'\n" + usage());
-  throw_usage("missing " + what + "\n" + usage(), "run 'agate " + command_ + " --help'");
+  if (positionals_.size() > n) {
+    throw_usage("unexpected argument '" + positionals_[n] + "'",
+                usage() + "; an option takes one value: repeat the option for several (--input a --input b)");
+  }
+  throw_usage("missing " + what, usage() + "; 'agate " + command_ + " --help' lists the options");
 }
 
 bool Args::has(const std::string& name) const { return values_.count(name) > 0; }
@@ -85,7 +92,7 @@ std::string Args::get(const std::string& name) const {
   if (it != values_.end()) return it->second;
   const Option* o = find(name);
   if (o && !o->default_value.empty()) return o->default_value;
-  throw_usage("'agate " + command_ + "' needs --" + name + "\n" + usage(), "run 'agate " + command_ + " --help'");
+  throw_usage("'agate " + command_ + "' needs --" + name, usage() + "; 'agate " + command_ + " --help' lists the options");
 }
 
 std::vector<std::string> Args::get_all(const std::string& name) const {

@@ -344,7 +344,7 @@ int cmd_bench(const Argv& argv) {
   if (what == "train") return bench_train(args, threads);
   if (what == "matmul") return bench_matmul(args, threads);
   if (what == "decode") return bench_decode(args, threads);
-  throw_usage("unknown benchmark '" + what + "'\n" + args.usage(), "use forward, load, loader, train, decode or matmul");
+  throw_usage("unknown benchmark '" + what + "' (" + args.usage() + ")", "use forward, load, loader, train, decode or matmul");
 }
 
 }  // namespace agate::cli

@@ -87,7 +87,7 @@ int cmd_data(const Argv& argv) {
   const std::string action = args.positionals()[0], dir = args.positionals()[1];
   if (action == "check") return data_check(dir);
   if (action == "show") return data_show(args, dir);
-  throw_usage("unknown data action '" + action + "'\n" + args.usage(), "use check or show");
+  throw_usage("unknown data action '" + action + "' (" + args.usage() + ")", "use check or show");
 }
 
 }  // namespace agate::cli

@@ -1,6 +1,7 @@
 #include <cstdio>
 
 #include "agate/data/tokenize.h"
+#include "agate/data/dataset.h"
 #include "agate/data/tokenizer.h"
 #include "agate/eval/eval.h"
 #include "agate/infer/gate_export.h"
@@ -33,7 +34,7 @@ int cmd_eval(const Argv& argv) {
   options.insert(options.end(),
                  {{"tokenizer", "FILE", "tokenizer.json or SentencePiece model (default: DIR/tokenizer.json when supported, else DIR/tokenizer.model)", ""},
                   {"template", "NAME", "SFT template for passkey: default, chatml or a JSON file", "default"},
-                  {"add-bos", "", "prepend BOS to JSONL contexts (as tokenize --add-bos)", ""},
+                  {"add-bos", "", "prepend BOS to JSONL contexts (as tokenize --bos)", ""},
                   {"json", "FILE", "also write the results as JSON", ""},
                   {"plot", "FILE", "also write an SVG plot of the metric against keep ratio", ""},
                   {"dtype", "NAME", "compute dtype: float32 or bfloat16", "float32"},
@@ -75,17 +76,14 @@ int cmd_eval(const Argv& argv) {
   }
 
   LlamaModel model = LlamaModel::load(model_dir, parse_compute_dtype(args.get("dtype")), device_from(args));
-  std::unique_ptr<Gates> gates;
-  std::unique_ptr<LoraAdapters> lora;
-  if (args.has("gates")) {
-    gates = load_gate_export(args.get("gates"), model, model_dir);
-    lora = load_lora_export(args.get("gates"), model);
-  }
-  o.gates = gates.get();
-  o.adapter = lora.get();
+  LoadedExport exported;  // gates and LoRA together: an export is used whole
+  if (args.has("gates")) exported = load_export(args.get("gates"), model, model_dir);
+  o.gates = exported.gates.get();
+  o.adapter = exported.lora.get();
   const int64_t samples = args.get_int("samples");
   eval::Task task;
   if (task_name == "ppl") {
+    check_dataset_tokenizer(read_manifest(args.get("data")), args.get("data"), model_dir, "--data");
     task = eval::perplexity_task(args.get("data"), args.get_int("context"), args.get_int("continuation"), samples);
   } else {
     const std::string tok_path = args.get_or("tokenizer", default_tokenizer_path(model_dir));

@@ -105,7 +105,7 @@ int cmd_generate(const Argv& argv) {
   args.expect_positionals(0);
   configure_threads(static_cast<int>(args.get_int("threads")));
   if (args.has("prompt") + args.has("prompt-file") + args.has("tokens") != 1) {
-    throw_usage("pass exactly one of --prompt, --prompt-file and --tokens\n" + args.usage());
+    throw_usage("pass exactly one of --prompt, --prompt-file and --tokens (" + args.usage() + ")");
   }
   const bool ids_given = args.has("tokens");
   const PolicySpec spec = parse_policy_spec(args, args.has("gates") ? "gate" : "full", args.has("gates"));
@@ -120,8 +120,9 @@ int cmd_generate(const Argv& argv) {
   }
   LlamaModel model = LlamaModel::load(model_dir, parse_compute_dtype(args.get("dtype")), device_from(args));
   if (tok) check_tokenizer_fits(*tok, tok_path, model.config().vocab_size);
-  std::unique_ptr<Gates> gates;
-  if (args.has("gates")) gates = load_gate_export(args.get("gates"), model, model_dir);
+  LoadedExport exported;  // gates and LoRA together: an export is used whole
+  if (args.has("gates")) exported = load_export(args.get("gates"), model, model_dir);
+  Gates* gates = exported.gates.get();
   std::vector<int64_t> prompt;
   if (ids_given) {
     for (long long t : parse_int_list(args.get("tokens"), "--tokens")) prompt.push_back(t);  // the model checks the range
@@ -143,15 +144,35 @@ int cmd_generate(const Argv& argv) {
   o.seed = static_cast<uint64_t>(args.get_int("seed"));
   if (tok && tok->eos_id() >= 0) o.stop_ids.push_back(tok->eos_id());
   if (!tok) o.stop_ids = model.config().eos_token_ids;  // --tokens without a tokenizer: the model's EOS
-  const PolicyChoice choice = make_policy_choice(spec, gates.get(), model.config(), static_cast<int64_t>(prompt.size()),
+  const PolicyChoice choice = make_policy_choice(spec, gates, model.config(), static_cast<int64_t>(prompt.size()),
                                                  args.flag("gate-decode"));
-  GenerateResult r = generate(model, *choice.policy, choice.layer_budgets, prompt, o);
-  if (gates) gates->set_decode_cache(false);
-  std::vector<int32_t> out(r.tokens.begin(), r.tokens.end());
-  if (tok && !out.empty() && out.back() == tok->eos_id()) out.pop_back();
+  o.adapter = exported.lora.get();
+  // The text streams: the prompt, then each new piece as soon as it decodes to whole characters.
+  std::vector<int32_t> so_far;
+  std::string printed;
+  auto show = [&](const std::string& text) {
+    if (text.compare(0, printed.size(), printed) != 0) return;  // decoding rewrote earlier text: wait
+    std::fwrite(text.data() + printed.size(), 1, text.size() - printed.size(), stdout);
+    std::fflush(stdout);
+    printed = text;
+  };
   if (tok) {
     const std::string shown = ids_given ? tok->decode(std::vector<int32_t>(prompt.begin(), prompt.end())) : text;
-    std::printf("%s%s\n", shown.c_str(), tok->decode(out).c_str());
+    std::fwrite(shown.data(), 1, shown.size(), stdout);
+    std::fflush(stdout);
+    o.on_token = [&](int64_t id) {
+      if (id == tok->eos_id()) return;
+      so_far.push_back(static_cast<int32_t>(id));
+      const std::string t = tok->decode(so_far);
+      if (t.size() >= 3 && t.compare(t.size() - 3, 3, "\xEF\xBF\xBD") == 0) return;  // a character still incomplete
+      show(t);
+    };
+  }
+  GenerateResult r = generate(model, *choice.policy, choice.layer_budgets, prompt, o);
+  if (gates) gates->set_decode_cache(false);
+  if (tok) {
+    show(tok->decode(so_far));
+    std::printf("\n");
   }
   if (ids_given) std::printf("[ids] %s\n", id_list(r.tokens).c_str());
   std::printf("[kv] %lld of %lld entries kept (%.1f%%), %.2f MB of %.2f MB | prompt %lld tokens, prefill %.0f tok/s | "

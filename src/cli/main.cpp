@@ -1,6 +1,7 @@
 // The `agate` binary: picks a subcommand and turns errors into one line and an exit status.
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstring>
 #include <iostream>
 #include <string>
@@ -43,6 +44,30 @@ void print_usage(std::ostream& out) {
   }
 }
 
+// Levenshtein distance, for "did you mean" on a mistyped command.
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+// Every refusal is one line: a message that spans lines (a library's) is joined.
+std::string one_line(std::string text) {
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  for (char& c : text)
+    if (c == '\n' || c == '\r') c = ' ';
+  return text;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -66,17 +91,33 @@ int main(int argc, char** argv) {
       agate::tune_allocator();
       return c.run(agate::cli::Argv(argv + 2, argv + argc));
     } catch (const agate::Error& e) {
-      std::cerr << "error: " << e.what() << "\n";
+      std::cerr << "error: " << one_line(e.what()) << "\n";
       return e.exit_code();
     } catch (const c10::Error& e) {
-      std::cerr << "error: internal (torch): " << e.what_without_backtrace() << "\n";
+      const std::string what = one_line(e.what_without_backtrace());
+      if (what.find("can't allocate memory") != std::string::npos || what.find("out of memory") != std::string::npos) {
+        std::cerr << "error: 'agate " << name << "' ran out of memory (" << what.substr(0, 200)
+                  << ") (hint: a smaller model, batch, sequence or budget, or more memory)\n";
+        return 1;
+      }
+      std::cerr << "error: internal (torch) in 'agate " << name << "': " << what
+                << " (hint: an input agate did not check, or a bug: please report the command)\n";
       return 1;
     } catch (const std::exception& e) {
-      std::cerr << "error: " << e.what() << "\n";
+      std::cerr << "error: 'agate " << name << "': " << one_line(e.what())
+                << " (hint: an input agate did not check, or a bug: please report the command)\n";
       return 1;
     }
   }
-  std::cerr << "error: unknown command '" << name << "'\n";
-  print_usage(std::cerr);
+  std::string best;
+  size_t best_d = 3;  // suggest only close names
+  for (const auto& c : kCommands) {
+    const size_t d = edit_distance(name, c.name);
+    if (d < best_d) best_d = d, best = c.name;
+  }
+  std::cerr << "error: unknown command '" << name << "'"
+            << (best.empty() ? std::string(" (hint: 'agate --help' lists the commands)")
+                             : " (hint: did you mean '" + best + "'? 'agate --help' lists the commands)")
+            << "\n";
   return 2;
 }

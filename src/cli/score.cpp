@@ -20,12 +20,12 @@ namespace {
 
 // --context N: the first N tokens compressed by the policy, the rest scored teacher-forced over
 // the compressed cache. logprobs[i] = log p(tokens[N + i] | ...), as eval scores continuations.
-nlohmann::json score_after_compression(const LlamaModel& model, Gates* gates, const PolicySpec& spec,
+nlohmann::json score_after_compression(const LlamaModel& model, Gates* gates, ProjectionAdapter* adapter, const PolicySpec& spec,
                                        const std::vector<int64_t>& tokens, int64_t context) {
   const std::vector<int64_t> ctx(tokens.begin(), tokens.begin() + context), cont(tokens.begin() + context, tokens.end());
   const PolicyChoice choice = make_policy_choice(spec, gates, model.config(), context);
-  const evict::Compressed c = choice.policy->compress(model, nullptr, ctx, choice.layer_budgets);
-  const at::Tensor logits = evict::continuation_logits(model, nullptr, c, cont);  // [n, V]
+  const evict::Compressed c = choice.policy->compress(model, adapter, ctx, choice.layer_budgets);
+  const at::Tensor logits = evict::continuation_logits(model, adapter, c, cont);  // [n, V]
   const at::Tensor target = at::tensor(cont, at::kLong).to(logits.device()).unsqueeze(1);
   const at::Tensor lp = at::log_softmax(logits, -1).gather(1, target).squeeze(1).to(at::kCPU, at::kDouble).contiguous();
   std::vector<double> logprobs(lp.data_ptr<double>(), lp.data_ptr<double>() + lp.numel());
@@ -69,7 +69,7 @@ int cmd_score(const Argv& argv) {
   const PolicySpec spec = compress ? parse_policy_spec(args, "full", args.has("gates")) : PolicySpec();
   LlamaModel model = LlamaModel::load(args.get("model"), parse_compute_dtype(args.get("dtype")), device_from(args));
   std::vector<int64_t> tokens;
-  if (args.has("text") == args.has("tokens")) throw_usage("pass exactly one of --tokens and --text\n" + args.usage());
+  if (args.has("text") == args.has("tokens")) throw_usage("pass exactly one of --tokens and --text (" + args.usage() + ")");
   if (args.has("text")) {
     const std::string tok_path = args.get_or("tokenizer", default_tokenizer_path(args.get("model")));
     auto tok = Tokenizer::load(tok_path);
@@ -85,9 +85,9 @@ int cmd_score(const Argv& argv) {
       throw_usage("--context " + std::to_string(context) + " must leave tokens on both sides (" + std::to_string(n) + " tokens)",
                   "use --context between 1 and " + std::to_string(n - 1));
     }
-    std::unique_ptr<Gates> gates;
-    if (args.has("gates")) gates = load_gate_export(args.get("gates"), model, args.get("model"));
-    std::cout << score_after_compression(model, gates.get(), spec, tokens, context).dump() << "\n";
+    LoadedExport exported;  // gates and LoRA together: an export is used whole
+    if (args.has("gates")) exported = load_export(args.get("gates"), model, args.get("model"));
+    std::cout << score_after_compression(model, exported.gates.get(), exported.lora.get(), spec, tokens, context).dump() << "\n";
     return 0;
   }
   TokenScores s = score_tokens(model, tokens);

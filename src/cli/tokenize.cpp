@@ -4,6 +4,7 @@
 #include "agate/data/tokenize.h"
 #include "agate/data/tokenizer.h"
 #include "agate/util/error.h"
+#include "agate/util/threads.h"
 #include "args.h"
 #include "commands.h"
 
@@ -31,15 +32,20 @@ int cmd_tokenize(const Argv& argv) {
              {"template", "NAME", "sft template: default, chatml or a JSON file", "default"},
              {"max-len", "N", "sft: truncate documents to N tokens (0 = off)", "0"},
              {"threads", "N", "tokenizer threads", "2"},
-             {"force", "", "overwrite an existing dataset in --out", ""}});
+             {"force", "", "replace the dataset in --out (once the new one is complete)", ""}});
   if (!args.parse(argv)) return 0;
   args.expect_positionals(0);
   TokenizeOptions o;
   o.inputs = args.get_list("input");
   o.out = args.get("out");
   namespace fs = std::filesystem;
-  if (!args.flag("force") && (fs::exists(fs::path(o.out) / "train/manifest.json") || fs::exists(fs::path(o.out) / "val/manifest.json"))) {
-    throw_usage("'" + o.out + "' already holds a dataset", "pass --force to overwrite it, or choose another --out");
+  for (const char* split : {"train", "val"}) {  // what the swap would replace
+    const fs::path p = fs::path(o.out) / split;
+    if (args.flag("force") || !fs::exists(p)) continue;
+    if (fs::exists(p / "manifest.json")) {
+      throw_usage("'" + o.out + "' already holds a dataset", "pass --force to replace it (only once the new one is complete), or choose another --out");
+    }
+    throw_usage("'" + p.string() + "' exists and is not a dataset (no manifest.json)", "pass --force to replace it, or choose another --out");
   }
   o.kind = args.get("kind");
   o.format = args.get("format");
@@ -52,6 +58,7 @@ int cmd_tokenize(const Argv& argv) {
   o.sft_template = SftTemplate::named(args.get("template"));
   o.max_len = args.get_int("max-len");
   o.threads = static_cast<int>(args.get_int("threads"));
+  check_thread_count(o.threads, "--threads");  // before any work
   auto tok = Tokenizer::load(args.get("tokenizer"));
   TokenizeSummary s = tokenize_corpus(*tok, o);
 
@@ -64,7 +71,10 @@ int cmd_tokenize(const Argv& argv) {
   }
   for (const auto& [why, n] : s.skipped) std::printf("  skipped %llu documents: %s\n", (unsigned long long)n, why.c_str());
   for (const auto& [why, n] : s.truncated) std::printf("  truncated %llu documents: %s\n", (unsigned long long)n, why.c_str());
-  if (s.skipped.empty() && s.truncated.empty()) std::printf("  nothing skipped or truncated\n");
+  if (s.invalid_utf8 > 0) {
+    std::printf("  replaced invalid UTF-8 in %llu documents: each bad byte was read as U+FFFD\n", (unsigned long long)s.invalid_utf8);
+  }
+  if (s.skipped.empty() && s.truncated.empty() && s.invalid_utf8 == 0) std::printf("  nothing skipped, truncated or replaced\n");
   return 0;
 }
 

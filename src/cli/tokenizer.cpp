@@ -51,7 +51,7 @@ std::vector<nlohmann::json> read_jsonl(const std::string& path) {
 
 int encode(const Args& args) {
   if (args.has("text") + args.has("file") + args.has("jsonl") != 1) {
-    throw_usage("encode takes exactly one of --text, --file and --jsonl\n" + args.usage());
+    throw_usage("encode takes exactly one of --text, --file and --jsonl (" + args.usage() + ")");
   }
   const double t0 = now_seconds();
   auto tok = Tokenizer::load(args.get("tokenizer"));
@@ -94,7 +94,7 @@ std::vector<int32_t> ids_of(const nlohmann::json& j, const std::string& where) {
 }
 
 int decode(const Args& args) {
-  if (args.has("ids") == args.has("jsonl")) throw_usage("decode takes exactly one of --ids and --jsonl\n" + args.usage());
+  if (args.has("ids") == args.has("jsonl")) throw_usage("decode takes exactly one of --ids and --jsonl (" + args.usage() + ")");
   auto tok = Tokenizer::load(args.get("tokenizer"));
   if (args.has("ids")) {
     const std::string text = args.get("ids");
@@ -152,7 +152,7 @@ int cmd_tokenizer(const Argv& argv) {
   if (action == "train") return train(args);
   if (action == "encode") return encode(args);
   if (action == "decode") return decode(args);
-  throw_usage("unknown tokenizer action '" + action + "'\n" + args.usage(), "use train, encode or decode");
+  throw_usage("unknown tokenizer action '" + action + "' (" + args.usage() + ")", "use train, encode or decode");
 }
 
 }  // namespace agate::cli

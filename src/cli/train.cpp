@@ -40,6 +40,7 @@ int cmd_train(const Argv& argv) {
             {{"dry-run", "", "validate and print the plan, train nothing", ""},
              {"fresh", "", "refuse to touch a run folder that already holds a run (default: resume it)", ""},
              {"resume-from", "DIR", "resume from this checkpoint folder instead of the newest", ""},
+             {"force", "", "start over in a run folder whose checkpoints are all incomplete (they are overwritten)", ""},
              {"print-schema", "", "print every recipe key as a markdown table and exit", ""},
              {"device", "D", "run.device: auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda or cuda:N", ""}});
   if (!args.parse(argv)) return 0;
@@ -47,13 +48,14 @@ int cmd_train(const Argv& argv) {
     print_schema();
     return 0;
   }
-  if (args.positionals().empty()) throw_usage("missing the recipe\n" + args.usage(), "e.g. agate train recipes/tiny/cpt.yaml");
+  if (args.positionals().empty()) throw_usage("missing the recipe (" + args.usage() + ")", "e.g. agate train recipes/tiny/cpt.yaml");
   std::vector<std::string> overrides(args.positionals().begin() + 1, args.positionals().end());
   if (args.has("device")) overrides.push_back("run.device=" + args.get("device"));
   Recipe recipe = Recipe::load(args.positionals()[0], overrides);
   ResumeOptions resume;
   resume.fresh = args.flag("fresh");
   resume.resume_from = args.get_or("resume-from", "");
+  resume.force = args.flag("force");
   if (resume.fresh && !resume.resume_from.empty()) throw_usage("--fresh and --resume-from exclude each other");
   Trainer trainer(recipe, resume, args.flag("dry-run"));
   if (args.flag("dry-run")) {

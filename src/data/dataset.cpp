@@ -98,6 +98,26 @@ uint32_t Dataset::max_token_id() const {
   return m;
 }
 
+void check_dataset_tokenizer(const DatasetManifest& m, const std::string& data_dir, const std::string& model_dir,
+                             const std::string& key) {
+  const uint32_t want = static_cast<uint32_t>(m.space.tokenizer_hash);
+  if (want == 0) return;  // written without a tokenizer fingerprint (tools/write_shards.py may)
+  std::string found;
+  for (const char* name : {"tokenizer.json", "tokenizer.model"}) {
+    const fs::path p = fs::path(model_dir) / name;
+    if (!fs::is_regular_file(p)) continue;
+    const uint32_t h = crc32_file(p.string());
+    if (h == want) return;
+    found += (found.empty() ? "" : ", ") + std::string(name) + " " + hex32(h);
+  }
+  if (found.empty()) return;  // the model folder has no tokenizer to compare with
+  throw_input(key, "dataset '" + data_dir + "' was tokenized with tokenizer " + hex32(want) + ", but the model folder '" +
+                       model_dir + "' holds " + found,
+              "tokenize the data with the model's own tokenizer (agate tokenize --tokenizer " +
+                  (fs::path(model_dir) / (found.rfind("tokenizer.json", 0) == 0 ? "tokenizer.json" : "tokenizer.model")).string() +
+                  " --force)");
+}
+
 void Dataset::check_fits(int64_t model_vocab, const std::string& key) const {
   if (static_cast<int64_t>(max_token_id()) < model_vocab) return;
   throw_usage(key + ": dataset '" + dir_ + "' holds token id " + std::to_string(max_token_id()) +

@@ -215,6 +215,15 @@ Batch DataLoader::next() {
 LoaderCursor DataLoader::cursor() const { return impl_->consumed; }
 int64_t DataLoader::num_samples() const { return static_cast<int64_t>(impl_->samples.size()); }
 int64_t DataLoader::batches_per_epoch() const { return impl_->per_epoch(); }
+
+LoaderCursor DataLoader::cursor_after(uint64_t seed, int64_t batches) const {
+  // make() moves to the next epoch lazily, when the next batch no longer fits: after the last
+  // batch of an epoch the cursor still points past it.
+  if (batches <= 0) return {seed, 0, 0};
+  const int64_t per = impl_->per_epoch();
+  return {seed, (batches - 1) / per, ((batches - 1) % per + 1) * impl_->opt.global_batch};
+}
+
 int64_t DataLoader::skipped_documents() const { return impl_->skipped; }
 
 void DataLoader::sample(int64_t index, int64_t* tokens, float* mask) const {

@@ -6,10 +6,14 @@
 #include "agate/util/logging.h"
 #include <thread>
 
+#include <unistd.h>
+
 #include "agate/data/tokenizer.h"
+#include "bpe/unicode.h"
 #include "agate/util/checksum.h"
 #include "agate/util/error.h"
 #include "agate/util/fs.h"
+#include "agate/util/threads.h"
 #include "agate/util/timer.h"
 
 namespace fs = std::filesystem;
@@ -35,6 +39,7 @@ struct EncodedDoc {
   std::vector<uint8_t> mask;
   std::string skip_reason, truncation;
   bool val = false;
+  bool invalid_utf8 = false;  // some text was not UTF-8: the tokenizer read each bad byte as U+FFFD
 };
 
 std::string render(const std::string& pattern, const std::string& content) {
@@ -127,7 +132,10 @@ std::vector<uint32_t> to_u32(const std::vector<int32_t>& ids) { return std::vect
 EncodedDoc encode(const Tokenizer& tok, const RawDoc& d, const TokenizeOptions& o) {
   EncodedDoc e;
   uint32_t h = 0;
-  for (const auto& m : d.messages) h = crc32(m.content.data(), m.content.size(), h);
+  for (const auto& m : d.messages) {
+    h = crc32(m.content.data(), m.content.size(), h);
+    e.invalid_utf8 |= !bpe::utf8_valid(m.content);
+  }
   e.val = (h % 1000000u) < static_cast<uint32_t>(o.val_fraction * 1000000.0);
   auto append = [&](const std::string& text, uint8_t target) {
     if (text.empty()) return;
@@ -228,6 +236,10 @@ SftTemplate SftTemplate::named(const std::string& name) {
   return t;
 }
 
+namespace {
+TokenizeSummary tokenize_into(const Tokenizer& tok, const TokenizeOptions& o, const std::string& out);
+}  // namespace
+
 TokenizeSummary tokenize_corpus(const Tokenizer& tok, const TokenizeOptions& o) {
   if (o.inputs.empty()) throw_usage("tokenize needs at least one --input");
   if (o.kind != "cpt" && o.kind != "sft") throw_usage("--kind must be cpt or sft");
@@ -237,9 +249,41 @@ TokenizeSummary tokenize_corpus(const Tokenizer& tok, const TokenizeOptions& o) 
     if (!fs::is_regular_file(in)) throw_input(in, "does not exist or is not a file", "check --input");
   }
   if (tok.vocab_size() > UINT32_MAX) throw_usage("vocabulary too large");
+  check_thread_count(o.threads, "--threads");
+  // Written to a staging folder inside --out and swapped in only when every input has been read
+  // and validated: a bad input never costs the dataset already there (nor leaves half of one).
+  const bool out_existed = fs::exists(o.out);
+  const fs::path stage = fs::path(o.out) / (".tokenize.tmp." + std::to_string(::getpid()));
+  auto drop_stage = [&] {
+    std::error_code ec;
+    fs::remove_all(stage, ec);
+    if (!out_existed) fs::remove(o.out, ec);  // only when empty: it was made here
+  };
+  try {
+    make_dirs(stage.string());
+    TokenizeSummary sum = tokenize_into(tok, o, stage.string());
+    for (const char* split : {"train", "val"}) {
+      const fs::path dst = fs::path(o.out) / split;
+      if (fs::exists(dst)) fs::rename(dst, stage / (std::string("old_") + split));
+      fs::rename(stage / split, dst);
+    }
+    drop_stage();
+    return sum;
+  } catch (const fs::filesystem_error& e) {
+    drop_stage();
+    throw_runtime(std::string("cannot write the dataset into ") + o.out + ": " + e.what(), "is the disk full or the folder read-only?");
+  } catch (...) {
+    drop_stage();
+    throw;
+  }
+}
+
+namespace {
+
+TokenizeSummary tokenize_into(const Tokenizer& tok, const TokenizeOptions& o, const std::string& out) {
   const TokenSpace space{static_cast<uint32_t>(tok.vocab_size()), tok.eos_id(), tok.bos_id(), tok.hash()};
-  DatasetWriter train((fs::path(o.out) / "train").string(), o.kind, "train", space, o.shard_tokens);
-  DatasetWriter val((fs::path(o.out) / "val").string(), o.kind, "val", space, o.shard_tokens);
+  DatasetWriter train((fs::path(out) / "train").string(), o.kind, "train", space, o.shard_tokens);
+  DatasetWriter val((fs::path(out) / "val").string(), o.kind, "val", space, o.shard_tokens);
 
   TokenizeSummary sum;
   const double t0 = now_seconds();
@@ -269,6 +313,7 @@ TokenizeSummary tokenize_corpus(const Tokenizer& tok, const TokenizeOptions& o) 
         continue;
       }
       if (!e.truncation.empty()) sum.truncated[e.truncation] += 1;
+      if (e.invalid_utf8) sum.invalid_utf8 += 1;
       SplitSummary& s = e.val ? sum.val : sum.train;
       s.documents += 1;
       s.tokens += e.tokens.size();
@@ -296,6 +341,8 @@ TokenizeSummary tokenize_corpus(const Tokenizer& tok, const TokenizeOptions& o) 
   sum.seconds = now_seconds() - t0;
   return sum;
 }
+
+}  // namespace
 
 SftPair encode_sft_pair(const Tokenizer& tokenizer, const std::string& prompt, const std::string& response,
                         const SftTemplate& sft_template, bool add_bos) {

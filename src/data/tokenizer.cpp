@@ -9,6 +9,7 @@
 
 #include "agate/util/checksum.h"
 #include "agate/util/error.h"
+#include "agate/util/threads.h"
 #include "bpe_tokenizer.h"
 
 namespace fs = std::filesystem;
@@ -138,11 +139,16 @@ class SentencePieceTokenizer : public Tokenizer {
 }  // namespace
 
 std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& path) {
+  if (fs::is_directory(path)) {
+    throw_input(path, "is a folder, not a tokenizer file", "pass its tokenizer.json or tokenizer.model (--tokenizer FILE)");
+  }
   if (fs::path(path).extension() == ".json") return load_bpe_tokenizer(path);
   return std::make_unique<SentencePieceTokenizer>(path);
 }
 
 std::string default_tokenizer_path(const std::string& model_dir) {
+  // A missing model folder is the problem to report, not its missing tokenizer.
+  if (!fs::is_directory(model_dir)) throw_input(model_dir, "is not a folder", "pass a Hugging Face model folder (config.json + safetensors)");
   const std::string json = (fs::path(model_dir) / "tokenizer.json").string();
   const std::string model = (fs::path(model_dir) / "tokenizer.model").string();
   if (fs::exists(json) && bpe_tokenizer_problem(json).empty()) return json;
@@ -159,6 +165,7 @@ void check_tokenizer_fits(const Tokenizer& tok, const std::string& path, int64_t
 
 void train_tokenizer(const TokenizerTrainOptions& o) {
   if (o.inputs.empty()) throw_usage("tokenizer training needs at least one --input file");
+  check_thread_count(o.threads, "--threads");
   for (const auto& in : o.inputs) {
     if (in.find_first_of(" \t,") != std::string::npos) {
       throw_usage("input path '" + in + "' contains a space or comma", "SentencePiece takes inputs as one flag: rename or link the file");

@@ -177,13 +177,19 @@ class SnapFamilyPolicy : public ScoredPolicy {
     const int64_t T = r.length(), L = static_cast<int64_t>(r.k.size());
     std::vector<at::Tensor> out;
     if (T <= 1) return FullPolicy(o_).select(r, budgets);
-    const int64_t w = std::min(o_.window, T - 1);
+    int64_t w = std::min(o_.window, T - 1);
+    // PyramidKV moves the selectable entries between layers, so its window must fit every
+    // layer's budget: below the window, the window shrinks to the budget (a layer budget below
+    // one entry per head keeps the most recent tokens only, as SnapKV does).
+    if (pyramid_ && !o_.kvpress) {
+      for (int64_t l = 0; l < L; ++l) w = std::min(w, std::max<int64_t>(budgets.at(l), 0) / r.k[l].size(0));
+    }
     PolicyOptions o = o_;
     o.window = w;
     // Selectable entries per layer (the window excluded).
     std::vector<int64_t> selectable(static_cast<size_t>(L));
     for (int64_t l = 0; l < L; ++l) selectable[l] = budgets.at(l) - r.k[l].size(0) * w;
-    if (pyramid_ && !o_.kvpress) {
+    if (pyramid_ && !o_.kvpress && w > 0) {
       int64_t total = 0;
       for (int64_t s : selectable) total += std::max<int64_t>(s, 0);
       selectable = pyramid_budgets(L, total, r.k[0].size(0) * (T - w), o_.beta);
@@ -194,7 +200,7 @@ class SnapFamilyPolicy : public ScoredPolicy {
         out.push_back(at::ones({T, Hkv}, r.k[l].options().dtype(at::kBool)));
         continue;
       }
-      if (selectable[l] < 0) {  // smaller than the window: the most recent tokens only
+      if (selectable[l] < 0 || w < 1) {  // smaller than the window: the most recent tokens only
         at::Tensor f = at::zeros({T, Hkv}, r.k[l].options().dtype(at::kBool));
         const auto b = head_budgets(budgets.at(l), Hkv, T);
         for (int64_t g = 0; g < Hkv; ++g) f.select(1, g).slice(0, T - b[static_cast<size_t>(g)], T).fill_(true);

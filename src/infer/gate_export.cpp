@@ -4,14 +4,18 @@
 #include <ATen/ATen.h>
 #include "agate/util/logging.h"
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "agate/data/dataset.h"
 #include "agate/data/loader.h"
 #include "agate/model/inspect.h"
 #include "agate/train/checkpoint.h"
+#include "agate/train/train_state.h"
 #include "agate/train/recipe_gate.h"
 #include "agate/util/device.h"
 #include "agate/util/error.h"
@@ -33,6 +37,65 @@ json gate_json(const GateConfig& g) {
 
 bool is_gate_tensor(const std::string& name) { return name.find(".kv_gate.") != std::string::npos; }
 
+// The folder `agate train` ran in, which the run's relative paths (model.path, data.*) are
+// relative to: RUN_DIR = that folder / run.dir, so strip run.dir's components off the run
+// folder's path. Empty when run.dir is absolute or does not match.
+fs::path train_root(const ExportOptions& o, const Recipe& r) {
+  const fs::path written = fs::path(r.str("run.dir")).lexically_normal();
+  if (!written.is_relative()) return {};
+  fs::path run = fs::weakly_canonical(fs::absolute(o.run_dir));
+  std::vector<fs::path> parts(written.begin(), written.end());
+  while (!parts.empty() && (parts.back().empty() || parts.back() == ".")) parts.pop_back();
+  for (auto it = parts.rbegin(); it != parts.rend(); ++it) {
+    if (*it == "..") return {};
+    if (run.filename() != *it) return {};
+    run = run.parent_path();
+  }
+  return run;
+}
+
+// A path from the run's recipe: relative ones against the folder the run trained in (when it
+// holds them), else as given.
+std::string run_path(const ExportOptions& o, const Recipe& r, const std::string& p) {
+  const fs::path root = train_root(o, r);
+  if (fs::path(p).is_absolute() || root.empty() || !fs::exists(root / p)) return p;
+  return (root / p).lexically_normal().string();
+}
+
+// The base model a run trained on: --model when given, else the run's model.path, which is
+// relative to the folder `agate train` ran in, not to this one. The weights must have the
+// fingerprint the checkpoint recorded.
+std::string resolve_base(const ExportOptions& o, const Recipe& r, const std::string& ckpt, const std::string& want) {
+  const std::string cfg = (fs::path(o.run_dir) / "config.resolved.yaml").string();
+  std::vector<fs::path> candidates;
+  if (!o.model.empty()) {
+    candidates.push_back(o.model);
+  } else {
+    const fs::path p = r.str("model.path"), root = train_root(o, r);
+    if (!p.is_absolute() && !root.empty()) candidates.push_back(root / p);
+    candidates.push_back(p);
+  }
+  std::string tried;
+  for (const fs::path& c : candidates) {
+    if (!fs::exists(c / "config.json")) {
+      tried += (tried.empty() ? "" : "; ") + c.string() + " (no model folder)";
+      continue;
+    }
+    const std::string fp = weights_fingerprint(c.string());
+    if (want.empty() || fp == want) return fs::absolute(c).lexically_normal().string();
+    tried += (tried.empty() ? "" : "; ") + c.string() + " (weights " + fp + ")";
+  }
+  throw_input(o.model.empty() ? cfg : o.model,
+              "no base model with the weights the checkpoint " + ckpt + " was trained on (" + want + "): tried " + tried,
+              "pass the base model the run trained on with --model DIR");
+}
+
+}  // namespace
+
+namespace {
+void write_export(const fs::path& out, const ExportOptions& o, const Recipe& r, const std::string& ckpt, const TrainState& state,
+                  const std::string& base_dir, const ModelConfig& mc, const GateConfig& g, const NamedTensors& gate_t,
+                  const NamedTensors& lora_t, const at::Tensor& keep, int64_t measured, double mean_keep);
 }  // namespace
 
 double export_gates(const ExportOptions& o) {
@@ -56,9 +119,17 @@ double export_gates(const ExportOptions& o) {
     if (!latest) throw_input(o.run_dir, "has no complete checkpoint", "train first (agate train)");
     ckpt = *latest;
   }
+  // The output folder: new, empty, or an earlier export; anything else only with --force.
+  const fs::path out(o.out);
+  const bool out_is_export = fs::exists(out / "kvgate_config.json");
+  if (fs::exists(out) && !fs::is_directory(out)) throw_input(o.out, "exists and is not a folder", "choose another --out");
+  if (fs::exists(out) && !fs::is_empty(out) && !out_is_export && !o.force) {
+    throw_input(o.out, "is not empty and holds no gate export (no kvgate_config.json): export would overwrite its files",
+                "choose a new or empty --out, or pass --force");
+  }
   CheckpointData data = load_checkpoint(ckpt);
-  const json state = json::parse(data.state_json);
-  const std::string base_dir = r.str("model.path");
+  const TrainState state = TrainState::from_json(data.state_json, (fs::path(ckpt) / "trainer_state.json").string());
+  const std::string base_dir = resolve_base(o, r, ckpt, state.model_fingerprint);
   const c10::Device device = resolve_device(o.device, 0, "--device");
   LlamaModel base = LlamaModel::load(base_dir, parse_compute_dtype(r.str("model.dtype")), device);
   const GateConfig g = gate_config_from(r);
@@ -66,13 +137,19 @@ double export_gates(const ExportOptions& o) {
   NamedTensors gate_t, lora_t;
   for (const auto& kv : data.trainable) (is_gate_tensor(kv.first) ? gate_t : lora_t).push_back(kv);
   gates->load(gate_t, ckpt);
+  // The keep ratios are measured as the export will be used: with its LoRA applied.
+  std::unique_ptr<LoraAdapters> lora;
+  if (!lora_t.empty()) {
+    lora = std::make_unique<LoraAdapters>(lora_config(r), base.config(), 0, device);
+    load_lora_tensors(*lora, lora_t, ckpt);
+  }
 
   // Measured keep ratios per layer and KV head on validation (or training) batches.
   at::Tensor keep = at::zeros({base.config().num_hidden_layers, base.config().num_key_value_heads}, at::kDouble);
   int64_t measured = 0;
   {
     c10::NoGradGuard no_grad;
-    const std::string data_dir = r.str("data.val").empty() ? r.str("data.train") : r.str("data.val");
+    const std::string data_dir = run_path(o, r, r.str("data.val").empty() ? r.str("data.train") : r.str("data.val"));
     Dataset ds = Dataset::open(data_dir);
     LoaderOptions lo;
     lo.seq_len = r.integer("data.seq_len");
@@ -82,6 +159,7 @@ double export_gates(const ExportOptions& o) {
     DataLoader loader(ds, lo, {12345, 0, 0});
     ForwardOptions fo;
     fo.visibility = gates.get();
+    fo.adapter = lora.get();
     const int64_t n = std::min<int64_t>(o.batches, loader.batches_per_epoch());
     for (int64_t b = 0; b < n; ++b) {
       Batch batch = loader.next();
@@ -94,13 +172,34 @@ double export_gates(const ExportOptions& o) {
   }
   const double mean_keep = keep.mean().item<double>();
 
-  make_dirs(o.out);
-  const fs::path out(o.out);
-  const std::string fingerprint = weights_fingerprint(base_dir);
+  // Everything is written into a staging folder inside --out, then moved in file by file; a
+  // lora.safetensors of an earlier export that this one lacks goes (it would be applied).
+  const fs::path stage = out / (".export.tmp." + std::to_string(::getpid()));
+  const bool out_existed = fs::exists(out);
+  make_dirs(stage.string());
+  try {
+    write_export(stage, o, r, ckpt, state, base_dir, base.config(), g, gate_t, lora_t, keep, measured, mean_keep);
+    for (const auto& e : fs::directory_iterator(stage)) fs::rename(e.path(), out / e.path().filename());
+    if (lora_t.empty() && out_is_export) fs::remove(out / "lora.safetensors");
+    fs::remove_all(stage);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(stage, ec);
+    if (!out_existed) fs::remove(out, ec);
+    throw;
+  }
+  return mean_keep;
+}
+
+namespace {
+
+void write_export(const fs::path& out, const ExportOptions& o, const Recipe& r, const std::string& ckpt, const TrainState& state,
+                  const std::string& base_dir, const ModelConfig& mc, const GateConfig& g, const NamedTensors& gate_t,
+                  const NamedTensors& lora_t, const at::Tensor& keep, int64_t measured, double mean_keep) {
+  const std::string fingerprint = state.model_fingerprint.empty() ? weights_fingerprint(base_dir) : state.model_fingerprint;
   save_safetensors((out / "gates.safetensors").string(), gate_t,
                    {{"format", "agate-kvgate"}, {"gate_type", g.type}, {"base_fingerprint", fingerprint}});
   if (!lora_t.empty()) save_safetensors((out / "lora.safetensors").string(), lora_t, {{"format", "pt"}});
-  const ModelConfig& mc = base.config();
   json per_layer = json::array(), per_head = json::array();
   std::string tsv = "layer";
   for (int64_t h = 0; h < mc.num_key_value_heads; ++h) tsv += "\tkv_head_" + std::to_string(h);
@@ -124,8 +223,8 @@ double export_gates(const ExportOptions& o) {
                               {"num_hidden_layers", mc.num_hidden_layers}, {"num_attention_heads", mc.num_attention_heads},
                               {"num_key_value_heads", mc.num_key_value_heads}, {"head_dim", mc.head_dim},
                               {"vocab_size", mc.vocab_size}, {"weights_fingerprint", fingerprint}, {"path", base_dir}}},
-              {"training", {{"run_dir", o.run_dir}, {"checkpoint", ckpt}, {"step", state.value("step", 0)},
-                            {"tokens", state.value("tokens", 0)}, {"target_keep", r.number("loss.target_keep")},
+              {"training", {{"run_dir", o.run_dir}, {"checkpoint", ckpt}, {"step", state.step},
+                            {"tokens", state.tokens}, {"target_keep", r.number("loss.target_keep")},
                             {"sparsity", r.str("loss.sparsity")}, {"lambda", r.number("loss.lambda")},
                             {"data", r.str("data.train")}, {"lora_rank", r.integer("lora.rank")}}},
               {"lora", lora_t.empty() ? json(nullptr)
@@ -150,14 +249,18 @@ double export_gates(const ExportOptions& o) {
                 g.type.c_str(), (long long)g.heads, (long long)g.head_dim, mc.model_type.c_str(),
                 (long long)mc.num_hidden_layers, (long long)mc.num_key_value_heads, fingerprint.c_str(),
                 100 * mean_keep, (long long)measured, (long long)r.integer("data.seq_len"), o.run_dir.c_str(),
-                (long long)state.value("step", 0), r.number("loss.target_keep"), base_dir.c_str(), o.out.c_str(),
+                (long long)state.step, r.number("loss.target_keep"), base_dir.c_str(), o.out.c_str(),
                 g.threshold, (long long)g.sink_tokens);
   write_file_atomic((out / "README.md").string(), card);
-  return mean_keep;
 }
 
-std::unique_ptr<Gates> load_gate_export(const std::string& dir, const LlamaModel& base, const std::string& base_dir) {
+}  // namespace
+
+namespace {
+
+json read_export_config(const std::string& dir) {
   const std::string cfg_path = (fs::path(dir) / "kvgate_config.json").string();
+  if (!fs::is_directory(dir)) throw_input(dir, "is not a folder", "pass a folder written by agate export");
   if (!fs::exists(cfg_path)) throw_input(dir, "has no kvgate_config.json", "pass a folder written by agate export");
   json cfg;
   try {
@@ -165,68 +268,125 @@ std::unique_ptr<Gates> load_gate_export(const std::string& dir, const LlamaModel
   } catch (const json::exception& e) {
     throw_input(cfg_path, std::string("is not valid JSON: ") + e.what());
   }
-  if (cfg.value("format", "") != "agate-kvgate" || cfg.value("version", 0) != 1) {
+  if (!cfg.is_object() || cfg.value("format", "") != "agate-kvgate" || cfg.value("version", 0) != 1) {
     throw_input(cfg_path, "is not an agate-kvgate version 1 export");
   }
-  const json& b = cfg.at("base_model");
-  const ModelConfig& mc = base.config();
-  auto mismatch = [&](const char* key, int64_t want) {
-    if (b.at(key).get<int64_t>() != want) {
-      throw_input(dir, std::string("the gates were trained for a base model with ") + key + " = " +
-                           std::to_string(b.at(key).get<int64_t>()) + ", this one has " + std::to_string(want),
-                  "use the base model the gates were trained on (" + b.value("path", std::string("?")) + ")");
-    }
-  };
-  mismatch("num_hidden_layers", mc.num_hidden_layers);
-  mismatch("hidden_size", mc.hidden_size);
-  mismatch("num_key_value_heads", mc.num_key_value_heads);
-  mismatch("head_dim", mc.head_dim);
-  const std::string fp = weights_fingerprint(base_dir);
-  if (b.value("weights_fingerprint", "") != fp) {
-    throw_input(dir, "the gates were trained on base weights " + b.value("weights_fingerprint", std::string("?")) +
-                         ", '" + base_dir + "' has " + fp,
-                "same shape but other weights: use the base model the gates were trained on");
-  }
-  const json& gj = cfg.at("gate");
-  GateConfig g;
-  g.type = gj.at("type");
-  g.heads = gj.at("heads");
-  g.head_dim = gj.at("head_dim");
-  g.mlp_hidden = gj.at("mlp_hidden");
-  g.threshold = gj.at("threshold");
-  g.estimator = gj.at("estimator");
-  g.sink_tokens = gj.at("sink_tokens");
-  g.recent_window = gj.at("recent_window");
-  auto gates = Gates::create(g, mc, 0, base.device());
-  SafetensorsFile f = SafetensorsFile::open((fs::path(dir) / "gates.safetensors").string());
+  return cfg;
+}
+
+// Every value read from an export must be finite (a damaged file would flag or shift garbage).
+NamedTensors read_float_tensors(const std::string& path) {
+  SafetensorsFile f = SafetensorsFile::open(path);
   NamedTensors t;
-  for (const auto& e : f.entries()) t.push_back({e.name, f.tensor(e.name)});
-  gates->load(t, f.path());
+  for (const auto& e : f.entries()) {
+    t.push_back({e.name, f.float_tensor(e.name)});
+    if (!at::isfinite(t.back().second).all().item<bool>()) {
+      throw_input(path, "tensor '" + e.name + "' holds NaN/inf", "the export is damaged: export the run again");
+    }
+  }
+  return t;
+}
+
+}  // namespace
+
+LoraConfig lora_config(const Recipe& r) {
+  LoraConfig lc;
+  lc.rank = r.integer("lora.rank");
+  lc.alpha = r.number("lora.alpha");
+  lc.targets = r.list("lora.targets");
+  return lc;
+}
+
+void load_lora_tensors(LoraAdapters& lora, const NamedTensors& values, const std::string& source) {
+  std::map<std::string, at::Tensor> by_name(values.begin(), values.end());
+  if (by_name.size() != lora.parameters().size()) {
+    throw_input(source, "holds " + std::to_string(by_name.size()) + " LoRA tensors, the LoRA config needs " +
+                            std::to_string(lora.parameters().size()),
+                "was it written for another LoRA rank or targets? export the run again");
+  }
+  c10::NoGradGuard no_grad;
+  for (const auto& [name, t] : lora.parameters()) {
+    auto it = by_name.find(name);
+    if (it == by_name.end()) throw_input(source, "lacks LoRA tensor " + name, "export the run again");
+    if (it->second.sizes() != t.sizes()) throw_input(source, "LoRA tensor " + name + " has the wrong shape", "export the run again");
+    t.detach().copy_(it->second);
+  }
+}
+
+std::unique_ptr<Gates> load_gate_export(const std::string& dir, const LlamaModel& base, const std::string& base_dir) {
+  const json cfg = read_export_config(dir);
+  const std::string cfg_path = (fs::path(dir) / "kvgate_config.json").string();
+  const ModelConfig& mc = base.config();
+  GateConfig g;
+  try {
+    const json& b = cfg.at("base_model");
+    auto mismatch = [&](const char* key, int64_t want) {
+      if (b.at(key).get<int64_t>() != want) {
+        throw_input(dir, std::string("the gates were trained for a base model with ") + key + " = " +
+                             std::to_string(b.at(key).get<int64_t>()) + ", this one has " + std::to_string(want),
+                    "use the base model the gates were trained on (" + b.value("path", std::string("?")) + ")");
+      }
+    };
+    mismatch("num_hidden_layers", mc.num_hidden_layers);
+    mismatch("hidden_size", mc.hidden_size);
+    mismatch("num_key_value_heads", mc.num_key_value_heads);
+    mismatch("head_dim", mc.head_dim);
+    const std::string fp = weights_fingerprint(base_dir);
+    if (b.value("weights_fingerprint", "") != fp) {
+      throw_input(dir, "the gates were trained on base weights " + b.value("weights_fingerprint", std::string("?")) +
+                           ", '" + base_dir + "' has " + fp,
+                  "same shape but other weights: use the base model the gates were trained on (" +
+                      b.value("path", std::string("?")) + ")");
+    }
+    const json& gj = cfg.at("gate");
+    g.type = gj.at("type");
+    g.heads = gj.at("heads");
+    g.head_dim = gj.at("head_dim");
+    g.mlp_hidden = gj.at("mlp_hidden");
+    g.threshold = gj.at("threshold");
+    g.estimator = gj.at("estimator");
+    g.sink_tokens = gj.at("sink_tokens");
+    g.recent_window = gj.at("recent_window");
+  } catch (const json::exception& e) {
+    throw_input(cfg_path, std::string("lacks a field or holds one of the wrong type (") + e.what() + ")", "export the run again");
+  }
+  auto gates = Gates::create(g, mc, 0, base.device());
+  const std::string path = (fs::path(dir) / "gates.safetensors").string();
+  gates->load(read_float_tensors(path), path);
   return gates;
 }
 
 std::unique_ptr<LoraAdapters> load_lora_export(const std::string& dir, const LlamaModel& base) {
   const fs::path file = fs::path(dir) / "lora.safetensors";
-  if (!fs::exists(file)) return nullptr;
   const std::string cfg_path = (fs::path(dir) / "kvgate_config.json").string();
-  const json cfg = json::parse(read_file(cfg_path));
-  if (!cfg.contains("lora") || !cfg["lora"].is_object()) {
+  const json cfg = read_export_config(dir);
+  const bool listed = cfg.contains("lora") && cfg["lora"].is_object();
+  if (!fs::exists(file) && !listed) return nullptr;
+  // Used whole or refused: a LoRA the config lists must be there, and a file must be listed.
+  if (!fs::exists(file)) throw_input(dir, "has no lora.safetensors although kvgate_config.json lists a LoRA", "export the run again");
+  if (!listed) {
     throw_input(cfg_path, "has lora.safetensors beside it but no \"lora\" section (an export from before agate 0.1)",
                 "re-export the run with agate export");
   }
   LoraConfig lc;
-  lc.rank = cfg["lora"].at("rank");
-  lc.alpha = cfg["lora"].at("alpha");
-  lc.targets = cfg["lora"].at("targets").get<std::vector<std::string>>();
-  auto lora = std::make_unique<LoraAdapters>(lc, base.config(), 0, base.device());
-  SafetensorsFile f = SafetensorsFile::open(file.string());
-  for (const auto& [name, t] : lora->parameters()) {
-    if (!f.find(name)) throw_input(file.string(), "lacks tensor " + name, "re-export the run with agate export");
-    at::Tensor src = f.tensor(name);
-    if (src.sizes() != t.sizes()) throw_input(file.string(), "tensor " + name + " has the wrong shape");
-    t.detach().copy_(src);
+  try {
+    lc.rank = cfg["lora"].at("rank");
+    lc.alpha = cfg["lora"].at("alpha");
+    lc.targets = cfg["lora"].at("targets").get<std::vector<std::string>>();
+  } catch (const json::exception& e) {
+    throw_input(cfg_path, std::string("\"lora\" lacks a field or holds one of the wrong type (") + e.what() + ")", "export the run again");
   }
+  if (lc.rank < 1) throw_input(cfg_path, "\"lora\" rank must be >= 1, found " + std::to_string(lc.rank), "export the run again");
+  auto lora = std::make_unique<LoraAdapters>(lc, base.config(), 0, base.device());
+  load_lora_tensors(*lora, read_float_tensors(file.string()), file.string());
   return lora;
+}
+
+LoadedExport load_export(const std::string& dir, const LlamaModel& base, const std::string& base_dir) {
+  LoadedExport e;
+  e.gates = load_gate_export(dir, base, base_dir);
+  e.lora = load_lora_export(dir, base);
+  return e;
 }
 
 }  // namespace agate

@@ -43,7 +43,7 @@ GenerateResult generate(const LlamaModel& model, const evict::Policy& policy, co
   GenerateResult res;
   res.prompt_tokens = static_cast<int64_t>(prompt.size());
 
-  evict::Compressed cmp = policy.compress(model, nullptr, prompt, layer_budgets);
+  evict::Compressed cmp = policy.compress(model, o.adapter, prompt, layer_budgets);
   RaggedKVCache& cache = *cmp.cache;
   res.prefill_tokens_per_s = static_cast<double>(prompt.size()) / std::max(cmp.prefill_seconds + cmp.select_seconds, 1e-9);
   // What each layer/head kept of the prompt: one read per layer.
@@ -59,6 +59,7 @@ GenerateResult generate(const LlamaModel& model, const evict::Policy& policy, co
   ForwardOptions decode;
   decode.cache = &cache;
   decode.visibility = policy.decode_visibility();  // null: every decoded token is kept
+  decode.adapter = o.adapter;
   const double t1 = now_seconds();
   // Logits come to the host once per token (the next id is needed there, for stop tokens and
   // printing); sampling runs on the CPU, so a seed gives the same text on every device.
@@ -66,6 +67,7 @@ GenerateResult generate(const LlamaModel& model, const evict::Policy& policy, co
   for (int64_t i = 0; i < o.max_new; ++i) {
     const int64_t next = pick(last, o, gen);
     res.tokens.push_back(next);
+    if (o.on_token) o.on_token(next);
     if (std::find(o.stop_ids.begin(), o.stop_ids.end(), next) != o.stop_ids.end()) break;
     if (i + 1 == o.max_new) break;
     last = model.forward(at::full({1, 1}, next, at::kLong), decode)[0][-1].to(at::kCPU, at::kFloat);

@@ -63,6 +63,15 @@ std::string safetensors_dtype_name(c10::ScalarType type) {
   throw_runtime(std::string("cannot store dtype ") + c10::toString(type) + " in safetensors");
 }
 
+at::Tensor SafetensorsFile::float_tensor(const std::string& name) const {
+  const SafetensorsEntry* e = find(name);
+  if (e && e->dtype != "F64" && e->dtype != "F32" && e->dtype != "F16" && e->dtype != "BF16") {
+    throw_input(path_, "tensor '" + name + "' is " + e->dtype + ", expected a floating dtype (F32, BF16, F16 or F64)",
+                "its header mislabels the data, or the file is not what it claims to be: re-export or re-download it");
+  }
+  return tensor(name);
+}
+
 // ---------------------------------------------------------------------------------------------
 SafetensorsFile SafetensorsFile::open(const std::string& path) {
   SafetensorsFile f;
@@ -250,7 +259,7 @@ WeightFolder WeightFolder::open(const std::string& dir) {
     for (const auto& e : f.entries()) w.where_[e.name] = kSingleName;
   } else {
     throw_input(dir, std::string("has neither ") + kSingleName + " nor " + kIndexName,
-                "point --model at a Hugging Face model folder");
+                "a Hugging Face model folder holds config.json and its weights in safetensors");
   }
   return w;
 }
@@ -279,6 +288,12 @@ at::Tensor WeightFolder::tensor(const std::string& name) const {
   auto it = where_.find(name);
   if (it == where_.end()) throw_input(dir_, "has no tensor '" + name + "'");
   return file(it->second).tensor(name);
+}
+
+at::Tensor WeightFolder::float_tensor(const std::string& name) const {
+  auto it = where_.find(name);
+  if (it == where_.end()) throw_input(dir_, "has no tensor '" + name + "'");
+  return file(it->second).float_tensor(name);
 }
 
 uint64_t WeightFolder::total_bytes() const {

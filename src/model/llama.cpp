@@ -129,7 +129,7 @@ LlamaModel LlamaModel::load(const std::string& dir, c10::ScalarType dtype, c10::
   for (const auto& name : weights.names()) {
     // Older Llama checkpoints carry rotary buffers; a tied model may still ship lm_head.
     if (name.size() > 19 && name.compare(name.size() - 19, 19, "rotary_emb.inv_freq") == 0) continue;
-    tensors.push_back({name, weights.tensor(name)});
+    tensors.push_back({name, weights.float_tensor(name)});
   }
   std::map<std::string, bool> expected;
   for (const auto& kv : expected_weight_shapes(config)) expected[kv.first] = true;

@@ -24,7 +24,7 @@ std::string step_name(int64_t step) {
 NamedTensors read_all(const std::string& path) {
   SafetensorsFile f = SafetensorsFile::open(path);
   NamedTensors out;
-  for (const auto& e : f.entries()) out.push_back({e.name, f.tensor(e.name).clone()});
+  for (const auto& e : f.entries()) out.push_back({e.name, f.float_tensor(e.name).clone()});
   return out;
 }
 

@@ -4,10 +4,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <sstream>
 
 #include "agate/util/error.h"
 #include "agate/util/fs.h"
+
+namespace fs = std::filesystem;
 
 namespace agate {
 
@@ -42,11 +45,19 @@ std::string suggestion(const std::string& path) {
 }
 
 // Flattens a YAML mapping into "a.b" -> node.
+// A section of the schema ("model" for model.path, ...).
+bool is_section(const std::string& key) {
+  for (const auto& k : recipe_schema())
+    if (k.path.rfind(key + ".", 0) == 0) return true;
+  return false;
+}
+
 void flatten(const YAML::Node& node, const std::string& prefix, const std::string& source,
              std::vector<std::pair<std::string, YAML::Node>>& out) {
   for (auto it = node.begin(); it != node.end(); ++it) {
     const std::string key = prefix.empty() ? it->first.as<std::string>() : prefix + "." + it->first.as<std::string>();
     if (it->second.IsMap()) flatten(it->second, key, source, out);
+    else if (it->second.IsNull() && is_section(key)) continue;  // "model:" with nothing under it: an empty section
     else out.push_back({key, it->second});
   }
 }
@@ -71,6 +82,7 @@ std::string line_of(const YAML::Node& n, const std::string& source) {
 }  // namespace
 
 Recipe Recipe::load(const std::string& path, const std::vector<std::string>& overrides) {
+  if (fs::is_directory(path)) throw_input(path, "is a folder, not a recipe file", "pass a YAML recipe, e.g. recipes/tiny/cpt.yaml");
   return parse(read_file(path), path, overrides);
 }
 

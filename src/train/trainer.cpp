@@ -149,6 +149,7 @@ struct Trainer::Impl {
     // The ids the data holds, not the tokenizer's size: a tokenizer.json may list added tokens
     // beyond the model's embeddings (SmolLM2's GGUF tokenizer has 5) that the text never uses.
     train_data->check_fits(mc.vocab_size, "data.train");
+    check_dataset_tokenizer(train_data->manifest(), train_dir, model_dir, r.origin("data.train") + ": data.train");
     if (!r.str("data.val").empty()) {
       val_data.emplace(Dataset::open(r.str("data.val")));
       val_data->check_fits(mc.vocab_size, "data.val");
@@ -187,12 +188,40 @@ struct Trainer::Impl {
 
   // --fresh refuses a folder that already holds a run; --resume-from needs a complete checkpoint.
   void check_run_folder(const ResumeOptions& resume) const {
-    const bool has_run = fs::exists(fs::path(run_dir) / "metrics.jsonl") || !list_checkpoints(run_dir).empty();
+    // Step folders without DONE are an earlier run's interrupted checkpoints: starting over would
+    // overwrite them, so that takes --force.
+    bool has_steps = false;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(fs::path(run_dir) / "checkpoints", ec))
+      has_steps |= e.path().filename().string().rfind("step_", 0) == 0;
+    const bool has_run = fs::exists(fs::path(run_dir) / "metrics.jsonl") || has_steps;
     if (resume.fresh && has_run) {
       throw_usage("--fresh: '" + run_dir + "' already holds a run", "choose another run.dir, or drop --fresh to resume it");
     }
+    if (!resume.fresh && !resume.force && resume.resume_from.empty() && has_steps && list_checkpoints(run_dir).empty()) {
+      throw_input((fs::path(run_dir) / "checkpoints").string(), "holds step folders but no complete checkpoint (no DONE marker): a new run would overwrite them",
+                  "pass --force to start this run over, or choose another run.dir");
+    }
     if (!resume.resume_from.empty() && !fs::exists(fs::path(resume.resume_from) / "DONE")) {
       throw_input(resume.resume_from, "is not a complete checkpoint (no DONE marker)", "pick a folder under RUN_DIR/checkpoints/");
+    }
+  }
+
+  // A resumed state's counters must be its step's: the data cursor and the tokens seen (an
+  // edited cursor would silently replay or skip data).
+  void check_counters(const TrainState& st, const std::string& where) const {
+    LoaderOptions o;
+    o.seq_len = seq_len;
+    o.global_batch = global_batch;
+    o.sft_mode = r.str("data.sft_mode");
+    o.prefetch = 0;
+    const LoaderCursor want = DataLoader(*train_data, o, {}).cursor_after(static_cast<uint64_t>(r.integer("run.seed")), st.step);
+    if (!(st.cursor == want) || st.tokens != st.step * global_batch * seq_len) {
+      throw_input(where, "at step " + std::to_string(st.step) + " holds data cursor (epoch " + std::to_string(st.cursor.epoch) +
+                             ", sample " + std::to_string(st.cursor.sample) + ") and " + std::to_string(st.tokens) +
+                             " tokens, expected (epoch " + std::to_string(want.epoch) + ", sample " + std::to_string(want.sample) +
+                             ") and " + std::to_string(st.step * global_batch * seq_len),
+                  "the checkpoint was edited or damaged: resume from an older one with --resume-from");
     }
   }
 
@@ -348,6 +377,7 @@ struct Trainer::Impl {
                     "raise train.steps to continue this run, or start a new one (another run.dir)");
       }
       guard().check(st, *from);
+      check_counters(st, where);
     }
     if (lead) write_file_atomic((fs::path(run_dir) / "config.resolved.yaml").string(), r.to_yaml());
     log::info("run folder {}; {} rank(s), backend {}; plan:\n{}", run_dir, pg->world(), pg->backend(), plan().describe());
@@ -403,6 +433,7 @@ struct Trainer::Impl {
       log::info("resuming from {} (step {}, {} tokens seen, data epoch {} sample {})", *from, start, tokens_seen,
                    cursor.epoch, cursor.sample);
     }
+    if (ckpt && start >= steps) return finished(summary, metrics_path, lead);
     MetricsLog metrics(metrics_path, lead, ckpt ? start : -1);  // a resumed run drops what came after its checkpoint
     auto record = [&](const json& j) { metrics.record(j); };
     // Identical starting parameters everywhere (they are seeded alike; this makes it certain).
@@ -534,6 +565,30 @@ struct Trainer::Impl {
     if (lead) save_outputs(summary);
     pg->barrier();
     return summary;
+  }
+
+  // Re-running a finished run trains nothing and rewrites nothing: the summary is the one on
+  // disk (rebuilt from the last metrics record only when the run died before writing it).
+  TrainSummary finished(TrainSummary s, const std::string& metrics_path, bool lead) {
+    const fs::path path = fs::path(run_dir) / "summary.json";
+    json prev;
+    try {
+      prev = json::parse(read_file(path.string()));
+    } catch (const std::exception&) {  // absent or damaged
+      std::ifstream in(metrics_path);
+      for (std::string line; std::getline(in, line);) {
+        const json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+        if (j.is_object() && j.contains("loss")) prev = {{"train_loss", j["loss"]}, {"tokens_per_s", j.value("tokens_per_s", 0.0)}};
+      }
+    }
+    if (prev.is_object()) {
+      s.train_loss = prev.value("train_loss", 0.0);
+      s.tokens_per_s = prev.value("tokens_per_s", 0.0);
+    }
+    log::info("{} already finished at step {}: nothing to train", run_dir, s.steps);
+    if (lead && !fs::exists(path)) save_outputs(s);
+    pg->barrier();
+    return s;
   }
 
   void save_outputs(const TrainSummary& s) {

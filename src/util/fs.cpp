@@ -31,6 +31,7 @@ void fsync_dir(const std::string& dir) {
 }  // namespace
 
 std::string read_file(const std::string& path) {
+  if (fs::is_directory(path)) throw_input(path, "is a folder, not a file", "pass a file");
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     throw_input(path, fs::exists(path) ? "cannot be read" : "does not exist",

@@ -2,6 +2,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -405,6 +406,56 @@ TEST(Tokenize, SftTruncationFollowsTheDocumentedRules) {
   const int64_t len = static_cast<int64_t>(sh.doc_offsets()[b.sample_ids[0] + 1] - sh.doc_offsets()[b.sample_ids[0]]);
   for (int64_t i = len; i < 49; ++i) after_end += m[i];
   EXPECT_EQ(after_end, 0.0f) << "padding is never a loss target";
+}
+
+// Write policy (issue 16): re-tokenizing into a folder that holds a dataset replaces it only once
+// the new one is complete; a bad input (JSONL line 6) used to delete the old manifest first and
+// leave the old dataset orphaned. Nothing of the attempt stays behind.
+TEST(Tokenize, AFailedRunLeavesTheExistingDatasetIntactAndNoPartialOutput) {
+  TempDir d;
+  const Tokenizer& tok = TokenizerEnv::get();
+  test::write_bytes(d.file("good.txt"), "The quick brown fox.\n\nIn the beginning.\n");
+  TokenizeOptions o;
+  o.inputs = {d.file("good.txt")};
+  o.out = d.file("out");
+  o.val_fraction = 0.0;
+  tokenize_corpus(tok, o);
+  const std::string manifest = test::read_bytes(d.file("out/train/manifest.json"));
+  test::write_bytes(d.file("bad.jsonl"), "{\"text\": \"a\"}\n{\"text\": \"b\"}\n{\"text\": \"c\"}\n{\"text\": \"d\"}\n"
+                                         "{\"text\": \"e\"}\n{\"text\": broken}\n");
+  o.inputs = {d.file("bad.jsonl")};
+  EXPECT_NE(error_of([&] { tokenize_corpus(tok, o); }).find("bad.jsonl:6: malformed JSON"), std::string::npos);
+  EXPECT_EQ(test::read_bytes(d.file("out/train/manifest.json")), manifest);
+  EXPECT_NO_THROW(Dataset::open(d.file("out/train")));
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(d.file("out"))) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"train", "val"})) << "no staging folder left behind";
+  // Into a new folder: nothing at all is left.
+  o.out = d.file("new");
+  EXPECT_THROW(tokenize_corpus(tok, o), std::exception);
+  EXPECT_FALSE(fs::exists(d.file("new")));
+  // A good input replaces the dataset whole.
+  test::write_bytes(d.file("more.txt"), "What is the number?\n\nA wife.\n\nThe earth.\n");
+  o.inputs = {d.file("more.txt")};
+  o.out = d.file("out");
+  EXPECT_EQ(tokenize_corpus(tok, o).train.documents, 3u);
+  EXPECT_EQ(Dataset::open(d.file("out/train")).manifest().num_documents, 3u);
+}
+
+// Text that is not UTF-8 is tokenized as U+FFFD per bad byte; the summary says how many
+// documents that touched instead of "nothing skipped or truncated" (issue 16).
+TEST(Tokenize, InvalidUtf8IsCountedInTheSummary) {
+  TempDir d;
+  const Tokenizer& tok = TokenizerEnv::get();
+  test::write_bytes(d.file("a.txt"), "fine text\n\nbad \xff\xfe bytes\n\nmore \xc3 here\n\ncaf\xc3\xa9 is fine\n");
+  TokenizeOptions o;
+  o.inputs = {d.file("a.txt")};
+  o.out = d.file("out");
+  o.val_fraction = 0.0;
+  const TokenizeSummary s = tokenize_corpus(tok, o);
+  EXPECT_EQ(s.train.documents, 4u);
+  EXPECT_EQ(s.invalid_utf8, 2u);
 }
 
 TEST(Tokenize, MalformedJsonlIsRefusedWithItsLineNumber) {

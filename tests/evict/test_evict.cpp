@@ -176,6 +176,53 @@ TEST(Evict, EveryBaselineKeepsExactlyItsBudget) {
   }
 }
 
+// The budget invariant (issue 16): every baseline keeps exactly its budget at every budget,
+// including budgets smaller than the observation window (the window then shrinks to the budget)
+// and budgets that are no multiple of the KV heads; with kvpress's definitions too. PyramidKV's
+// schedule moves entries between layers, so for it the total is exact; every other policy keeps
+// each layer's budget. A budget that reaches the context keeps the whole context.
+TEST(Evict, EveryBaselineKeepsItsBudgetAtEveryBudgetEvenBelowTheWindow) {
+  c10::NoGradGuard no_grad;
+  const ModelConfig c = test::tiny_config(4, 2);
+  const LlamaModel m = LlamaModel::init_random(c, 3, at::kFloat);
+  const int64_t T = 40, L = c.num_hidden_layers, Hkv = c.num_key_value_heads;
+  const auto ctx = random_context(T, c.vocab_size, 1);
+  PrefillRecord rec;
+  record_prefill(m, nullptr, ctx, rec);
+  for (bool kvpress : {false, true}) {
+    PolicyOptions o;
+    o.window = 8;
+    o.kvpress = kvpress;
+    if (kvpress) o.pooling = "avg";
+    for (const auto& name : baseline_names()) {
+      const auto p = make_policy(name, o);
+      std::vector<std::vector<int64_t>> cases;
+      for (int64_t per_layer = 1; per_layer <= Hkv * T + 3; per_layer += per_layer < 20 ? 1 : 9) cases.push_back(std::vector<int64_t>(L, per_layer));
+      for (int64_t tokens : {1, 2, 5, 10, 31, 40}) cases.push_back(p->layer_budgets(static_cast<double>(tokens), true, T, L, Hkv));
+      for (double keep : {0.025, 0.1, 0.2, 0.25, 0.5, 0.9, 1.0}) cases.push_back(p->layer_budgets(keep, false, T, L, Hkv));
+      for (size_t i = 0; i < cases.size(); ++i) {
+        const std::vector<int64_t>& budgets = cases[i];
+        const std::vector<at::Tensor> flags = p->select(rec, budgets);  // what compress() stores
+        int64_t want = 0, kept = 0;
+        for (int64_t l = 0; l < L; ++l) {
+          const int64_t b = name == "full" ? Hkv * T : std::min(budgets[l], Hkv * T);
+          const int64_t n = flags[l].sum().item<int64_t>();
+          want += b;
+          kept += n;
+          if (name.find("pyramid") == std::string::npos || kvpress) {
+            EXPECT_EQ(n, b) << name << (kvpress ? " (kvpress)" : "") << " layer " << l << " budget " << budgets[l];
+          }
+        }
+        EXPECT_EQ(kept, want) << name << (kvpress ? " (kvpress)" : "") << " budget " << budgets[0];
+        if (i % 8 == 0) {  // and the cache compress() builds holds exactly those entries
+          const Compressed cmp = p->compress(m, nullptr, ctx, budgets);
+          EXPECT_EQ(cmp.cache->total_entries(), want) << name << " budget " << budgets[0];
+        }
+      }
+    }
+  }
+}
+
 TEST(Evict, EveryPolicyAtKeepOneEqualsTheFullCache) {
   c10::NoGradGuard no_grad;
   const ModelConfig c = test::tiny_config(4, 2);

@@ -12,6 +12,7 @@
 #include "agate/infer/generate.h"
 #include "agate/infer/ragged_kv_cache.h"
 #include "agate/model/llama.h"
+#include "agate/model/lora.h"
 
 using namespace agate;
 
@@ -20,11 +21,13 @@ namespace {
 const std::vector<int64_t> kPrompt = {1, 5, 9, 12, 33, 7, 2, 40, 17, 23, 8, 51, 3, 30, 11, 44, 6, 28, 19, 60};
 
 // Greedy decoding over a plain full ragged cache, as generate ran before policies existed.
-std::vector<int64_t> full_cache_greedy(const LlamaModel& m, const std::vector<int64_t>& prompt, int n) {
+std::vector<int64_t> full_cache_greedy(const LlamaModel& m, const std::vector<int64_t>& prompt, int n,
+                                       ProjectionAdapter* adapter = nullptr) {
   c10::NoGradGuard no_grad;
   RaggedKVCache cache(m.config().num_hidden_layers);
   ForwardOptions fo;
   fo.cache = &cache;
+  fo.adapter = adapter;
   at::Tensor logits = m.forward(at::tensor(prompt, at::kLong).unsqueeze(0), fo);
   std::vector<int64_t> out;
   for (int i = 0; i < n; ++i) {
@@ -150,3 +153,27 @@ TEST(Generate, GatePolicyKeepsWhatTheGatesFlag) {
   EXPECT_GT(kept, 0);
   EXPECT_LT(kept, 2 * 2 * static_cast<int64_t>(kPrompt.size()));
 }
+
+// An export's LoRA applies in generate as in eval (issue 16: generate used to drop it): the
+// prefill and every decode step go through the adapter. Each id is also handed to on_token as
+// soon as it is chosen (the CLI streams the text with it).
+TEST(Generate, AppliesTheAdapterInPrefillAndDecodeAndStreamsEachToken) {
+  c10::NoGradGuard no_grad;
+  const ModelConfig c = test::tiny_config(4, 2);
+  const LlamaModel m = LlamaModel::init_random(c, 8, at::kFloat);
+  LoraConfig lc;
+  lc.rank = 4;
+  LoraAdapters lora(lc, c, 3);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
+  for (const auto& [name, t] : lora.parameters()) t.detach().copy_(at::randn(t.sizes(), gen));  // B no longer zero
+  GenerateOptions o;
+  o.max_new = 10;
+  std::vector<int64_t> streamed;
+  o.on_token = [&](int64_t id) { streamed.push_back(id); };
+  o.adapter = &lora;
+  const GenerateResult r = generate(m, *evict::make_policy("full", evict::PolicyOptions()), {0, 0}, kPrompt, o);
+  EXPECT_EQ(r.tokens, full_cache_greedy(m, kPrompt, 10, &lora));
+  EXPECT_NE(r.tokens, full_cache_greedy(m, kPrompt, 10)) << "the adapter changes the text";
+  EXPECT_EQ(streamed, r.tokens);
+}
+

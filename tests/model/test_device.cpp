@@ -5,6 +5,10 @@
 
 #include "agate/model/llama.h"
 #include "agate/util/device.h"
+#include "agate/util/threads.h"
+
+#include <algorithm>
+#include <thread>
 #include "../test_util.h"
 #include "../tiny_model.h"
 
@@ -48,3 +52,15 @@ TEST(Device, CudaLogitsMatchTheCpuInFloat32AndBfloat16) {
 
 }  // namespace
 }  // namespace agate
+
+// --threads / run.threads: hundreds of threads on a few cores used to hang the machine (issue
+// 16); above 4 x the cores (and above 1024) is refused with a hint.
+TEST(Threads, AboveFourTimesTheCoresIsRefusedWithAHint) {
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  const std::string m = agate::test::error_of([&] { agate::configure_threads(4 * std::max(cores, 1) + 1); });
+  EXPECT_NE(m.find("--threads / run.threads " + std::to_string(4 * std::max(cores, 1) + 1) + " is above"), std::string::npos) << m;
+  EXPECT_NE(m.find("hint: use 0 (all cores"), std::string::npos) << m;
+  EXPECT_NE(agate::test::error_of([] { agate::configure_threads(100000); }).find("is above"), std::string::npos);
+  EXPECT_NE(agate::test::error_of([] { agate::check_thread_count(100000, "--threads"); }).find("--threads 100000 is above"), std::string::npos);
+  EXPECT_EQ(agate::test::error_of([] { agate::check_thread_count(1, "--threads"); }), "");
+}

@@ -141,6 +141,25 @@ TEST(Model, ConfigRoundTripsThroughJson) {
   EXPECT_EQ(back.parameter_count(), c.parameter_count());
 }
 
+// A header that labels float data I32 (same byte size) used to load as huge integers (log-probs
+// of -7e9, a training loss of 3e9, exit 0): every weight must carry a floating dtype (issue 16).
+TEST(Model, WeightsWithANonFloatingDtypeAreRefusedNamingTheTensor) {
+  c10::NoGradGuard no_grad;
+  test::TempDir dir;
+  const std::string out = dir.file("m");
+  LlamaModel::init_random(tiny_config(4, 2), 3, at::kFloat).save(out);
+  const std::string file = out + "/model.safetensors";
+  std::string bytes = test::read_bytes(file);
+  const size_t at = bytes.find("\"F32\"");
+  ASSERT_NE(at, std::string::npos);
+  bytes.replace(at, 5, "\"I32\"");
+  test::write_bytes(file, bytes);
+  const std::string m = error_of([&] { LlamaModel::load(out, at::kFloat); });
+  EXPECT_NE(m.find(file + ": tensor '"), std::string::npos) << m;
+  EXPECT_NE(m.find("' is I32, expected a floating dtype"), std::string::npos) << m;
+  EXPECT_NE(m.find("hint:"), std::string::npos) << m;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The hooks later issues build on.
 TEST(Attention, AllKeptFlagsEqualTheBaseModel) {

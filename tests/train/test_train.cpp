@@ -16,6 +16,7 @@
 #include "agate/train/recipe.h"
 #include "agate/train/schedule.h"
 #include "agate/train/trainer.h"
+#include "agate/util/checksum.h"
 #include "agate/util/fs.h"
 
 using namespace agate;
@@ -142,6 +143,24 @@ TEST(Recipe, TrainerRefusesBadValuesBeforeAnyWork) {
   EXPECT_NE(error_of([&] { Trainer t(Recipe::load(path, {"data.seq_len=4096"})); })
                 .find("data.seq_len 4096 is above the model's max_position_embeddings (2048)"),
             std::string::npos);
+}
+
+// A dataset tokenized with another tokenizer than the model folder's (same vocabulary size or
+// not) used to train silently, its base validation loss worse than uniform (issue 16).
+TEST(Recipe, DataFromAnotherTokenizerThanTheModelsIsRefused) {
+  TinySetup s;  // its datasets record tokenizer hash 0x4d (77)
+  const std::string path = s.dir.file("r.yaml");
+  test::write_bytes(path, s.recipe());
+  test::write_bytes(s.model + "/tokenizer.model", "not the tokenizer the data was made with");
+  const std::string m = error_of([&] { Trainer t(Recipe::load(path)); });
+  EXPECT_NE(m.find("data.train: dataset '" + s.train + "' was tokenized with tokenizer 0x0000004d, but the model folder"), std::string::npos) << m;
+  EXPECT_NE(m.find("holds tokenizer.model 0x"), std::string::npos) << m;
+  EXPECT_NE(m.find("hint: tokenize the data with the model's own tokenizer"), std::string::npos) << m;
+  EXPECT_FALSE(fs::exists(s.dir.file("run")));
+  // A folder without a tokenizer has nothing to compare with (the e2e runs train with the
+  // tokenizer the data was made with copied into the model folder).
+  fs::remove(s.model + "/tokenizer.model");
+  EXPECT_EQ(error_of([&] { Trainer t(Recipe::load(path)); }), "");
 }
 
 TEST(Schedule, WarmupCosineConstantWsd) {
@@ -331,6 +350,15 @@ TEST(Resume, EditedOrDamagedTrainerStateIsRefused) {
   EXPECT_NE(m.find("says step 1000 but sits in step_00000003"), std::string::npos) << m;
   m = with("\"step\": 3", "\"step\": 2");  // fewer steps than the optimizer took
   EXPECT_NE(m.find("holds impossible values (step 2, optimizer steps 3"), std::string::npos) << m;
+  // The data cursor and the token count must be those of the step (an edited cursor used to
+  // replay or skip data silently).
+  m = with("\"sample\": 12", "\"sample\": 20");
+  EXPECT_NE(m.find("at step 3 holds data cursor (epoch 0, sample 20) and 192 tokens, expected (epoch 0, sample 12) and 192"),
+            std::string::npos) << m;
+  m = with("\"tokens\": 192", "\"tokens\": 3");
+  EXPECT_NE(m.find("expected (epoch 0, sample 12) and 192"), std::string::npos) << m;
+  m = with("\"seed\": 0", "\"seed\": 5");
+  EXPECT_NE(m.find("holds data cursor"), std::string::npos) << m;
   m = with("\"format\": \"agate-trainer-state\"", "\"format\": \"other\"");
   EXPECT_NE(m.find("is not an agate trainer state"), std::string::npos) << m;
   m = with("\"val_loss\"", "\"val_los\"");
@@ -346,10 +374,49 @@ TEST(Resume, EditedOrDamagedTrainerStateIsRefused) {
     m = error_of([&] { Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=6"})).run(); });
     EXPECT_NE(m.find("holds NaN/inf"), std::string::npos) << m;
     test::write_bytes(opt, saved);
+    // A header that labels the float moments I32 is refused, not read as integers.
+    std::string relabelled = saved;
+    relabelled.replace(relabelled.find("\"F32\""), 5, "\"I32\"");
+    test::write_bytes(opt, relabelled);
+    m = error_of([&] { Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=6"})).run(); });
+    EXPECT_NE(m.find("optimizer.safetensors: tensor '"), std::string::npos) << m;
+    EXPECT_NE(m.find("' is I32, expected a floating dtype"), std::string::npos) << m;
+    test::write_bytes(opt, saved);
   }
   m = error_of([&] { Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=2"})).run(); });
   EXPECT_NE(m.find("is at step 3, past train.steps (2)"), std::string::npos) << m;
   EXPECT_NO_THROW(Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=6"})).run());
+}
+
+// The write policy of a run folder (issue 16): re-running a finished run rewrites nothing (its
+// summary.json used to become train_loss 0.0, tokens_per_s 0.0), and a new run does not
+// overwrite an earlier run's step folders when none of them is complete, unless --force.
+TEST(Resume, FinishedRunsAndIncompleteCheckpointsAreNotOverwritten) {
+  TinySetup s;
+  test::write_bytes(s.dir.file("r.yaml"), s.recipe());
+  const TrainSummary first = Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=3"})).run();
+  const std::string summary = test::read_bytes(s.dir.file("run/summary.json"));
+  const TrainSummary again = Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=3"})).run();
+  EXPECT_EQ(test::read_bytes(s.dir.file("run/summary.json")), summary);
+  EXPECT_EQ(again.train_loss, first.train_loss);
+  EXPECT_GT(again.train_loss, 0.0);
+  EXPECT_EQ(again.steps, 3);
+  // Without summary.json (the run died after its last checkpoint) it is rebuilt from the metrics.
+  fs::remove(s.dir.file("run/summary.json"));
+  EXPECT_EQ(Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=3"})).run().train_loss, first.train_loss);
+  EXPECT_TRUE(fs::exists(s.dir.file("run/summary.json")));
+  // Every checkpoint lacks DONE: refused without --force, started over with it.
+  fs::remove(s.dir.file("run/checkpoints/step_00000003/DONE"));
+  const std::string m = error_of([&] { Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=3"})).run(); });
+  EXPECT_NE(m.find("checkpoints: holds step folders but no complete checkpoint (no DONE marker)"), std::string::npos) << m;
+  EXPECT_NE(m.find("--force"), std::string::npos) << m;
+  EXPECT_TRUE(fs::exists(s.dir.file("run/checkpoints/step_00000003/trainable.safetensors")));
+  EXPECT_NE(error_of([&] { Trainer(Recipe::load(s.dir.file("r.yaml")), ResumeOptions{true, ""}); }).find("already holds a run"),
+            std::string::npos);
+  ResumeOptions force;
+  force.force = true;
+  EXPECT_NO_THROW(Trainer(Recipe::load(s.dir.file("r.yaml"), {"train.steps=3"}), force).run());
+  EXPECT_TRUE(fs::exists(s.dir.file("run/checkpoints/step_00000003/DONE")));
 }
 
 TEST(Checkpoint, InterruptedWritesAreNeverLoadedAndPruningKeepsTheNewest) {
@@ -407,3 +474,57 @@ TEST(Export, RoundTripsAndRefusesAnotherBaseModel) {
   EXPECT_NE(error_of([&] { load_gate_export(s.dir.file("export"), wide, s.dir.file("wide")); }).find("num_key_value_heads = 2, this one has 4"),
             std::string::npos);
 }
+
+// Issue 16's export class: the run's relative model.path and data paths are resolved against the
+// folder it trained in, not the current one, and the base weights must be the checkpoint's; --out
+// must be new, empty or an export (else --force) and is written whole or not at all; an export
+// with LoRA is loaded whole (gates and LoRA) or refused.
+TEST(Export, ResolvesTheRunsPathsChecksTheWeightsAndWritesOnlyWhatItOwns) {
+  TinySetup s;
+  const fs::path cwd = fs::current_path();
+  fs::current_path(s.dir.path());  // train with relative paths, as a user in the project folder would
+  test::write_bytes("r.yaml", "run:\n  dir: runs/a\nmodel:\n  path: model\ndata:\n  train: data/train\n  val: data/val\n"
+                              "  seq_len: 16\ntrain:\n  steps: 3\n  global_batch: 4\n  log_every: 1\neval:\n  every: 3\n  batches: 1\n"
+                              "gate:\n  heads: 2\n  head_dim: 8\nlora:\n  rank: 4\noptim:\n  lr: 0.05\n");
+  Trainer(Recipe::load("r.yaml")).run();
+  fs::create_directories("elsewhere");
+  fs::current_path("elsewhere");
+  ExportOptions o;
+  o.run_dir = "../runs/a";
+  o.out = s.dir.file("export");
+  o.batches = 1;
+  std::string m = error_of([&] { export_gates(o); });
+  EXPECT_EQ(m, "") << "model.path and data.* are relative to where the run trained";
+  // A model with other weights is refused, naming the checkpoint's fingerprint, writing nothing.
+  LlamaModel::init_random(LlamaModel::load(s.model, at::kFloat).config(), 5, at::kFloat).save("model");
+  o.model = "model";
+  o.out = s.dir.file("export2");
+  m = error_of([&] { export_gates(o); });
+  EXPECT_NE(m.find("model: no base model with the weights the checkpoint"), std::string::npos) << m;
+  EXPECT_NE(m.find("hint: pass the base model the run trained on with --model DIR"), std::string::npos) << m;
+  EXPECT_FALSE(fs::exists(s.dir.file("export2"))) << "nothing written";
+  o.model = s.model;
+  o.batches = 1;
+  EXPECT_EQ(error_of([&] { export_gates(o); }), "");
+  fs::current_path(cwd);
+  const std::string cfg = test::read_bytes(s.dir.file("export/kvgate_config.json"));
+  EXPECT_NE(cfg.find("\"path\": \"" + s.model + "\""), std::string::npos) << "the absolute base path is recorded";
+  // --out: a model folder (not an export) is refused without --force and left untouched.
+  o.run_dir = s.dir.file("runs/a");
+  o.model = "";
+  o.out = s.model;
+  const std::string card = "# my model\n";
+  test::write_bytes(s.model + "/README.md", card);
+  m = error_of([&] { export_gates(o); });
+  EXPECT_NE(m.find("is not empty and holds no gate export"), std::string::npos) << m;
+  EXPECT_EQ(test::read_bytes(s.model + "/README.md"), card);
+  EXPECT_FALSE(fs::exists(s.model + "/kvgate_config.json"));
+  // An export is loaded whole: gates and LoRA; without its LoRA file it is refused.
+  LlamaModel base = LlamaModel::load(s.model, at::kFloat);
+  const LoadedExport e = load_export(s.dir.file("export"), base, s.model);
+  EXPECT_TRUE(e.gates && e.lora);
+  fs::remove(s.dir.file("export/lora.safetensors"));
+  m = error_of([&] { load_export(s.dir.file("export"), base, s.model); });
+  EXPECT_NE(m.find("has no lora.safetensors although kvgate_config.json lists a LoRA"), std::string::npos) << m;
+}
+

@@ -37,6 +37,13 @@ struct DatasetManifest {
 };
 
 DatasetManifest read_manifest(const std::string& dir);
+
+// Refuses (input error naming `key` and the dataset) a dataset made with another tokenizer than
+// the model's: when `model_dir` holds tokenizer.json or tokenizer.model and the manifest's
+// tokenizer hash (CRC-32 of the tokenizer file) is known (non-zero), one of them must match.
+// Another tokenizer's ids are other text, even with the same vocabulary size.
+void check_dataset_tokenizer(const DatasetManifest& manifest, const std::string& data_dir, const std::string& model_dir,
+                             const std::string& key);
 void write_manifest(const std::string& dir, const DatasetManifest& manifest);
 
 // An opened dataset: every shard mapped and validated, and checked against the manifest

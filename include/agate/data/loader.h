@@ -60,6 +60,9 @@ class DataLoader {
 
   int64_t num_samples() const;
   int64_t batches_per_epoch() const;
+  // Where a loader started at {seed, 0, 0} stands after `batches` global batches (what a
+  // checkpoint of step `batches` must hold; the trainer checks a resumed state against it).
+  LoaderCursor cursor_after(uint64_t seed, int64_t batches) const;
   int64_t skipped_documents() const;
 
   // The permutation of epoch `epoch` for `seed` (exposed for tests and `agate data show`).

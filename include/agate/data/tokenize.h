@@ -52,10 +52,13 @@ struct TokenizeSummary {
   SplitSummary train, val;
   std::map<std::string, uint64_t> skipped;    // reason -> documents
   std::map<std::string, uint64_t> truncated;  // rule -> documents
+  uint64_t invalid_utf8 = 0;                   // documents whose text was not UTF-8 (bad bytes read as U+FFFD)
 };
 
 // Reads, tokenizes (opts.threads workers, order preserved) and writes both splits, each
-// manifest last. Malformed input lines are refused with file:line.
+// manifest last, into a staging folder inside opts.out that replaces opts.out/train and
+// opts.out/val only when everything succeeded. Malformed input lines are refused with file:line
+// (and the dataset already in opts.out stays as it was).
 TokenizeSummary tokenize_corpus(const Tokenizer& tokenizer, const TokenizeOptions& opts);
 
 // One prompt/response pair encoded exactly as `tokenize --kind sft` encodes it (no truncation):

@@ -24,9 +24,15 @@ struct ExportOptions {
   std::string out;
   std::string device = "auto";  // where the keep ratios are measured (see resolve_device)
   int64_t batches = 4;      // validation batches used to measure the keep ratios
+  std::string model;        // the base model; empty = the run's model.path (relative to where it trained)
+  bool force = false;       // write into a non-empty folder that holds no export
 };
 
-// Writes the export; returns the measured mean keep ratio.
+// Writes the export; returns the measured mean keep ratio (with the run's LoRA applied, as the
+// export is used). The base model must have the weights fingerprint the checkpoint recorded.
+// Refuses a non-empty --out that holds no export unless options.force; writes into a staging
+// folder inside it and moves the files in only when all are written (an earlier export's
+// lora.safetensors goes when this run has none).
 double export_gates(const ExportOptions& options);
 
 // Loads an export for `base` (loaded from `base_dir`). Refuses, with a hint, a base whose
@@ -36,5 +42,19 @@ std::unique_ptr<Gates> load_gate_export(const std::string& dir, const LlamaModel
 // The LoRA adapters trained with the gates (DIR/lora.safetensors), or null when there are none.
 // Call after load_gate_export, which checks that the export fits `base`.
 std::unique_ptr<LoraAdapters> load_lora_export(const std::string& dir, const LlamaModel& base);
+
+// An export is used whole or refused: its gates and, when it has one, its LoRA (what eval,
+// generate and score load).
+struct LoadedExport {
+  std::unique_ptr<Gates> gates;
+  std::unique_ptr<LoraAdapters> lora;  // null when the run trained none
+};
+LoadedExport load_export(const std::string& dir, const LlamaModel& base, const std::string& base_dir);
+
+class Recipe;
+// The run's LoRA config (lora.rank, lora.alpha, lora.targets), and values copied into adapters
+// (refused naming `source` when a tensor is missing, extra or misshapen).
+LoraConfig lora_config(const Recipe& r);
+void load_lora_tensors(LoraAdapters& lora, const NamedTensors& values, const std::string& source);
 
 }  // namespace agate

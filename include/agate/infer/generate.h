@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,7 @@ namespace agate {
 
 class LlamaModel;
 class Gates;
+class ProjectionAdapter;
 namespace evict {
 class Policy;
 }
@@ -22,6 +24,8 @@ struct GenerateOptions {
   uint64_t seed = 0;
   std::vector<int64_t> stop_ids;  // generation stops after any of these (e.g. EOS)
   bool gate_decode = false;       // generate(gates): also gate decoded tokens (the gate keeps its own cache)
+  ProjectionAdapter* adapter = nullptr;      // e.g. an export's LoRA, applied in the prefill and every decode step
+  std::function<void(int64_t)> on_token;     // called with each new id as soon as it is chosen (streaming)
 };
 
 struct GenerateResult {

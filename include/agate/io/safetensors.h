@@ -43,6 +43,10 @@ class SafetensorsFile {
   // The tensor `name` in the file's dtype. Zero-copy (it views the map and keeps it alive)
   // when the data is suitably aligned, else a copy. Read-only: clone before writing to it.
   at::Tensor tensor(const std::string& name) const;
+  // The same for a tensor that holds real numbers (weights, gate and optimizer state): its dtype
+  // must be F64, F32, F16 or BF16. An integer or boolean dtype (a header that mislabels float
+  // data) is refused naming the file and the tensor, instead of being converted to garbage.
+  at::Tensor float_tensor(const std::string& name) const;
 
  private:
   std::string path_;
@@ -73,6 +77,7 @@ class WeightFolder {
   bool has(const std::string& name) const { return where_.count(name) > 0; }
   const SafetensorsEntry& entry(const std::string& name) const;
   at::Tensor tensor(const std::string& name) const;   // file dtype, see SafetensorsFile::tensor
+  at::Tensor float_tensor(const std::string& name) const;  // see SafetensorsFile::float_tensor
   uint64_t total_bytes() const;
 
  private:

@@ -24,6 +24,7 @@ struct TrainPlan {
 struct ResumeOptions {
   bool fresh = false;        // refuse to touch a run folder that already holds a run
   std::string resume_from;   // a checkpoint folder; empty = the newest complete one, if any
+  bool force = false;        // start over in a run folder whose checkpoints are all incomplete
 };
 
 struct TrainSummary {
