@@ -245,13 +245,13 @@ Compressed select_recorded(const PrefillRecord& rec, const at::Tensor& last_logi
   return c;
 }
 
-template <typename Select>
-Compressed compress_recorded(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
-                             KeyVisibility* observer, Select select) {
+// A full prefill recorded by record(rec) -> last logits, then selected from as above.
+template <typename Record, typename Select>
+Compressed compress_recorded(Record record, Select select) {
   c10::InferenceMode guard;
   PrefillRecord rec;
   const double t0 = now_seconds();
-  const at::Tensor last = record_prefill(model, adapter, context, rec, observer);
+  const at::Tensor last = record(rec);
   const double prefill = now_seconds() - t0;
   Compressed c = select_recorded(rec, last, select);
   c.prefill_seconds = prefill;
@@ -295,7 +295,8 @@ class GatePostPolicy : public GatesPolicy {
                       const std::vector<int64_t>&) const override {
     gates_->set_decode_cache(decode_gating_);
     FlagRecorder rec(gates_);
-    return compress_recorded(model, adapter, context, &rec, [&](const PrefillRecord& r) {
+    return compress_recorded([&](PrefillRecord& r) { return record_prefill(model, adapter, context, r, &rec); },
+                             [&](const PrefillRecord& r) {
       std::vector<at::Tensor> out;
       for (size_t l = 0; l < r.k.size(); ++l) {
         const at::Tensor& f = rec.flags.at(l);
@@ -338,9 +339,6 @@ class GateRankPolicy : public ScoredPolicy {
   GateRankPolicy(Gates* gates, PolicyOptions o, bool ada) : ScoredPolicy(std::move(o)), gates_(gates), ada_(ada) {}
   std::string name() const override { return ada_ ? "ada-gate" : "gate-rank"; }
 
-  Compressed compress(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
-                      const std::vector<int64_t>& budgets) const override;
-
   std::vector<at::Tensor> select(const PrefillRecord& r, const std::vector<int64_t>& budgets) const override {
     if (r.keep_p.size() != r.k.size()) throw_usage("gate-rank needs the gates' probabilities in the prefill record");
     const int64_t T = r.length(), w = std::min(o_.window, T);
@@ -364,22 +362,16 @@ class GateRankPolicy : public ScoredPolicy {
     return out;
   }
 
+ protected:
+  at::Tensor record(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
+                    PrefillRecord& rec) const override {
+    return record_prefill_with_gates(model, adapter, context, rec, gates_);
+  }
+
  private:
   Gates* gates_;
   bool ada_;
 };
-
-Compressed GateRankPolicy::compress(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
-                                    const std::vector<int64_t>& budgets) const {
-  if (static_cast<int64_t>(budgets.size()) != model.config().num_hidden_layers) throw_usage("a policy needs one budget per layer");
-  PrefillRecord rec;
-  const double t0 = now_seconds();
-  const at::Tensor last = record_prefill_with_gates(model, adapter, context, rec, gates_);
-  const double prefill = now_seconds() - t0;
-  Compressed c = compress_from(rec, last, budgets);
-  c.prefill_seconds = prefill;
-  return c;
-}
 
 }  // namespace
 
@@ -424,8 +416,13 @@ Compressed ScoredPolicy::compress(const LlamaModel& model, ProjectionAdapter* ad
   if (static_cast<int64_t>(budgets.size()) != model.config().num_hidden_layers) {
     throw_usage("a policy needs one budget per layer");
   }
-  return compress_recorded(model, adapter, context, nullptr,
+  return compress_recorded([&](PrefillRecord& r) { return record(model, adapter, context, r); },
                            [&](const PrefillRecord& r) { return select(r, budgets); });
+}
+
+at::Tensor ScoredPolicy::record(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
+                                PrefillRecord& rec) const {
+  return record_prefill(model, adapter, context, rec);
 }
 
 const std::vector<std::string>& baseline_names() {

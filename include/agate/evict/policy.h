@@ -129,6 +129,10 @@ class ScoredPolicy : public Policy {
   virtual std::vector<at::Tensor> select(const PrefillRecord& record, const std::vector<int64_t>& layer_budgets) const = 0;
 
  protected:
+  // The full prefill that compress() selects from (record_prefill; the gate rankings also
+  // record the gates' probabilities). Returns the last logits.
+  virtual at::Tensor record(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
+                            PrefillRecord& record) const;
   PolicyOptions o_;
 };
 
