@@ -174,8 +174,7 @@ int bench_train(const Args& args, int threads) {
   auto gates = Gates::create(g, model.config(), 0, device);
   AdamW opt(gates->parameters(), AdamWOptions{});
   const std::string attn = args.get("attention");
-  if (attn != "fused" && attn != "reference") throw_usage("--attention takes fused or reference");
-  set_fused_masked_attention(attn == "fused");
+  set_attention_kernel(parse_attention_kernel(attn == "fused" ? "rows" : attn));
   const long long seq = args.get_int("seq"), batch = args.get_int("batch"), iters = args.get_int("iters");
   auto gen = at::make_generator<at::CPUGeneratorImpl>(0);
   const at::Tensor tokens = at::randint(0, model.config().vocab_size, {batch, seq + 1}, gen, at::kLong);  // host

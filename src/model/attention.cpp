@@ -7,13 +7,14 @@
 #include <cmath>
 #include <limits>
 
+#include "agate/util/error.h"
 #include "attention_kernels.h"
 
 namespace agate {
 
 namespace {
 
-std::atomic<bool> g_fused{true};
+std::atomic<AttentionKernel> g_kernel{AttentionKernel::Flash};
 
 // The structural masks: allowed [Tq, Tk] (causal + window) and always [Tq, Tk] (self + recent).
 std::pair<at::Tensor, at::Tensor> structure(const at::Tensor& q_pos, const at::Tensor& k_pos, int64_t sliding_window,
@@ -78,8 +79,24 @@ class MaskedAttentionFn : public torch::autograd::Function<MaskedAttentionFn> {
 
 }  // namespace
 
-void set_fused_masked_attention(bool on) { g_fused = on; }
-bool fused_masked_attention() { return g_fused; }
+void set_attention_kernel(AttentionKernel kernel) { g_kernel = kernel; }
+AttentionKernel attention_kernel() { return g_kernel; }
+
+const char* attention_kernel_name(AttentionKernel kernel) {
+  switch (kernel) {
+    case AttentionKernel::Flash: return "flash";
+    case AttentionKernel::Rows: return "rows";
+    case AttentionKernel::Reference: return "reference";
+  }
+  return "?";
+}
+
+AttentionKernel parse_attention_kernel(const std::string& name) {
+  for (auto k : {AttentionKernel::Flash, AttentionKernel::Rows, AttentionKernel::Reference}) {
+    if (name == attention_kernel_name(k)) return k;
+  }
+  throw_usage("unknown attention kernel '" + name + "'", "choose flash, rows or reference");
+}
 
 at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const at::Tensor& q_pos, const at::Tensor& k_pos,
@@ -92,7 +109,7 @@ at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::
                            v.scalar_type() == q.scalar_type();
   // The fused node's row kernels are CPU code; CUDA tensors take the composed ATen path until
   // the flash-style CUDA kernel replaces it.
-  if (key_keep.defined() && grad && g_fused && f32_softmax && q.is_cpu()) {
+  if (key_keep.defined() && grad && g_kernel != AttentionKernel::Reference && f32_softmax && q.is_cpu()) {
     auto [allowed, always] = structure(q_pos, k_pos, sliding_window, recent_window);
     return MaskedAttentionFn::apply(q, k, v, key_keep, allowed.contiguous(), always.contiguous())[0];
   }

@@ -226,7 +226,7 @@ TEST(Gates, FusedMaskedAttentionEqualsTheReferencePath) {
         for (bool ste : {true, false}) {
           std::vector<at::Tensor> outs, grads;
           for (bool fused : {true, false}) {
-            set_fused_masked_attention(fused);
+            set_attention_kernel(fused ? AttentionKernel::Rows : AttentionKernel::Reference);
             at::Tensor q = q0.clone().requires_grad_(true), k = k0.clone().requires_grad_(true),
                        v = v0.clone().requires_grad_(true), p = p0.clone().requires_grad_(true);
             at::Tensor keep = ste ? (p.detach() > 0.5).to(at::kFloat) + p - p.detach() : p;
@@ -235,7 +235,7 @@ TEST(Gates, FusedMaskedAttentionEqualsTheReferencePath) {
             outs.push_back(out.to(at::kFloat));
             for (const auto& t : {q, k, v, p}) grads.push_back(t.grad().to(at::kFloat));
           }
-          set_fused_masked_attention(true);
+          set_attention_kernel(AttentionKernel::Flash);
           const double tol = dtype == at::kFloat ? 1e-5 : 3e-2;
           const std::string what = std::string(dtype == at::kFloat ? "fp32" : "bf16") + " Hkv " + std::to_string(Hkv) +
                                    " variant " + std::to_string(variant) + (ste ? " ste" : " soft");

@@ -4,6 +4,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <string>
+
 namespace agate {
 
 // q: [B, H, Tq, hd]; k, v: [B, Hkv, Tk, hd], H = Hkv * G (query head h reads KV head h / G, as
@@ -34,8 +36,19 @@ at::Tensor masked_attention_reference(const at::Tensor& q, const at::Tensor& k, 
                                       const at::Tensor& q_pos, const at::Tensor& k_pos,
                                       const at::Tensor& key_keep, int64_t sliding_window = 0,
                                       int64_t recent_window = 0);
-// Process-wide switch for the fused gated path (on by default; off = the reference path).
-void set_fused_masked_attention(bool on);
-bool fused_masked_attention();
+// Which implementation masked_attention uses (process-wide; the others stay for tests and
+// benchmarks):
+//   Flash     (default) blocked kernels, memory linear in T (src/model/flash_attention.h):
+//             forward, and with gradients one autograd node whose backward recomputes the
+//             scores tile by tile; CPU and (built with CUDA) CUDA tensors;
+//   Rows      the previous fused node: T x T scores, row kernels, CPU tensors with gradients only;
+//   Reference masked_attention_reference everywhere.
+// A path that does not apply to the inputs falls back to the reference.
+enum class AttentionKernel { Flash, Rows, Reference };
+void set_attention_kernel(AttentionKernel kernel);
+AttentionKernel attention_kernel();
+// "flash", "rows", "reference" <-> AttentionKernel; parse throws a usage error naming the choices.
+AttentionKernel parse_attention_kernel(const std::string& name);
+const char* attention_kernel_name(AttentionKernel kernel);
 
 }  // namespace agate
