@@ -9,6 +9,7 @@
 
 #include "agate/util/error.h"
 #include "attention_kernels.h"
+#include "flash_attention.h"
 
 namespace agate {
 
@@ -77,6 +78,66 @@ class MaskedAttentionFn : public torch::autograd::Function<MaskedAttentionFn> {
   }
 };
 
+// The blocked kernels (flash_attention.h) on q's device.
+kernels::FlashForward flash_forward(const kernels::FlashArgs& a) {
+#ifdef AGATE_USE_CUDA
+  if (a.q.is_cuda()) return kernels::flash_forward_cuda(a);
+#endif
+  return kernels::flash_forward_cpu(a);
+}
+
+kernels::FlashGrads flash_backward(const kernels::FlashArgs& a, const kernels::FlashForward& f, const at::Tensor& dout) {
+#ifdef AGATE_USE_CUDA
+  if (a.q.is_cuda()) return kernels::flash_backward_cuda(a, f, dout);
+#endif
+  return kernels::flash_backward_cpu(a, f, dout);
+}
+
+bool flash_device(const at::Tensor& q) {
+#ifdef AGATE_USE_CUDA
+  if (q.is_cuda()) return true;
+#endif
+  return q.is_cpu();
+}
+
+// key_keep [B, Tk, Hkv] -> the kernels' keep [B, Hkv, Tk] float32 (undefined stays undefined).
+at::Tensor kernel_keep(const at::Tensor& key_keep) {
+  return key_keep.defined() ? key_keep.detach().to(at::kFloat).permute({0, 2, 1}).contiguous() : at::Tensor();
+}
+
+// The blocked path as one autograd node: saves q, k, v, keep, the output and the per-row m and
+// z (no Tq x Tk tensor); the backward recomputes the scores tile by tile.
+class FlashAttentionFn : public torch::autograd::Function<FlashAttentionFn> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
+                                                const at::Tensor& k, const at::Tensor& v, const at::Tensor& key_keep,
+                                                const at::Tensor& q_pos, const at::Tensor& k_pos,
+                                                int64_t sliding_window, int64_t recent_window) {
+    // No keep vector arrives as an empty 1-D placeholder (autograd functions take defined inputs).
+    const bool has_keep = key_keep.dim() != 1;
+    kernels::FlashArgs a{q, k, v, q_pos, k_pos, has_keep ? kernel_keep(key_keep) : at::Tensor(), sliding_window,
+                         recent_window};
+    kernels::FlashForward f = flash_forward(a);
+    ctx->save_for_backward({q, k, v, a.keep, q_pos, k_pos, f.out, f.m, f.z});
+    ctx->saved_data["windows"] = std::vector<int64_t>{sliding_window, recent_window};
+    ctx->saved_data["keep_dtype"] = static_cast<int64_t>(key_keep.scalar_type());
+    return {f.out};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    const auto w = ctx->saved_data["windows"].toIntVector();
+    kernels::FlashArgs a{s[0], s[1], s[2], s[4], s[5], s[3], w[0], w[1]};
+    kernels::FlashGrads g = flash_backward(a, {s[6], s[7], s[8]}, grads[0]);
+    at::Tensor dkeep;
+    if (g.dkeep.defined()) {
+      dkeep = g.dkeep.permute({0, 2, 1}).to(static_cast<c10::ScalarType>(ctx->saved_data["keep_dtype"].toInt()));
+    }
+    return {g.dq, g.dk, g.dv, dkeep, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
 }  // namespace
 
 void set_attention_kernel(AttentionKernel kernel) { g_kernel = kernel; }
@@ -104,12 +165,20 @@ at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::
   const bool grad = at::GradMode::is_enabled() &&
                     (q.requires_grad() || k.requires_grad() || v.requires_grad() ||
                      (key_keep.defined() && key_keep.requires_grad()));
-  // The fused node computes in float32 (the softmax precision of float32 and bfloat16 models).
+  // The fused and blocked paths compute the softmax in float32 (the precision of float32 and
+  // bfloat16 models); float64 and half inputs take the reference.
   const bool f32_softmax = (q.scalar_type() == at::kFloat || q.scalar_type() == at::kBFloat16) &&
-                           v.scalar_type() == q.scalar_type();
-  // The fused node's row kernels are CPU code; CUDA tensors take the composed ATen path until
-  // the flash-style CUDA kernel replaces it.
-  if (key_keep.defined() && grad && g_kernel != AttentionKernel::Reference && f32_softmax && q.is_cpu()) {
+                           v.scalar_type() == q.scalar_type() && k.scalar_type() == q.scalar_type();
+  const AttentionKernel kernel = g_kernel;
+  if (kernel == AttentionKernel::Flash && f32_softmax && flash_device(q)) {
+    if (grad) {
+      const at::Tensor keep = key_keep.defined() ? key_keep : at::empty({0}, q.options().dtype(at::kFloat));
+      return FlashAttentionFn::apply(q, k, v, keep, q_pos, k_pos, sliding_window, recent_window)[0];
+    }
+    return flash_forward({q, k, v, q_pos, k_pos, kernel_keep(key_keep), sliding_window, recent_window}).out;
+  }
+  // The row kernels are CPU code and serve the gated path with gradients only.
+  if (kernel == AttentionKernel::Rows && key_keep.defined() && grad && f32_softmax && q.is_cpu()) {
     auto [allowed, always] = structure(q_pos, k_pos, sliding_window, recent_window);
     return MaskedAttentionFn::apply(q, k, v, key_keep, allowed.contiguous(), always.contiguous())[0];
   }

@@ -1,0 +1,119 @@
+// The blocked (flash) attention kernels against masked_attention_reference: values and the four
+// gradients (q, k, v, keep) over a property sweep with fixed seeds.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+#include "agate/model/attention.h"
+
+namespace agate {
+namespace {
+
+struct Case {
+  int64_t B, Hkv, G, Tq, Tk, hd, window, recent, sinks;
+  bool ste, soft, keep;  // keep=false: no key_keep (plain attention)
+  at::ScalarType dtype;
+};
+
+std::string describe(const Case& c) {
+  return "B" + std::to_string(c.B) + " Hkv" + std::to_string(c.Hkv) + " G" + std::to_string(c.G) + " Tq" +
+         std::to_string(c.Tq) + " Tk" + std::to_string(c.Tk) + " hd" + std::to_string(c.hd) + " win" +
+         std::to_string(c.window) + " recent" + std::to_string(c.recent) + " sinks" + std::to_string(c.sinks) +
+         (c.keep ? (c.soft ? " soft" : " ste") : " nokeep") + (c.dtype == at::kFloat ? " fp32" : " bf16");
+}
+
+struct Result {
+  at::Tensor out;
+  std::vector<at::Tensor> grads;  // dq, dk, dv, dp
+};
+
+Result run(const Case& c, AttentionKernel kernel, uint64_t seed) {
+  at::manual_seed(static_cast<int64_t>(seed));
+  const int64_t H = c.Hkv * c.G;
+  at::Tensor q0 = at::randn({c.B, H, c.Tq, c.hd}), k0 = at::randn({c.B, c.Hkv, c.Tk, c.hd}) * 1.5,
+             v0 = at::randn({c.B, c.Hkv, c.Tk, c.hd});
+  at::Tensor p0 = at::rand({c.B, c.Tk, c.Hkv}) * 0.98 + 0.01;
+  at::Tensor gout = at::randn({c.B, H, c.Tq, c.hd});
+  at::Tensor q = q0.to(c.dtype).requires_grad_(true), k = k0.to(c.dtype).requires_grad_(true),
+             v = v0.to(c.dtype).requires_grad_(true), p = p0.clone().requires_grad_(true);
+  const at::Tensor k_pos = at::arange(0, c.Tk, at::kLong), q_pos = at::arange(c.Tk - c.Tq, c.Tk, at::kLong);
+  at::Tensor keep;
+  if (c.keep) {
+    keep = c.soft ? p : (p.detach() > 0.5).to(at::kFloat) + p - p.detach();
+    if (c.sinks > 0) {  // sinks arrive as flags forced to 1 (as Gates builds them)
+      at::Tensor sink = (k_pos < c.sinks).view({1, c.Tk, 1});
+      keep = at::where(sink, at::ones({}, keep.options()), keep);
+    }
+  }
+  set_attention_kernel(kernel);
+  at::Tensor out = masked_attention(q, k, v, q_pos, k_pos, keep, c.window, c.recent);
+  out.backward(gout.to(c.dtype));
+  set_attention_kernel(AttentionKernel::Flash);
+  Result r{out.detach().to(at::kFloat), {}};
+  for (const auto& t : {q, k, v, p}) r.grads.push_back(t.grad().defined() ? t.grad().to(at::kFloat) : at::Tensor());
+  return r;
+}
+
+void expect_close(const at::Tensor& got, const at::Tensor& want, double tol, const std::string& what) {
+  ASSERT_EQ(got.defined(), want.defined()) << what;
+  if (!got.defined()) return;
+  const double scale = std::max(1.0, want.abs().max().item<double>());
+  const double diff = (got - want).abs().max().item<double>();
+  EXPECT_LE(diff, tol * scale) << what << ": max |diff| " << diff << " (scale " << scale << ")";
+}
+
+void check(const Case& c, uint64_t seed) {
+  const Result f = run(c, AttentionKernel::Flash, seed), r = run(c, AttentionKernel::Reference, seed);
+  const double tol = c.dtype == at::kFloat ? 2e-5 : 4e-2;
+  const std::string what = describe(c);
+  expect_close(f.out, r.out, tol, what + " out");
+  const char* names[] = {"dq", "dk", "dv", "dkeep"};
+  for (int i = 0; i < 4; ++i) expect_close(f.grads[i], r.grads[i], tol, what + " " + names[i]);
+}
+
+TEST(FlashAttention, EqualsTheReferenceInValueAndEveryGradient) {
+  uint64_t seed = 1;
+  for (auto dtype : {at::kFloat, at::kBFloat16}) {
+    for (int64_t G : {1, 2, 4, 8}) {
+      for (int variant = 0; variant < 4; ++variant) {
+        Case c{1, 2, G, 37, 37, 16, 0, 0, 0, true, false, true, dtype};
+        if (variant == 1) c.window = 13, c.recent = 4;           // sliding + recent windows
+        if (variant == 2) c.Tq = 19, c.Tk = 150, c.sinks = 3;    // a query block behind a cache
+        if (variant == 3) c.soft = true, c.ste = false;          // soft probabilities
+        check(c, seed++);
+      }
+    }
+  }
+}
+
+// Lengths around the tile sizes (64 queries, 128 keys), head dims 64 and 128, plain attention.
+TEST(FlashAttention, LengthsThatAreNotTileMultiplesAndPlainAttention) {
+  uint64_t seed = 100;
+  for (int64_t T : {1, 7, 63, 65, 129, 257}) {
+    check({2, 1, 3, T, T, 64, 0, 0, 0, true, false, true, at::kFloat}, seed++);
+  }
+  check({1, 2, 2, 130, 300, 128, 0, 0, 4, true, false, true, at::kFloat}, seed++);
+  check({1, 3, 3, 200, 200, 64, 0, 0, 0, false, false, false, at::kFloat}, seed++);   // no key_keep
+  check({1, 3, 3, 200, 200, 64, 50, 0, 0, false, false, false, at::kBFloat16}, seed++);
+  check({1, 2, 4, 70, 270, 32, 100, 16, 2, false, true, true, at::kBFloat16}, seed++);
+}
+
+// Without gradients (the gated prefill and decode) the forward equals the reference too.
+TEST(FlashAttention, InferenceForwardEqualsTheReference) {
+  torch::NoGradGuard no_grad;
+  at::manual_seed(7);
+  const int64_t B = 1, Hkv = 2, G = 3, T = 150, hd = 32;
+  at::Tensor q = at::randn({B, Hkv * G, 1, hd}), k = at::randn({B, Hkv, T, hd}), v = at::randn({B, Hkv, T, hd});
+  at::Tensor keep = (at::rand({B, T, Hkv}) > 0.4).to(at::kFloat);
+  const at::Tensor k_pos = at::arange(0, T, at::kLong), q_pos = at::full({1}, T - 1, at::kLong);
+  set_attention_kernel(AttentionKernel::Flash);
+  at::Tensor got = masked_attention(q, k, v, q_pos, k_pos, keep, 0, 8);
+  at::Tensor want = masked_attention_reference(q, k, v, q_pos, k_pos, keep, 0, 8);
+  EXPECT_TRUE(at::allclose(got, want, 1e-5, 1e-5)) << (got - want).abs().max().item<double>();
+}
+
+}  // namespace
+}  // namespace agate
