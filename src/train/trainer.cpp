@@ -267,23 +267,24 @@ struct Trainer::Impl {
     p.weights_mb = p.parameters * wb / 1e6;
     p.optimizer_mb = p.trainable * 4.0 * 3 / 1e6;  // grad + Adam m, v (float32)
     // Saved activations per micro-batch: per layer and token, ~ (6D + 3I + 2(H + 2Hkv)hd)
-    // values in the compute dtype + T H float32 attention maps; logits 3 x V float32.
+    // values in the compute dtype; logits 3 x V float32. Attention runs on the blocked kernels
+    // (flash_attention.h: CPU, and CUDA in CUDA builds), which keep no T x T map: per query row
+    // they save the row max and sum (2 H float32 per token), and their backward holds, for
+    // one layer at a time, float32 copies of q, k, v and dO, dq partials and dk, dv (below).
     const double B = static_cast<double>(micro_batch), T = static_cast<double>(seq_len);
     const double D = c.hidden_size, I = c.intermediate_size, hd = c.head_dim, H = c.num_attention_heads,
                  Hkv = c.num_key_value_heads;
-    // Attention maps kept for backward, float32 [T, T] per head: plain attention keeps scores
-    // and probabilities; the gated path on the CPU is the fused node, which keeps e alone; on
-    // CUDA (until the flash-style kernel) the composed path keeps scores, mask, e, e * M and
-    // the probabilities.
-    const double maps = !gates ? 2 : device.is_cuda() ? 5 : 1;
-    double per_layer = B * T * ((6 * D + 3 * I + 2 * (H + 2 * Hkv) * hd) * wb + maps * T * H * 4);
+    double per_layer = B * T * ((6 * D + 3 * I + 2 * (H + 2 * Hkv) * hd) * wb + 2 * H * 4 + Hkv * 4);
+    double transient = B * T * (5 * H * hd + 6 * Hkv * hd) * 4;  // one layer's attention backward
     if (gates && r.str("gate.type") == "attention") {
-      const double W = r.integer("gate.heads") * r.integer("gate.head_dim");
-      per_layer += B * T * (4 * W * 4 + 2 * T * r.integer("gate.heads") * 4 + 3 * T * Hkv * 4);
+      // The gate's own float32 attention (q, k, v, output, RoPE'd copies) on the same kernels.
+      const double Wg = r.integer("gate.heads") * r.integer("gate.head_dim");
+      per_layer += B * T * (6 * Wg * 4 + 2 * r.integer("gate.heads") * 4 + 2 * Hkv * 4);
+      transient = std::max(transient, B * T * 9 * Wg * 4);
     }
     const double layers = r.boolean("train.recompute") ? (c.num_hidden_layers * B * T * D * wb + per_layer)
                                                        : c.num_hidden_layers * per_layer;
-    p.activations_mb = (layers + B * T * c.vocab_size * 4 * 3) / 1e6;
+    p.activations_mb = (layers + transient + B * T * c.vocab_size * 4 * 3) / 1e6;
     p.device = device.str();
     return p;
   }
