@@ -15,8 +15,12 @@
 #include "agate/model/attention.h"
 #include "agate/model/llama.h"
 #include "agate/train/adamw.h"
+#include "agate/util/alloc_tracker.h"
 #include "agate/util/error.h"
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/profiler_legacy.h>
+
+#include <sys/resource.h>
 
 #include "agate/dist/dist.h"
 #include "agate/train/train_forward.h"
@@ -173,8 +177,8 @@ int bench_train(const Args& args, int threads) {
   g.init_bias = 0.0;  // about half the tokens evicted: the masked path, as in real training
   auto gates = Gates::create(g, model.config(), 0, device);
   AdamW opt(gates->parameters(), AdamWOptions{});
-  const std::string attn = args.get("attention");
-  set_attention_kernel(parse_attention_kernel(attn == "fused" ? "rows" : attn));
+  const std::string attn = args.get("attention") == "fused" ? "rows" : args.get("attention");  // fused: the old name
+  set_attention_kernel(parse_attention_kernel(attn));
   const long long seq = args.get_int("seq"), batch = args.get_int("batch"), iters = args.get_int("iters");
   auto gen = at::make_generator<at::CPUGeneratorImpl>(0);
   const at::Tensor tokens = at::randint(0, model.config().vocab_size, {batch, seq + 1}, gen, at::kLong);  // host
@@ -305,17 +309,100 @@ int bench_decode(const Args& args, int threads) {
   return 0;
 }
 
+// The process's peak resident set so far (bytes).
+int64_t rss_max_bytes() {
+  struct rusage u {};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<int64_t>(u.ru_maxrss) * 1024;
+}
+
+// One gated attention call (masked_attention with the selected kernel) on random inputs, the
+// shape of one layer: q [B, H, T, hd], k/v [B, Hkv, T, hd], random 0/1 keep flags per (batch,
+// KV head, key) with --keep of them kept, straight-through (flags + p - p.detach()) in train
+// mode so the gradient reaches p. forward = no autograd; train = forward + backward to q, k, v
+// and p. Inputs are drawn in a fixed order from one seeded generator, exactly as
+// tools/bench/attention_peers.py draws them, so both sides see the same flags.
+int bench_attention(const Args& args, int threads) {
+  const AttentionKernel kernel = parse_attention_kernel(args.get("kernel"));
+  const c10::ScalarType st = parse_compute_dtype(args.get("dtype"));
+  const std::string dtype = st == at::kFloat ? "float32" : "bfloat16";
+  const std::string mode = args.get("mode");
+  if (mode != "forward" && mode != "train") throw_usage("unknown --mode '" + mode + "'", "use forward or train");
+  const long long T = args.get_int("seq"), B = args.get_int("batch"), iters = args.get_int("iters");
+  const long long H = args.get_int("heads"), Hkv = args.get_int("kv-heads"), hd = args.get_int("head-dim");
+  const long long window = args.get_int("window"), recent = args.get_int("recent");
+  const double keep = args.get_double("keep");
+  if (T < 1 || B < 1 || iters < 1) throw_usage("--seq, --batch and --iters must be positive");
+  if (H < 1 || Hkv < 1 || hd < 1) throw_usage("--heads, --kv-heads and --head-dim must be positive");
+  if (H % Hkv != 0) {
+    throw_usage("--heads " + std::to_string(H) + " is not a multiple of --kv-heads " + std::to_string(Hkv),
+                "grouped-query attention needs H = Hkv x G, e.g. --heads 9 --kv-heads 3");
+  }
+  if (!(keep >= 0.0 && keep <= 1.0)) throw_usage("--keep must lie in [0, 1], got " + args.get("keep"));
+  if (window < 0 || recent < 0) throw_usage("--window and --recent must be >= 0 (0 = none)");
+  const c10::Device device = device_from(args);
+  set_attention_kernel(kernel);
+  const bool train = mode == "train";
+
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(args.get_int("seed"));
+  const at::Tensor p = at::rand({B, T, Hkv}, gen);                // keep probabilities (float32)
+  const at::Tensor flags = (p > 1.0 - keep).to(at::kFloat);      // 0/1, about --keep of them 1
+  const at::Tensor q = at::randn({B, H, T, hd}, gen).to(device, st).requires_grad_(train);
+  const at::Tensor k = at::randn({B, Hkv, T, hd}, gen).to(device, st).requires_grad_(train);
+  const at::Tensor v = at::randn({B, Hkv, T, hd}, gen).to(device, st).requires_grad_(train);
+  const at::Tensor dout = at::randn({B, H, T, hd}, gen).to(device, st);
+  const at::Tensor pd = p.to(device).requires_grad_(train), fd = flags.to(device);
+  const at::Tensor pos = at::arange(T, at::TensorOptions(at::kLong).device(device));
+  const double kept = flags.mean().item<double>();
+
+  auto step = [&] {
+    if (train) {
+      const at::Tensor key_keep = fd + pd - pd.detach();
+      const at::Tensor out = masked_attention(q, k, v, pos, pos, key_keep, window, recent);
+      torch::autograd::grad({out}, {q, k, v, pd}, {dout});
+    } else {
+      c10::InferenceMode inference;
+      masked_attention(q, k, v, pos, pos, fd, window, recent);
+    }
+  };
+  std::vector<double> times = time_on(device, step, static_cast<int>(iters));
+  // One more step under the allocation tracker: the bytes it allocates above what was live before.
+  nlohmann::json peak = nullptr;
+  if (device.is_cpu()) {
+    AllocTracker tracker;
+    AllocTracker::reset_peak();
+    const int64_t base = AllocTracker::current_bytes();
+    step();
+    peak = AllocTracker::peak_bytes() - base;
+  }
+  std::vector<double> ms;
+  for (double t : times) ms.push_back(t * 1e3);
+  nlohmann::json j = {{"impl", "agate"}, {"kernel", attention_kernel_name(kernel)}, {"mode", mode}, {"dtype", dtype},
+                      {"T", T}, {"batch", B}, {"heads", H}, {"kv_heads", Hkv}, {"head_dim", hd}, {"keep", keep},
+                      {"keep_actual", kept}, {"window", window}, {"recent", recent}, {"gated", true},
+                      {"grad_to_keep", train}, {"iters", iters}, {"median_ms", median(ms)}, {"times_ms", ms},
+                      {"peak_bytes", peak}, {"peak_method", device.is_cpu() ? "alloc_tracker" : "none"},
+                      {"rss_max_bytes", rss_max_bytes()}, {"status", "ok"}};
+  j.update(machine_info(threads, device));
+  std::cout << j.dump() << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int cmd_bench(const Argv& argv) {
-  Args args("bench", "forward|load|train|decode --model DIR [options] | loader --data DIR [options] | matmul [--dtype D]",
+  Args args("bench", "forward|load|train|decode --model DIR [options] | loader --data DIR [options] | matmul [--dtype D] | "
+            "attention [--kernel K] [--mode forward|train] [options]",
             "Micro-benchmarks, one JSON line each (medians of --iters runs after one warm-up):\n"
             "  forward  tokens/s of a full-sequence forward (no grad) on random tokens\n"
             "  load     weight-loading time against simply reading the files' bytes\n"
             "  loader   tokens/s the streaming data loader delivers (prefetch thread on)\n"
             "  train    gate-training step (fwd + bwd) time and its overhead over the frozen model's\n"
             "  decode   decode tokens/s and KV bytes over the ragged cache at several keep ratios\n"
-            "  matmul   this machine's GEMM peak GFLOP/s in --dtype (for model FLOPs utilisation)",
+            "  matmul   this machine's GEMM peak GFLOP/s in --dtype (for model FLOPs utilisation)\n"
+            "  attention  one gated attention call (masked_attention, --kernel) on random inputs with random\n"
+            "           0/1 keep flags: median ms and the step's peak CPU tensor bytes (tools/bench/attention.sh\n"
+            "           runs it against the PyTorch peers)",
             {{"model", "DIR", "Hugging Face model folder", ""},
              {"data", "DIR", "token dataset folder (loader)", ""},
              {"batches", "N", "batches to draw (loader)", "2000"},
@@ -324,17 +411,26 @@ int cmd_bench(const Argv& argv) {
              {"keeps", "LIST", "keep ratios (decode)", "1.0,0.5,0.25"},
              {"new", "N", "decoded tokens per measurement (decode)", "32"},
              {"gate-heads", "N", "attention gate heads (train)", "2"},
-             {"attention", "PATH", "gated attention (train): fused or reference (the composed plain path)", "fused"},
+             {"attention", "KERNEL", "gated attention kernel (train): flash, rows or reference (fused = rows)", "flash"},
+             {"kernel", "KERNEL", "attention kernel (attention): flash, rows or reference", "flash"},
+             {"mode", "MODE", "attention: forward (no autograd) or train (forward + backward to q, k, v, keep)", "forward"},
+             {"heads", "H", "query heads (attention)", "9"},
+             {"kv-heads", "Hkv", "key/value heads (attention; H must be a multiple)", "3"},
+             {"head-dim", "hd", "head width (attention)", "64"},
+             {"keep", "FRACTION", "fraction of keys kept by the random 0/1 flags (attention)", "0.5"},
+             {"window", "N", "sliding window, 0 = none (attention)", "0"},
+             {"recent", "N", "recent window always visible, 0 = none (attention)", "0"},
+             {"seed", "N", "random seed of the inputs and flags (attention)", "0"},
              {"gate-head-dim", "N", "attention gate head width (train)", "16"},
              {"dtype", "NAME", "compute dtype: float32 or bfloat16", "float32"},
-             {"seq", "T", "sequence length (forward)", "256"},
-             {"batch", "B", "batch size (forward)", "1"},
+             {"seq", "T", "sequence length (forward, train, attention)", "256"},
+             {"batch", "B", "batch size (forward, train, attention)", "1"},
              {"iters", "K", "timed repetitions", "5"},
              {"threads", "N", "intra-op threads (0 = all cores)", "0"},
              {"profile", "FILE", "train: also trace one gated step op by op into FILE (chrome://tracing JSON)", ""},
              device_option()});
   if (!args.parse(argv)) return 0;
-  args.expect_positionals(1, "the benchmark name (forward, load, loader, train, decode or matmul)");
+  args.expect_positionals(1, "the benchmark name (forward, load, loader, train, decode, matmul or attention)");
   const int threads = configure_threads(static_cast<int>(args.get_int("threads")));
   const std::string what = args.positionals()[0];
   if (what == "forward") return bench_forward(args, threads);
@@ -343,7 +439,9 @@ int cmd_bench(const Argv& argv) {
   if (what == "train") return bench_train(args, threads);
   if (what == "matmul") return bench_matmul(args, threads);
   if (what == "decode") return bench_decode(args, threads);
-  throw_usage("unknown benchmark '" + what + "' (" + args.usage() + ")", "use forward, load, loader, train, decode or matmul");
+  if (what == "attention") return bench_attention(args, threads);
+  throw_usage("unknown benchmark '" + what + "' (" + args.usage() + ")",
+              "use forward, load, loader, train, decode, matmul or attention");
 }
 
 }  // namespace agate::cli

@@ -78,5 +78,16 @@ printf 'garbage' >"$tmp/m/model.safetensors"
 "$AGATE" score --model "$tmp/m" --tokens 1,2 >"$tmp/o" 2>&1; check "corrupt weights exit 2" "[[ $? == 2 ]]"
 check "corrupt weights named" "grep -q 'model.safetensors' $tmp/o"
 
+# bench attention: one JSON line per kernel and mode; bad values refused in one line.
+for k in flash rows reference; do
+  "$AGATE" bench attention --kernel $k --mode train --seq 48 --heads 4 --kv-heads 2 --head-dim 8 --window 32 --recent 4 --iters 1 --threads 1 >"$tmp/o" 2>&1
+  check "bench attention --kernel $k --mode train" "[[ $? == 0 ]] && python3 -c '
+import json; j=json.loads(open(\"$tmp/o\").read()); assert j[\"kernel\"]==\"$k\" and j[\"T\"]==48 and j[\"status\"]==\"ok\" and j[\"peak_bytes\"] > 0, j'"
+done
+"$AGATE" bench attention --kernel fused >"$tmp/o" 2>&1
+check "bench attention refuses an unknown kernel (exit 2, one line)" "[[ $? == 2 && \$(wc -l <$tmp/o) == 1 ]] && grep -q 'flash, rows or reference' $tmp/o"
+"$AGATE" bench attention --heads 8 --kv-heads 3 >"$tmp/o" 2>&1
+check "bench attention refuses H not a multiple of Hkv" "[[ $? == 2 && \$(wc -l <$tmp/o) == 1 ]] && grep -q 'multiple' $tmp/o"
+
 if [[ $fail == 0 ]]; then echo "all CLI checks passed"; fi
 exit $fail
