@@ -170,6 +170,14 @@ at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::
   const bool f32_softmax = (q.scalar_type() == at::kFloat || q.scalar_type() == at::kBFloat16) &&
                            v.scalar_type() == q.scalar_type() && k.scalar_type() == q.scalar_type();
   const AttentionKernel kernel = g_kernel;
+  // Plain causal attention on CUDA goes to SDPA (cuDNN / flash backends, GQA without repeated
+  // K/V). Exact when the queries and keys share one increasing position tensor, as every
+  // caller's arange does, and no window applies. On the CPU the blocked kernel measured as fast
+  // as SDPA's (README, Performance), so the CPU keeps one code path.
+  if (kernel == AttentionKernel::Flash && !key_keep.defined() && q.is_cuda() && q_pos.is_same(k_pos) &&
+      sliding_window <= 0 && q.size(2) == k.size(2)) {
+    return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, std::nullopt, /*enable_gqa=*/true);
+  }
   if (kernel == AttentionKernel::Flash && f32_softmax && flash_device(q)) {
     if (grad) {
       const at::Tensor keep = key_keep.defined() ? key_keep : at::empty({0}, q.options().dtype(at::kFloat));

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "agate/model/attention.h"
+#include "agate/util/alloc_tracker.h"
 
 namespace agate {
 namespace {
@@ -113,6 +114,43 @@ TEST(FlashAttention, InferenceForwardEqualsTheReference) {
   at::Tensor got = masked_attention(q, k, v, q_pos, k_pos, keep, 0, 8);
   at::Tensor want = masked_attention_reference(q, k, v, q_pos, k_pos, keep, 0, 8);
   EXPECT_TRUE(at::allclose(got, want, 1e-5, 1e-5)) << (got - want).abs().max().item<double>();
+}
+
+}  // namespace
+}  // namespace agate
+
+namespace agate {
+namespace {
+
+// Peak CPU tensor memory of one gated forward + backward at length T (inputs excluded).
+int64_t train_peak_bytes(AttentionKernel kernel, int64_t T) {
+  const int64_t B = 1, Hkv = 2, H = 4, hd = 32;
+  at::manual_seed(3);
+  at::Tensor q = at::randn({B, H, T, hd}).requires_grad_(true), k = at::randn({B, Hkv, T, hd}).requires_grad_(true),
+             v = at::randn({B, Hkv, T, hd}).requires_grad_(true), p = at::rand({B, T, Hkv}).requires_grad_(true);
+  const at::Tensor pos = at::arange(0, T, at::kLong), gout = at::randn({B, H, T, hd});
+  AllocTracker tracker;
+  const int64_t before = AllocTracker::current_bytes();
+  AllocTracker::reset_peak();
+  set_attention_kernel(kernel);
+  {
+    at::Tensor keep = (p.detach() > 0.5).to(at::kFloat) + p - p.detach();
+    masked_attention(q, k, v, pos, pos, keep).backward(gout);
+  }
+  set_attention_kernel(AttentionKernel::Flash);
+  return AllocTracker::peak_bytes() - before;
+}
+
+// Memory linear in T: doubling T at most doubles the peak (plus slack), where a T x T buffer
+// would quadruple it; the same measurement does see the row kernels' T x T maps.
+TEST(FlashAttention, TrainingMemoryIsLinearInT) {
+  const int64_t f2 = train_peak_bytes(AttentionKernel::Flash, 2048), f4 = train_peak_bytes(AttentionKernel::Flash, 4096);
+  EXPECT_LT(static_cast<double>(f4), 2.3 * static_cast<double>(f2)) << f2 << " -> " << f4 << " bytes";
+  // A [T, T] float32 map per head at 4096 would be 4 x 64 MiB: far above what flash holds.
+  EXPECT_LT(f4, 64LL << 20) << f4;
+  const int64_t r1 = train_peak_bytes(AttentionKernel::Rows, 1024), r2 = train_peak_bytes(AttentionKernel::Rows, 2048);
+  EXPECT_GT(static_cast<double>(r2), 3.0 * static_cast<double>(r1)) << "the measurement must see T x T maps: " << r1
+                                                                      << " -> " << r2;
 }
 
 }  // namespace

@@ -40,7 +40,9 @@ at::Tensor masked_attention_reference(const at::Tensor& q, const at::Tensor& k, 
 // benchmarks):
 //   Flash     (default) blocked kernels, memory linear in T (src/model/flash_attention.h):
 //             forward, and with gradients one autograd node whose backward recomputes the
-//             scores tile by tile; CPU and (built with CUDA) CUDA tensors;
+//             scores tile by tile; CPU and (built with CUDA) CUDA tensors; plain causal
+//             attention on CUDA (no key_keep, q_pos and k_pos the same tensor, no window) is
+//             SDPA's;
 //   Rows      the previous fused node: T x T scores, row kernels, CPU tensors with gradients only;
 //   Reference masked_attention_reference everywhere.
 // A path that does not apply to the inputs falls back to the reference.
