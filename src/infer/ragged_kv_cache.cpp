@@ -95,7 +95,9 @@ void RaggedKVCache::compact(Layer& L, int64_t next, int64_t extra) const {
   // A permutation per head: live slots first, then the dead ones, each in slot order; src[g, j]
   // is the slot that moves to j.
   const at::Tensor slot = at::arange(cap, L.len.options()).expand({Hkv, cap});
-  const at::Tensor dst = at::where(alive, incl - 1, cnt.unsqueeze(1) + slot - incl);
+  // (Arithmetic rather than at::where: the meta device lacks where, and the tests run this there.)
+  const at::Tensor a = alive.to(at::kLong), dead_dst = cnt.unsqueeze(1) + slot - incl;
+  const at::Tensor dst = dead_dst + a * (incl - 1 - dead_dst);
   const int64_t take = std::min(cap, new_cap);  // the live ones land in [0, m), m <= take
   const at::Tensor src = at::empty_like(dst).scatter_(1, dst, slot).narrow(1, 0, take);
   const at::Tensor src3 = src.unsqueeze(2).expand({Hkv, take, hd});
@@ -144,9 +146,8 @@ at::Tensor RaggedKVCache::attend(int64_t layer, const at::Tensor& q, const at::T
   L.k.scatter_(1, slots.unsqueeze(2).expand({Hkv, Tn, hd}), kn);
   L.v.scatter_(1, slots.unsqueeze(2).expand({Hkv, Tn, hd}), vn);
   L.pos.scatter_(1, slots, tpos.unsqueeze(0).expand({Hkv, Tn}));
-  at::Tensor exp_new = (tpos + (std::max<int64_t>(recent_window, 1) - 1)).unsqueeze(0).expand({Hkv, Tn});
-  exp_new = flags.defined() ? at::where(flags, at::full({}, kForever, long_opts), exp_new)
-                            : at::full({Hkv, Tn}, kForever, long_opts);
+  const at::Tensor exp_new = flags.defined() ? (tpos + (std::max<int64_t>(recent_window, 1) - 1)).unsqueeze(0).expand({Hkv, Tn}).masked_fill(flags, kForever)
+                                             : at::full({Hkv, Tn}, kForever, long_opts);
   L.expires.scatter_(1, slots, exp_new);
   L.len.add_(Tn);
   L.bound += Tn;
@@ -165,12 +166,13 @@ at::Tensor RaggedKVCache::attend(int64_t layer, const at::Tensor& q, const at::T
     const at::Tensor Kw = L.k.narrow(1, 0, W), Vw = L.v.narrow(1, 0, W);
     const at::Tensor Pw = L.pos.narrow(1, 0, W).unsqueeze(1), Ew = L.expires.narrow(1, 0, W).unsqueeze(1);  // [Hkv, 1, W]
     const at::Tensor t = tpos.view({1, Tn, 1});
-    at::Tensor vis = (at::arange(W, long_opts).view({1, 1, W}) < L.len.view({Hkv, 1, 1})) & (Ew >= t);
-    if (Tn > 1) vis = vis & (Pw <= t);  // a decode query comes after every stored entry
-    if (sliding_window > 0) vis = vis & (Pw > t - sliding_window);
+    // The complement, hidden [Hkv, Tn, W], is what the softmax masks.
+    at::Tensor hidden = (at::arange(W, long_opts).view({1, 1, W}) >= L.len.view({Hkv, 1, 1})) | (Ew < t);
+    if (Tn > 1) hidden = hidden | (Pw > t);  // a decode query comes after every stored entry
+    if (sliding_window > 0) hidden = hidden | (Pw <= t - sliding_window);
     const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
     at::Tensor scores = at::bmm(q[0].reshape({Hkv, G * Tn, hd}), Kw.transpose(1, 2)).mul_(scale).view({Hkv, G, Tn, W});
-    scores.masked_fill_(vis.unsqueeze(1).logical_not(), -std::numeric_limits<float>::infinity());
+    scores.masked_fill_(hidden.unsqueeze(1), -std::numeric_limits<float>::infinity());
     const auto st = scores.scalar_type();
     const auto acc = (st == at::kBFloat16 || st == at::kHalf) ? at::kFloat : st;
     const at::Tensor probs = at::softmax(scores, -1, acc).to(Vw.scalar_type()).view({Hkv, G * Tn, W});
@@ -179,7 +181,7 @@ at::Tensor RaggedKVCache::attend(int64_t layer, const at::Tensor& q, const at::T
 
   if (Tn == 1) {
     // An evicted token without a recent window is seen by itself only: give its slot back.
-    if (flags.defined() && recent_window <= 1) L.len.sub_(flags.logical_not().view({Hkv}).to(at::kLong));
+    if (flags.defined() && recent_window <= 1) L.len.add_(flags.view({Hkv}).to(at::kLong) - 1);
   } else {
     compact(L, first + Tn, 0);  // what the next token cannot see is not stored (nor counted)
   }
@@ -202,7 +204,7 @@ void RaggedKVCache::insert(int64_t layer, const at::Tensor& k, const at::Tensor&
   L.k.scatter_(1, slots.unsqueeze(2).expand({Hkv, T, hd}), k.detach());
   L.v.scatter_(1, slots.unsqueeze(2).expand({Hkv, T, hd}), v.detach());
   L.pos.scatter_(1, slots, at::arange(length_, length_ + T, long_opts).unsqueeze(0).expand({Hkv, T}));
-  L.expires.scatter_(1, slots, at::where(flags, at::full({}, kForever, long_opts), at::full({}, length_ - 1, long_opts)));
+  L.expires.scatter_(1, slots, at::full({Hkv, T}, length_ - 1, long_opts).masked_fill_(flags, kForever));
   L.len.add_(T);
   L.bound += T;
   compact(L, length_, 0);
