@@ -146,8 +146,10 @@ at::Tensor RaggedKVCache::attend(int64_t layer, const at::Tensor& q, const at::T
   L.k.scatter_(1, slots.unsqueeze(2).expand({Hkv, Tn, hd}), kn);
   L.v.scatter_(1, slots.unsqueeze(2).expand({Hkv, Tn, hd}), vn);
   L.pos.scatter_(1, slots, tpos.unsqueeze(0).expand({Hkv, Tn}));
-  const at::Tensor exp_new = flags.defined() ? (tpos + (std::max<int64_t>(recent_window, 1) - 1)).unsqueeze(0).expand({Hkv, Tn}).masked_fill(flags, kForever)
-                                             : at::full({Hkv, Tn}, kForever, long_opts);
+  const int64_t seen_for = std::max<int64_t>(recent_window, 1) - 1;  // an evicted token's expiry - position
+  const at::Tensor exp_new = flags.defined()
+                                 ? (tpos + seen_for).unsqueeze(0).expand({Hkv, Tn}).masked_fill(flags, kForever)
+                                 : at::full({Hkv, Tn}, kForever, long_opts);
   L.expires.scatter_(1, slots, exp_new);
   L.len.add_(Tn);
   L.bound += Tn;
@@ -156,15 +158,16 @@ at::Tensor RaggedKVCache::attend(int64_t layer, const at::Tensor& q, const at::T
   if (was_empty && Tn > 1) {
     // Nothing stored before the chunk: exactly the training-time attention (the blocked kernel,
     // memory linear in Tn).
-    out = masked_attention(q, k, v, tpos, tpos, flags.defined() ? flags.t().unsqueeze(0).to(q.scalar_type()) : at::Tensor(),
-                           sliding_window, recent_window);
+    const at::Tensor kv_keep = flags.defined() ? flags.t().unsqueeze(0).to(q.scalar_type()) : at::Tensor();
+    out = masked_attention(q, k, v, tpos, tpos, kv_keep, sliding_window, recent_window);
   } else {
     // One batched attention over every KV head: the stored slots up to the bound (the chunk
     // included), visibility [Hkv, Tn, W], softmax accumulated in float32 for reduced precision
     // (as masked_attention_reference's plain path).
     const int64_t W = L.bound;
     const at::Tensor Kw = L.k.narrow(1, 0, W), Vw = L.v.narrow(1, 0, W);
-    const at::Tensor Pw = L.pos.narrow(1, 0, W).unsqueeze(1), Ew = L.expires.narrow(1, 0, W).unsqueeze(1);  // [Hkv, 1, W]
+    const at::Tensor Pw = L.pos.narrow(1, 0, W).unsqueeze(1);  // [Hkv, 1, W]
+    const at::Tensor Ew = L.expires.narrow(1, 0, W).unsqueeze(1);
     const at::Tensor t = tpos.view({1, Tn, 1});
     // The complement, hidden [Hkv, Tn, W], is what the softmax masks.
     at::Tensor hidden = (at::arange(W, long_opts).view({1, 1, W}) >= L.len.view({Hkv, 1, 1})) | (Ew < t);
