@@ -68,7 +68,7 @@ per_elem() {  # impl mode
 over_cap() {  # impl mode T -> prints the estimate in GB and succeeds when it exceeds MAX_GB
   local f; f=$(per_elem "$1" "$2")
   awk -v f="$f" -v t="$3" -v b="$B" -v h="$H" -v cap="$MAX_GB" \
-    'BEGIN { gb = f * t * t * b * h / 2^30; printf "%.1f", gb; exit !(gb > cap) }'
+    'BEGIN { gb = f * t * t * b * h / 2^30; printf "%.3g", gb; exit !(gb > cap) }'
 }
 
 shape=(--batch "$B" --heads "$H" --kv-heads "$HKV" --head-dim "$HD" --keep "$KEEP" --window "$WINDOW" --recent "$RECENT"
