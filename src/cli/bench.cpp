@@ -375,6 +375,14 @@ int bench_attention(const Args& args, int threads) {
     step();
     peak = AllocTracker::peak_bytes() - base;
   }
+  // The same problem on both sides: mean(out * dout) of a forward (tools/bench/attention_peers.py
+  // reports it too; equal to float32 rounding when inputs, flags and semantics agree).
+  double checksum = 0;
+  {
+    c10::InferenceMode inference;
+    const at::Tensor out = masked_attention(q.detach(), k.detach(), v.detach(), pos, pos, fd, window, recent);
+    checksum = (out.to(at::kDouble) * dout.to(at::kDouble)).mean().item<double>();
+  }
   std::vector<double> ms;
   for (double t : times) ms.push_back(t * 1e3);
   nlohmann::json j = {{"impl", "agate"}, {"kernel", attention_kernel_name(kernel)}, {"mode", mode}, {"dtype", dtype},
@@ -382,7 +390,7 @@ int bench_attention(const Args& args, int threads) {
                       {"keep_actual", kept}, {"window", window}, {"recent", recent}, {"gated", true},
                       {"grad_to_keep", train}, {"iters", iters}, {"median_ms", median(ms)}, {"times_ms", ms},
                       {"peak_bytes", peak}, {"peak_method", device.is_cpu() ? "alloc_tracker" : "none"},
-                      {"rss_max_bytes", rss_max_bytes()}, {"status", "ok"}};
+                      {"rss_max_bytes", rss_max_bytes()}, {"out_checksum", checksum}, {"status", "ok"}};
   j.update(machine_info(threads, device));
   std::cout << j.dump() << "\n";
   return 0;

@@ -47,25 +47,28 @@ rm -rf "$TORCHINDUCTOR_CACHE_DIR"
 export OMP_NUM_THREADS=$THREADS
 
 # Estimated peak bytes of one step: B*H*T*T score elements times the bytes each implementation
-# keeps per element (measured at T=512 with tools/bench/attention.sh, float32, rounded up;
-# 0 = memory linear in T). agate flash counts as linear (its blocked kernel's contract).
+# keeps per element (peak_bytes measured at T=512 by this script, the larger of float32 and
+# bfloat16, rounded up; 0 = memory linear in T). agate flash counts as linear (its blocked
+# kernel's contract; until it lands it runs the rows path, ~16 bytes per element, under the cap).
 per_elem() {  # impl mode
   case "$1:$2" in
     flash:*|sdpa-causal:*) echo 0 ;;
+    sdpa-bool:train) echo 0 ;;                   # not run: the peer reports itself as not applicable
     rows:forward|reference:forward) echo 20 ;;   # forward without autograd takes the reference path
     rows:train) echo 16 ;;
     reference:train) echo 36 ;;
     eager:*|compile:train) echo 16 ;;
-    compile:forward|sdpa-mask:forward|sdpa-bool:forward) echo 8 ;;
+    compile:forward) echo 12 ;;
+    sdpa-mask:forward|sdpa-bool:forward) echo 8 ;;
     sdpa-mask:train) echo 20 ;;
-    flex:*) echo 12 ;;
+    flex:*) echo 2 ;;                            # block mask and buffers: mostly linear
     *) echo 40 ;;
   esac
 }
 over_cap() {  # impl mode T -> prints the estimate in GB and succeeds when it exceeds MAX_GB
   local f; f=$(per_elem "$1" "$2")
   awk -v f="$f" -v t="$3" -v b="$B" -v h="$H" -v cap="$MAX_GB" \
-    'BEGIN { gb = f * t * t * b * h / 2^30; printf "%.1f", gb; exit !(gb > cap) }'
+    'BEGIN { gb = f * t * t * b * h / 2^30; printf "%.3g", gb; exit !(gb > cap) }'
 }
 
 shape=(--batch "$B" --heads "$H" --kv-heads "$HKV" --head-dim "$HD" --keep "$KEEP" --window "$WINDOW" --recent "$RECENT"

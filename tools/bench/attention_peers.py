@@ -42,7 +42,9 @@ over time of the running sum of the CPU allocator's allocation/free events durin
 (peak_method "profiler"): the bytes allocated above what was live before it, the quantity agate's
 AllocTracker measures (both count tensor storage from LibTorch's CPU allocator; neither sees
 BLAS/oneDNN scratch). rss_max_bytes is the process's ru_maxrss at the end (includes the Python,
-torch and compiler footprint). Failures are reported as status "failed" with the error, exit 0.
+torch and compiler footprint). out_checksum = mean(out * dout) in float64 of one forward, as
+agate reports it: equal up to rounding when both sides solve the same problem. Failures are
+reported as status "failed" with the error, exit 0.
 """
 import argparse
 import json
@@ -271,6 +273,9 @@ def main():
             times.append((time.perf_counter() - t0) * 1e3)
         peak = peak_bytes_of(step)
         backend = sdpa_backend(step) if a.impl.startswith("sdpa") else None
+        with torch.inference_mode():  # the same problem as agate's: compare out_checksum
+            out = attn(q.detach(), k.detach(), v.detach(), flags)
+            fields["out_checksum"] = (out.double() * dout.double()).mean().item()
         if a.check:
             fields["max_rel_err"] = check(a, step, composed, q, k, v, p, flags, dout, grad_to_keep)
     except Exception as e:  # noqa: BLE001

@@ -13,7 +13,9 @@ allocates above what was live before it). Columns: agate's kernels, then the PyT
   flash/causal  SDPA plain causal ms / agate flash ms (the price of gating: < 1 means the gated
               kernel is slower than ungated attention).
 Cells: "skip" (over the memory cap, or not applicable), "fail" (the run failed: the errors are
-listed under the tables), "-" (not run). Standard library only.
+listed under the tables), "-" (not run). Under the tables: how far the gated implementations'
+out_checksum strays from agate's (the same inputs, flags and semantics on every side; tolerance
+1e-4 relative in float32, 2e-2 in bfloat16). Standard library only.
 """
 import json
 import statistics
@@ -110,6 +112,27 @@ def main():
             print()
             print("compile time (s, median / max across rounds; excluded from the timings): " +
                   "; ".join("%s T=%d %.1f / %.1f" % (c, T, m, x) for T, c, m, x in comp))
+        print()
+    # Same problem on every side: out_checksum of the gated implementations against agate's.
+    sums = defaultdict(list)
+    for j in runs:
+        if j.get("status") == "ok" and j.get("gated", True) and j.get("out_checksum") is not None:
+            sums[(j["mode"], j["dtype"], j["T"])].append((column(j), j["out_checksum"]))
+    worst, odd = defaultdict(float), []
+    for key, vals in sorted(sums.items()):
+        ref = [c for n, c in vals if n.startswith("agate")]
+        if not ref:
+            continue
+        tol = 2e-2 if key[1] == "bfloat16" else 1e-4
+        for n, c in vals:
+            rel = abs(c - ref[0]) / max(abs(ref[0]), 1e-12)
+            worst[key[1]] = max(worst[key[1]], rel)
+            if rel > tol:
+                odd.append("%s %s %s T=%d: %.3g" % (n, key[0], key[1], key[2], rel))
+    if sums:
+        print("out_checksum (mean(out * dout)), gated implementations against agate: largest relative "
+              "difference %s%s" % (", ".join("%.2g in %s" % (w, d) for d, w in sorted(worst.items())),
+                                   "; over tolerance: " + ", ".join(sorted(set(odd))) if odd else ""))
         print()
     if errors:
         print("Not run:")
