@@ -10,7 +10,7 @@
 #include "agate/data/loader.h"
 #include "agate/gate/gates.h"
 #include "agate/gate/losses.h"
-#include "agate/infer/ragged_kv_cache.h"
+#include "agate/model/ragged_kv_cache.h"
 #include "agate/io/safetensors.h"
 #include "agate/model/attention.h"
 #include "agate/model/llama.h"

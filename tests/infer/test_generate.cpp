@@ -10,7 +10,7 @@
 #include "agate/evict/policy.h"
 #include "agate/gate/gates.h"
 #include "agate/infer/generate.h"
-#include "agate/infer/ragged_kv_cache.h"
+#include "agate/model/ragged_kv_cache.h"
 #include "agate/model/llama.h"
 #include "agate/model/lora.h"
 

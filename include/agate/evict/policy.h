@@ -53,7 +53,7 @@
 #include <string>
 #include <vector>
 
-#include "agate/infer/ragged_kv_cache.h"
+#include "agate/model/ragged_kv_cache.h"
 
 namespace agate {
 

@@ -7,7 +7,7 @@
 #include "../tiny_model.h"
 #include "agate/gate/gates.h"
 #include "agate/infer/generate.h"
-#include "agate/infer/ragged_kv_cache.h"
+#include "agate/model/ragged_kv_cache.h"
 #include "agate/model/attention.h"
 #include "agate/model/llama.h"
 

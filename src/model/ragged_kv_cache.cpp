@@ -1,4 +1,4 @@
-#include "agate/infer/ragged_kv_cache.h"
+#include "agate/model/ragged_kv_cache.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
