@@ -62,6 +62,9 @@
 //   the reference divides 0 by 0 there).
 // Everything is enqueued on the current stream of the inputs' device; nothing waits for the
 // device or reads device memory from the host.
+// Tests: tests/model/test_flash_cuda.cpp (against the float64 reference; needs a device).
+// tools/flash_cuda_emu/run.sh runs this file's kernels and host code on the CPU under an
+// emulation of the CUDA features used (threads, barriers, shuffles) against the same tests.
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
