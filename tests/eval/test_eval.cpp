@@ -21,26 +21,6 @@ using namespace agate::evict;
 
 namespace {
 
-std::vector<int64_t> kept_positions(const at::Tensor& flags, int64_t head) {
-  at::Tensor idx = flags.select(1, head).nonzero().view({-1});
-  return std::vector<int64_t>(idx.data_ptr<int64_t>(), idx.data_ptr<int64_t>() + idx.numel());
-}
-
-// A one-layer record with the given queries and keys (values unused by selection).
-PrefillRecord record_of(const at::Tensor& q, const at::Tensor& k) {
-  PrefillRecord r;
-  r.q = {q};
-  r.k = {k};
-  r.v = {at::zeros_like(k)};
-  return r;
-}
-
-std::vector<int64_t> random_context(int64_t T, int64_t vocab, uint64_t seed) {
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-  at::Tensor t = at::randint(1, vocab, {T}, gen, at::kLong);
-  return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + T);
-}
-
 // One token per byte.
 struct ByteTok : Tokenizer {
   std::vector<int32_t> encode(const std::string& t) const override { return std::vector<int32_t>(t.begin(), t.end()); }
@@ -58,7 +38,7 @@ TEST(Eval, ABudgetLargerThanTheContextIsRefused) {
   const ModelConfig c = test::tiny_config(4, 2);
   const LlamaModel m = LlamaModel::init_random(c, 5, at::kFloat);
   eval::Task t{"perplexity", eval::Metric::Perplexity, {}};
-  t.samples.push_back({random_context(16, c.vocab_size, 4), {random_context(4, c.vocab_size, 5)}, 0, ""});
+  t.samples.push_back({test::random_context(16, c.vocab_size, 4), {test::random_context(4, c.vocab_size, 5)}, 0, ""});
   eval::EvalOptions o;
   o.policies = {"snapkv"};
   o.budgets = {eval::parse_budget("32", true)};
@@ -75,7 +55,7 @@ TEST(Eval, KeepOneMatchesFullAndSmallerBudgetsAreReported) {
   const ModelConfig c = test::tiny_config(4, 2);
   const LlamaModel m = LlamaModel::init_random(c, 5, at::kFloat);
   eval::Task t{"perplexity", eval::Metric::Perplexity, {}};
-  for (uint64_t i = 0; i < 3; ++i) t.samples.push_back({random_context(20, c.vocab_size, 10 + i), {random_context(5, c.vocab_size, 20 + i)}, 0, ""});
+  for (uint64_t i = 0; i < 3; ++i) t.samples.push_back({test::random_context(20, c.vocab_size, 10 + i), {test::random_context(5, c.vocab_size, 20 + i)}, 0, ""});
   eval::EvalOptions o;
   o.policies = evict::baseline_names();
   o.policy.window = 4;

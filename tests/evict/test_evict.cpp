@@ -35,23 +35,6 @@ PrefillRecord record_of(const at::Tensor& q, const at::Tensor& k) {
   return r;
 }
 
-std::vector<int64_t> random_context(int64_t T, int64_t vocab, uint64_t seed) {
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-  at::Tensor t = at::randint(1, vocab, {T}, gen, at::kLong);
-  return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + T);
-}
-
-// One token per byte.
-struct ByteTok : Tokenizer {
-  std::vector<int32_t> encode(const std::string& t) const override { return std::vector<int32_t>(t.begin(), t.end()); }
-  std::string decode(const std::vector<int32_t>&) const override { return ""; }
-  std::string piece(int32_t) const override { return ""; }
-  int64_t vocab_size() const override { return 256; }
-  int32_t bos_id() const override { return -1; }
-  int32_t eos_id() const override { return -1; }
-  uint64_t hash() const override { return 0; }
-};
-
 }  // namespace
 
 TEST(Evict, StreamingLLMKeepsSinksAndTheMostRecent) {
@@ -160,7 +143,7 @@ TEST(Evict, EveryBaselineKeepsExactlyItsBudget) {
   c10::NoGradGuard no_grad;
   const ModelConfig c = test::tiny_config(4, 2);
   const LlamaModel m = LlamaModel::init_random(c, 3, at::kFloat);
-  const auto ctx = random_context(40, c.vocab_size, 1);
+  const auto ctx = test::random_context(40, c.vocab_size, 1);
   PolicyOptions o;
   o.window = 4;
   for (const auto& name : baseline_names()) {
@@ -186,7 +169,7 @@ TEST(Evict, EveryBaselineKeepsItsBudgetAtEveryBudgetEvenBelowTheWindow) {
   const ModelConfig c = test::tiny_config(4, 2);
   const LlamaModel m = LlamaModel::init_random(c, 3, at::kFloat);
   const int64_t T = 40, L = c.num_hidden_layers, Hkv = c.num_key_value_heads;
-  const auto ctx = random_context(T, c.vocab_size, 1);
+  const auto ctx = test::random_context(T, c.vocab_size, 1);
   PrefillRecord rec;
   record_prefill(m, nullptr, ctx, rec);
   for (bool kvpress : {false, true}) {
@@ -227,7 +210,7 @@ TEST(Evict, EveryPolicyAtKeepOneEqualsTheFullCache) {
   c10::NoGradGuard no_grad;
   const ModelConfig c = test::tiny_config(4, 2);
   const LlamaModel m = LlamaModel::init_random(c, 5, at::kFloat);
-  const auto ctx = random_context(24, c.vocab_size, 2), cont = random_context(6, c.vocab_size, 3);
+  const auto ctx = test::random_context(24, c.vocab_size, 2), cont = test::random_context(6, c.vocab_size, 3);
   std::vector<int64_t> all = ctx;
   all.insert(all.end(), cont.begin(), cont.end());
   const at::Tensor want = m.forward(at::tensor(all, at::kLong).unsqueeze(0))[0].slice(0, 23);  // [7, V]: after the context, then after each continuation token
@@ -313,7 +296,7 @@ TEST(Kvpress, EveryBaselineKeepsExactlyItsBudget) {
   c10::NoGradGuard no_grad;
   const ModelConfig c = test::tiny_config(4, 2);
   const LlamaModel m = LlamaModel::init_random(c, 3, at::kFloat);
-  const auto ctx = random_context(40, c.vocab_size, 1);
+  const auto ctx = test::random_context(40, c.vocab_size, 1);
   PolicyOptions o;
   o.window = 4;
   o.kvpress = true;
@@ -364,7 +347,7 @@ TEST(GateRank, KeepsExactlyItsBudgetAndEqualsTheFullCacheAtKeepOne) {
   gc.sink_tokens = 2;
   gc.init_std = 0.5;  // spread the probabilities
   auto gates = Gates::create(gc, c, 7);
-  const auto ctx = random_context(40, c.vocab_size, 1);
+  const auto ctx = test::random_context(40, c.vocab_size, 1);
   PolicyOptions o;
   o.window = 4;
   for (const std::string name : {"gate-rank", "ada-gate"}) {
@@ -378,7 +361,7 @@ TEST(GateRank, KeepsExactlyItsBudgetAndEqualsTheFullCacheAtKeepOne) {
   // At the full budget the continuation equals the full cache's.
   const auto full = make_policy("full", o)->compress(m, nullptr, ctx, {0, 0});
   const auto ranked = make_policy("gate-rank", o, gates.get())->compress(m, nullptr, ctx, {80, 80});
-  const auto cont = random_context(5, c.vocab_size, 9);
+  const auto cont = test::random_context(5, c.vocab_size, 9);
   EXPECT_TRUE(at::allclose(continuation_logits(m, nullptr, ranked, cont), continuation_logits(m, nullptr, full, cont), 1e-4, 1e-5));
 }
 
@@ -392,7 +375,7 @@ TEST(GateRank, AtTheGatesOwnCountItKeepsWhatGatePostFlags) {
   gc.init_bias = 0.0;
   gc.init_std = 0.5;
   auto gates = Gates::create(gc, c, 11);
-  const auto ctx = random_context(32, c.vocab_size, 4);
+  const auto ctx = test::random_context(32, c.vocab_size, 4);
   const Compressed post = gate_policy(gates.get(), true)->compress(m, nullptr, ctx, {0, 0});
   PolicyOptions o;
   o.window = 0;
