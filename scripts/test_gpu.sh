@@ -6,10 +6,15 @@
 #      TrainStep on cuda vs cpu, model logits cuda vs cpu in float32 and bfloat16);
 #   3. end to end on cuda:0: gate training, resume (within tolerance of an uninterrupted
 #      run), eval and generate over the ragged cache, bench lines (matmul peak, train, decode);
-#   4. two NCCL ranks on one GPU (NCCL may refuse two ranks per device: reported, not failed).
+#   4. two NCCL ranks on one GPU (NCCL may refuse two ranks per device: reported, not failed);
+#   5. with ATTENTION_BENCH=DIR: tools/bench/attention.sh on the GPU (agate's flash kernel against
+#      eager, torch.compile, SDPA with a float mask, FlexAttention and SDPA causal on the same card),
+#      results and table in DIR; SEQS, DTYPES, MODES, PEERS, ROUNDS, ITERS as attention.sh takes
+#      them (GPU defaults below), BENCH_TIMEOUT (s, default 600) bounds the whole benchmark.
 #
 #   scripts/gpu_bundle.sh        (here, on the build machine; carry gpu-bundle/ along)
-#   scripts/test_gpu.sh          (there)      Env: PYTHON (default python3), BUNDLE (gpu-bundle)
+#   scripts/test_gpu.sh          (there)      Env: PYTHON (default python3), BUNDLE (gpu-bundle),
+#                                             UNIT_TIMEOUT (s, default 600), ATTENTION_BENCH
 #
 # Without a GPU it still runs (1)-(3) on the CPU with the CUDA cases skipped, which checks the
 # bundle itself; it says so at the end.
@@ -56,9 +61,17 @@ fi
 
 section "2. unit suite (CUDA cases live where a GPU is)"
 out=$(mktemp -d); trap 'rm -rf "$out"' EXIT
-AGATE_SOURCE_DIR="$PWD" "$BUNDLE/bin/agate_tests" --gtest_brief=1 >"$out/unit.log" 2>&1; rc=$?
+# The CUDA cases first, printed in full, so that a hang later in the suite cannot hide them.
+cuda_cases='*Cuda*:*CUDA*'
+AGATE_SOURCE_DIR="$PWD" timeout "${UNIT_TIMEOUT:-600}" "$BUNDLE/bin/agate_tests" --gtest_filter="$cuda_cases" 2>&1 |
+  grep -E "^\[ +(OK|FAILED|SKIPPED) +\]|Failure|error|Expected|Which is|actual" | head -80
+cuda_rc=${PIPESTATUS[0]}
+check "CUDA cases" "[[ $cuda_rc == 0 ]]"
+AGATE_SOURCE_DIR="$PWD" timeout "${UNIT_TIMEOUT:-600}" "$BUNDLE/bin/agate_tests" --gtest_filter="-$cuda_cases" \
+  --gtest_brief=1 >"$out/unit.log" 2>&1; rc=$?
 grep -E "^\[  (PASSED|FAILED|SKIPPED) |FAILED  \]" "$out/unit.log" | sort | uniq -c | head -40
-check "unit suite" "[[ $rc == 0 ]]"
+check "unit suite (the rest)" "[[ $rc == 0 ]]"
+[[ $rc == 0 ]] || grep -B2 -A8 "Failure" "$out/unit.log" | head -60
 
 section "3. end to end on $DEV"
 source tests/e2e/lib/common.bash
@@ -107,6 +120,17 @@ if [[ $DEV == cuda ]]; then
   else echo "note: NCCL with two ranks on one GPU did not run here (often refused by NCCL itself):"; tail -3 "$out/nccl0.log"; fi
 else
   echo "(skipped: no GPU)"
+fi
+
+if [[ -n ${ATTENTION_BENCH:-} ]]; then
+  section "5. gated attention benchmark on $DEV"
+  DEVICE=$DEV AGATE="$AGATE" AGATE_PYTHON="$PY" OUT="$ATTENTION_BENCH" KERNELS=flash \
+    SEQS=${SEQS:-"1024 8192"} DTYPES=${DTYPES:-bfloat16} MODES=${MODES:-"forward train"} ROUNDS=${ROUNDS:-2} \
+    ITERS=${ITERS:-10} PEERS=${PEERS:-"eager compile sdpa-mask flex sdpa-causal"} MAX_GB=${MAX_GB:-64} \
+    THREADS=${THREADS:-8} RUN_TIMEOUT=${RUN_TIMEOUT:-120} \
+    timeout "${BENCH_TIMEOUT:-600}" tools/bench/attention.sh >/dev/null
+  echo "(attention.sh exit $?; a timeout leaves the rounds it finished)"
+  "$PY" tools/bench/attention_table.py "$ATTENTION_BENCH/results.jsonl" | tee "$ATTENTION_BENCH/table.md"
 fi
 
 echo

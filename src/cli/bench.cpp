@@ -367,6 +367,8 @@ int bench_attention(const Args& args, int threads) {
   };
   std::vector<double> times = time_on(device, step, static_cast<int>(iters));
   // One more step under the allocation tracker: the bytes it allocates above what was live before.
+  // CPU: agate's counting allocator; CUDA: the caching allocator's statistics (as
+  // torch.cuda.max_memory_allocated in the peers).
   nlohmann::json peak = nullptr;
   if (device.is_cpu()) {
     AllocTracker tracker;
@@ -374,6 +376,12 @@ int bench_attention(const Args& args, int threads) {
     const int64_t base = AllocTracker::current_bytes();
     step();
     peak = AllocTracker::peak_bytes() - base;
+  } else if (const auto base = device_allocated_bytes(device)) {
+    synchronize(device);
+    reset_device_peak(device);
+    step();
+    synchronize(device);
+    peak = *device_peak_bytes(device) - *base;
   }
   // The same problem on both sides: mean(out * dout) of a forward (tools/bench/attention_peers.py
   // reports it too; equal to float32 rounding when inputs, flags and semantics agree).
@@ -389,7 +397,7 @@ int bench_attention(const Args& args, int threads) {
                       {"T", T}, {"batch", B}, {"heads", H}, {"kv_heads", Hkv}, {"head_dim", hd}, {"keep", keep},
                       {"keep_actual", kept}, {"window", window}, {"recent", recent}, {"gated", true},
                       {"grad_to_keep", train}, {"iters", iters}, {"median_ms", median(ms)}, {"times_ms", ms},
-                      {"peak_bytes", peak}, {"peak_method", device.is_cpu() ? "alloc_tracker" : "none"},
+                      {"peak_bytes", peak}, {"peak_method", device.is_cpu() ? "alloc_tracker" : peak.is_null() ? "none" : "cuda_allocator"},
                       {"rss_max_bytes", rss_max_bytes()}, {"out_checksum", checksum}, {"status", "ok"}};
   j.update(machine_info(threads, device));
   std::cout << j.dump() << "\n";
@@ -409,7 +417,7 @@ int cmd_bench(const Argv& argv) {
             "  decode   decode tokens/s and KV bytes over the ragged cache at several keep ratios\n"
             "  matmul   this machine's GEMM peak GFLOP/s in --dtype (for model FLOPs utilisation)\n"
             "  attention  one gated attention call (masked_attention, --kernel) on random inputs with random\n"
-            "           0/1 keep flags: median ms and the step's peak CPU tensor bytes (tools/bench/attention.sh\n"
+            "           0/1 keep flags: median ms and the step's peak tensor bytes (CPU or CUDA) (tools/bench/attention.sh\n"
             "           runs it against the PyTorch peers)",
             {{"model", "DIR", "Hugging Face model folder", ""},
              {"data", "DIR", "token dataset folder (loader)", ""},

@@ -5,6 +5,11 @@
 #include <ATen/Context.h>
 
 #include <exception>
+#include <utility>
+
+#ifdef AGATE_USE_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 
 #include "agate/util/error.h"
 
@@ -57,6 +62,37 @@ c10::Device resolve_device(const std::string& spec, int local_rank, const std::s
 
 void synchronize(c10::Device device) {
   if (device.is_cuda()) torch::cuda::synchronize(device.index());
+}
+
+namespace {
+#ifdef AGATE_USE_CUDA
+// The allocated-bytes statistic over all pools: {current, peak}.
+std::pair<int64_t, int64_t> allocated(c10::Device device) {
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+  const auto& s = stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)];
+  return {s.current, s.peak};
+}
+#endif
+}  // namespace
+
+std::optional<int64_t> device_allocated_bytes(c10::Device device) {
+#ifdef AGATE_USE_CUDA
+  if (device.is_cuda()) return allocated(device).first;
+#endif
+  return std::nullopt;
+}
+
+std::optional<int64_t> device_peak_bytes(c10::Device device) {
+#ifdef AGATE_USE_CUDA
+  if (device.is_cuda()) return allocated(device).second;
+#endif
+  return std::nullopt;
+}
+
+void reset_device_peak(c10::Device device) {
+#ifdef AGATE_USE_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+#endif
 }
 
 std::string build_info() {

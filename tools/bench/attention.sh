@@ -16,6 +16,7 @@
 #   BATCH (1), HEADS (9), KV_HEADS (3), HEAD_DIM (64), KEEP (0.5), WINDOW (0), RECENT (0),
 #   KERNELS ("flash rows reference"), PEERS ("eager compile sdpa-mask sdpa-bool flex sdpa-causal"),
 #   RUN_TIMEOUT (1800 s per run), OUT (runs/bench-attention), AGATE (build/agate),
+#   DEVICE (cpu; cuda runs both sides on the GPU, peak = the CUDA caching allocator's),
 #   AGATE_PYTHON (.venv/bin/python).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -31,6 +32,7 @@ MAX_GB=${MAX_GB:-16}
 B=${BATCH:-1} H=${HEADS:-9} HKV=${KV_HEADS:-3} HD=${HEAD_DIM:-64}
 KEEP=${KEEP:-0.5} WINDOW=${WINDOW:-0} RECENT=${RECENT:-0}
 KERNELS=${KERNELS:-"flash rows reference"}
+DEVICE=${DEVICE:-cpu}
 PEERS=${PEERS:-"eager compile sdpa-mask sdpa-bool flex sdpa-causal"}
 RUN_TIMEOUT=${RUN_TIMEOUT:-1800}
 OUT=${OUT:-runs/bench-attention}
@@ -72,7 +74,7 @@ over_cap() {  # impl mode T -> prints the estimate in GB and succeeds when it ex
 }
 
 shape=(--batch "$B" --heads "$H" --kv-heads "$HKV" --head-dim "$HD" --keep "$KEEP" --window "$WINDOW" --recent "$RECENT"
-  --iters "$ITERS" --threads "$THREADS")
+  --iters "$ITERS" --threads "$THREADS" --device "$DEVICE")
 impls=()
 for k in $KERNELS; do impls+=("agate:$k"); done
 for p in $PEERS; do impls+=("pytorch:$p"); done
@@ -112,7 +114,7 @@ run_one() {  # round impl kernel mode dtype T
     "$(echo "$line" | python3 -c 'import json,sys; j=json.loads(sys.stdin.read()); print("%.2f ms" % j["median_ms"] if j.get("status")=="ok" else j.get("status","?")+": "+j.get("error","")[:80])')" >&2
 }
 
-echo "attention benchmark: SEQS=\"$SEQS\" DTYPES=\"$DTYPES\" MODES=\"$MODES\" THREADS=$THREADS ROUNDS=$ROUNDS" \
+echo "attention benchmark: DEVICE=$DEVICE SEQS=\"$SEQS\" DTYPES=\"$DTYPES\" MODES=\"$MODES\" THREADS=$THREADS ROUNDS=$ROUNDS" \
   "B=$B H=$H Hkv=$HKV hd=$HD keep=$KEEP window=$WINDOW recent=$RECENT MAX_GB=$MAX_GB -> $results" >&2
 for ((r = 0; r < ROUNDS; r++)); do
   for mode in $MODES; do

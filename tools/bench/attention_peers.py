@@ -5,6 +5,7 @@ competent PyTorch 2.x user would write it, one implementation per process (the v
     .venv/bin/python tools/bench/attention_peers.py --impl IMPL [--mode forward|train]
         [--seq 256] [--batch 1] [--heads 9] [--kv-heads 3] [--head-dim 64] [--dtype float32|bfloat16]
         [--keep 0.5] [--window 0] [--recent 0] [--iters 5] [--threads 2] [--seed 0] [--check]
+        [--device cpu|cuda]
   -> one JSON line in the schema of `agate bench attention` (impl "pytorch", kernel IMPL).
     .venv/bin/python tools/bench/attention_peers.py --list      (the implementations)
 
@@ -35,6 +36,11 @@ Implementations (--impl):
                FlexAttention has no backward: train is recorded as failed with its error.
   sdpa-causal  SDPA plain causal attention (is_causal=True, enable_gqa=True), no gating, windows
                ignored: the price-of-gating reference.
+
+Device: --device cuda runs every implementation on the GPU (inputs drawn on the CPU as above, then
+moved), float32 matmuls allowed to use TF32 as agate does on CUDA; timings wait for the GPU
+(torch.cuda.synchronize) after each call; peak memory is the caching allocator's
+max_memory_allocated above what was allocated before the call (peak_method "cuda_allocator").
 
 Timing: one warm-up call (two for compile/flex, whose first call compiles), then --iters timed
 calls; median_ms. Peak memory: one more call under torch.profiler(profile_memory=True): the maximum
@@ -77,6 +83,7 @@ def parse():
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--check", action="store_true",
                     help="also compare the output (and gradients) with float64 composed attention; adds max_rel_err, the largest abs difference relative to the largest abs reference value, over the output (train: over each gradient)")
     a = ap.parse_args()
@@ -101,7 +108,7 @@ def record(a, **kw):
     j = {"impl": "pytorch", "kernel": a.impl, "mode": a.mode, "dtype": a.dtype, "T": a.seq, "batch": a.batch,
          "heads": a.heads, "kv_heads": a.kv_heads, "head_dim": a.head_dim, "keep": a.keep, "window": a.window,
          "recent": a.recent, "gated": a.impl != "sdpa-causal", "iters": a.iters, "threads": a.threads,
-         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "(unset)"), "device": "cpu"}
+         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "(unset)"), "device": a.device}
     j.update(kw)
     try:
         import torch
@@ -111,8 +118,17 @@ def record(a, **kw):
     print(json.dumps(j), flush=True)
 
 
-def peak_bytes_of(fn):
-    """Bytes allocated by fn above what was live before it (CPU allocator events, profiler)."""
+def peak_bytes_of(fn, dev):
+    """Bytes allocated by fn above what was live before it, and how that was measured: CPU
+    allocator events (profiler), or the CUDA caching allocator's peak statistic."""
+    import torch
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        fn()
+        torch.cuda.synchronize(dev)
+        return torch.cuda.max_memory_allocated(dev) - base, "cuda_allocator"
     from torch.profiler import profile, ProfilerActivity
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
@@ -123,7 +139,7 @@ def peak_bytes_of(fn):
         if str(e.device_type()).endswith("CPU"):
             run += e.nbytes()
             peak = max(peak, run)
-    return peak
+    return peak, "profiler"
 
 
 def main():
@@ -132,6 +148,12 @@ def main():
     import torch.nn.functional as F
 
     torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            record(a, status="failed", error="--device cuda: torch sees no CUDA device")
+            return
+        torch.backends.cuda.matmul.allow_tf32 = True  # as agate's resolve_device
     dt = {"float32": torch.float32, "bfloat16": torch.bfloat16}[a.dtype]
     B, H, Hkv, T, hd = a.batch, a.heads, a.kv_heads, a.seq, a.head_dim
     G = H // Hkv
@@ -142,14 +164,14 @@ def main():
     gen = torch.Generator().manual_seed(a.seed)
     p = torch.rand(B, T, Hkv, generator=gen)
     flags = (p > 1.0 - a.keep).float()
-    q = torch.randn(B, H, T, hd, generator=gen).to(dt).requires_grad_(train)
-    k = torch.randn(B, Hkv, T, hd, generator=gen).to(dt).requires_grad_(train)
-    v = torch.randn(B, Hkv, T, hd, generator=gen).to(dt).requires_grad_(train)
-    dout = torch.randn(B, H, T, hd, generator=gen).to(dt)
-    p.requires_grad_(train)
+    q = torch.randn(B, H, T, hd, generator=gen).to(dev, dt).requires_grad_(train)
+    k = torch.randn(B, Hkv, T, hd, generator=gen).to(dev, dt).requires_grad_(train)
+    v = torch.randn(B, Hkv, T, hd, generator=gen).to(dev, dt).requires_grad_(train)
+    dout = torch.randn(B, H, T, hd, generator=gen).to(dev, dt)
     kept = flags.mean().item()
+    p, flags = p.to(dev).requires_grad_(train), flags.to(dev)
 
-    pos = torch.arange(T)
+    pos = torch.arange(T, device=dev)
     qp, kp = pos[:, None], pos[None, :]
     allowed = kp <= qp
     if a.window > 0:
@@ -157,8 +179,8 @@ def main():
     always = qp == kp
     if a.recent > 0:
         always |= qp - kp < a.recent
-    neg_inf = torch.tensor(float("-inf"))
-    zero = torch.zeros(())
+    neg_inf = torch.tensor(float("-inf"), device=dev)
+    zero = torch.zeros((), device=dev)
 
     def log_bias(keep):
         """[B, Hkv, T, T] float32: -inf outside causal/window, 0 where always visible, log keep."""
@@ -230,7 +252,7 @@ def main():
 
             def attn(q, k, v, keep):
                 t0 = time.perf_counter()
-                bm = make_block_mask(mask_mod, B, H, T, T, device="cpu")
+                bm = make_block_mask(mask_mod, B, H, T, T, device=a.device)
                 bm_times.append(time.perf_counter() - t0)
                 return flex(q, k, v, block_mask=bm, enable_gqa=True)
         else:
@@ -241,7 +263,7 @@ def main():
                     return s + torch.where(alw(qi, kj), 0.0, logk[b, h // G, kj])
 
                 t0 = time.perf_counter()
-                bm = make_block_mask(lambda b, h, qi, kj: structure(qi, kj), None, None, T, T, device="cpu")
+                bm = make_block_mask(lambda b, h, qi, kj: structure(qi, kj), None, None, T, T, device=a.device)
                 bm_times.append(time.perf_counter() - t0)
                 return flex(q, k, v, score_mod=score_mod, block_mask=bm, enable_gqa=True)
         extra["bm_times"] = bm_times
@@ -259,19 +281,26 @@ def main():
     fields = dict(keep_actual=kept, grad_to_keep=grad_to_keep)
     if note:
         fields["note"] = note
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
     try:
         t0 = time.perf_counter()
         step()  # warm-up; compiles where torch.compile is involved
+        sync()
         first_s = time.perf_counter() - t0
         if a.impl in ("compile", "flex"):
             compile_s = first_s
             step()  # a second warm-up after compilation
         times = []
         for _ in range(a.iters):
+            sync()
             t0 = time.perf_counter()
             step()
+            sync()
             times.append((time.perf_counter() - t0) * 1e3)
-        peak = peak_bytes_of(step)
+        peak, peak_method = peak_bytes_of(step, dev)
         backend = sdpa_backend(step) if a.impl.startswith("sdpa") else None
         with torch.inference_mode():  # the same problem as agate's: compare out_checksum
             out = attn(q.detach(), k.detach(), v.detach(), flags)
@@ -283,7 +312,7 @@ def main():
         print(traceback.format_exc(), file=sys.stderr)
         record(a, status="failed", error=msg[:500], **fields)
         return
-    fields.update(median_ms=statistics.median(times), times_ms=times, peak_bytes=peak, peak_method="profiler",
+    fields.update(median_ms=statistics.median(times), times_ms=times, peak_bytes=peak, peak_method=peak_method,
                   rss_max_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, status="ok")
     if compile_s is not None:
         fields["compile_s"] = compile_s
@@ -295,7 +324,7 @@ def main():
 
 
 def sdpa_backend(step):
-    """Which ATen SDPA kernel the call dispatched to (flash_cpu or math), from the profiler."""
+    """Which ATen SDPA kernel the call dispatched to (flash_cpu, math, or a CUDA one), from the profiler."""
     from torch.profiler import profile, ProfilerActivity
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()

@@ -74,9 +74,11 @@ def main():
         return {"skipped": "skip", "failed": "fail"}.get(status.get(key), "-")
 
     first = runs[0]
-    print("Gated attention, one layer: B=%s, H=%s, Hkv=%s, hd=%s, keep %s, window %s, recent %s; %s threads; "
+    print("Gated attention, one layer: B=%s, H=%s, Hkv=%s, hd=%s, keep %s, window %s, recent %s; %s; "
           "torch %s" % (first["batch"], first["heads"], first["kv_heads"], first["head_dim"], first["keep"],
-                        first["window"], first["recent"], first.get("threads"),
+                        first["window"], first["recent"],
+                        "%s threads" % first.get("threads") if first.get("device", "cpu") == "cpu"
+                        else "device %s" % first["device"],
                         next((j["torch"] for j in runs if "torch" in j), "?")))
     print()
     configs = sorted({(j["mode"], j["dtype"]) for j in runs})

@@ -3,6 +3,7 @@
 
 #include <c10/core/Device.h>
 
+#include <cstdint>
 #include <optional>
 #include <string>
 
@@ -21,6 +22,13 @@ c10::Device resolve_device(const std::string& spec, int local_rank = 0, const st
 
 // Waits for the device's queued work (CUDA); nothing on the CPU. For timing only.
 void synchronize(c10::Device device);
+
+// The CUDA caching allocator's bytes on `device`: in use now, and the most in use since the last
+// reset_device_peak (torch.cuda.memory_allocated / max_memory_allocated). nullopt on the CPU and
+// in a build without CUDA (use AllocTracker there). For benchmarks.
+std::optional<int64_t> device_allocated_bytes(c10::Device device);
+std::optional<int64_t> device_peak_bytes(c10::Device device);
+void reset_device_peak(c10::Device device);
 
 // True when this binary was built with agate's CUDA kernels (AGATE_USE_CUDA).
 bool built_with_cuda();
