@@ -27,6 +27,9 @@ class AttentionGates : public Gates {
       L.bs = param(prefix(i) + "score.bias", {Hkv}, g.init_bias, true, gen);
       layers_.push_back(L);
     }
+    // On the parameters' device now: a lazy copy in the first step would be a blocking
+    // host-to-device copy (a sync) inside training.
+    inv_freq_ = rope_.inv_freq().to(device);
   }
 
   // x_in: [B, T, D] on the parameters' device; positions: [T] int64 (moved to x's device if

@@ -33,21 +33,27 @@ TEST(Device, SpecsResolveAndBadOnesAreRefusedWithAHint) {
   EXPECT_NE(build_info().find("torch 2.11"), std::string::npos) << build_info();
 }
 
-// The same weights on both devices give the same logits: float32 tightly (TF32 off),
-// bfloat16 within its precision.
+// The same weights on both devices give the same logits: float32 tightly (TF32 off);
+// bfloat16 within its precision, i.e. the GPU's bfloat16 logits are no further from the float32
+// logits than the CPU's bfloat16 logits are (both round the same float32 weights; the kernels
+// round their intermediates differently, so a fixed absolute bound is the wrong test).
 TEST(Device, CudaLogitsMatchTheCpuInFloat32AndBfloat16) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device on this machine (runs in scripts/test_gpu.sh)";
   at::globalContext().setAllowTF32CuBLAS(false);
   const c10::Device gpu(c10::kCUDA, 0);
   auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
   const at::Tensor tokens = at::randint(0, 61, {2, 24}, gen, at::kLong);
-  for (auto [dtype, tol] : {std::pair<c10::ScalarType, double>{at::kFloat, 1e-4}, {at::kBFloat16, 5e-2}}) {
-    const LlamaModel cpu = LlamaModel::init_random(test::tiny_config(), 3, dtype);
-    const LlamaModel cuda = LlamaModel::init_random(test::tiny_config(), 3, dtype, gpu);
-    EXPECT_EQ(cuda.device(), gpu);
-    const at::Tensor a = cpu.forward(tokens).to(at::kFloat), b = cuda.forward(tokens).to(at::kCPU, at::kFloat);
-    EXPECT_LT((a - b).abs().max().item<double>(), tol) << c10::toString(dtype);
-  }
+  auto logits = [&](c10::ScalarType dtype, c10::Device device) {
+    const LlamaModel m = LlamaModel::init_random(test::tiny_config(), 3, dtype, device);
+    EXPECT_EQ(m.device(), device);
+    return m.forward(tokens).to(at::kCPU, at::kFloat);
+  };
+  const at::Tensor ref = logits(at::kFloat, c10::kCPU);
+  const double f32 = (logits(at::kFloat, gpu) - ref).abs().max().item<double>();
+  EXPECT_LT(f32, 1e-4) << "float32";
+  const double bf_cpu = (logits(at::kBFloat16, c10::kCPU) - ref).abs().max().item<double>();
+  const double bf_gpu = (logits(at::kBFloat16, gpu) - ref).abs().max().item<double>();
+  EXPECT_LT(bf_gpu, 2 * bf_cpu + 1e-3) << "bfloat16: GPU off float32 by " << bf_gpu << ", CPU by " << bf_cpu;
 }
 
 }  // namespace
