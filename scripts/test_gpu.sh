@@ -10,7 +10,9 @@
 #   5. with ATTENTION_BENCH=DIR: tools/bench/attention.sh on the GPU (agate's flash kernel against
 #      eager, torch.compile, SDPA with a float mask, FlexAttention and SDPA causal on the same card),
 #      results and table in DIR; SEQS, DTYPES, MODES, PEERS, ROUNDS, ITERS as attention.sh takes
-#      them (GPU defaults below), BENCH_TIMEOUT (s, default 600) bounds the whole benchmark.
+#      them (GPU defaults below), BENCH_TIMEOUT (s, default 600) bounds the whole benchmark;
+#   6. with MODEL_CONFIG=config.json: `agate bench train` (gated step against the frozen step) on a
+#      randomly initialised model of that shape, bfloat16 and float32, at TRAIN_SEQS (1024 4096).
 #
 #   scripts/gpu_bundle.sh        (here, on the build machine; carry gpu-bundle/ along)
 #   scripts/test_gpu.sh          (there)      Env: PYTHON (default python3), BUNDLE (gpu-bundle),
@@ -135,6 +137,18 @@ if [[ -n ${ATTENTION_BENCH:-} ]]; then
     timeout "${BENCH_TIMEOUT:-600}" tools/bench/attention.sh >/dev/null
   echo "(attention.sh exit $?; a timeout leaves the rounds it finished)"
   "$PY" tools/bench/attention_table.py "$ATTENTION_BENCH/results.jsonl" | tee "$ATTENTION_BENCH/table.md"
+fi
+
+if [[ -n ${MODEL_CONFIG:-} ]]; then
+  section "6. gate training step on a randomly initialised model of $MODEL_CONFIG on $DEV"
+  "$AGATE" init-model --config "$MODEL_CONFIG" --out "$out/big" --dtype bfloat16 >/dev/null &&
+    for T in ${TRAIN_SEQS:-1024 4096}; do
+      for dt in bfloat16 float32; do
+        "$AGATE" bench train --model "$out/big" --seq "$T" --batch 1 --iters 5 --dtype "$dt" --device "$DEV" 2>/dev/null
+      done
+    done | tee "$out/big.jsonl" | cut -c1-400
+  check "gate training step on the model (bench train)" "[[ -s $out/big.jsonl ]]"
+  [[ -n ${ATTENTION_BENCH:-} ]] && cp "$out/big.jsonl" "$ATTENTION_BENCH/train_step.jsonl"
 fi
 
 echo
