@@ -13,6 +13,7 @@
 #include "agate/model/ragged_kv_cache.h"
 #include "agate/io/safetensors.h"
 #include "agate/model/attention.h"
+#include "agate/train/plan.h"
 #include "agate/model/llama.h"
 #include "agate/train/adamw.h"
 #include "agate/util/alloc_tracker.h"
@@ -117,26 +118,6 @@ int bench_loader(const Args& args, int threads) {
   return 0;
 }
 
-// Model FLOPs of one gate-training token (PaLM-style counting of what the step must compute,
-// recomputation not counted): the frozen base's matmuls forward (2 x weights) and backward to
-// the inputs only (another 2 x: no weight gradients); attention scores and mixing over the
-// whole T x T map forward (4 T H hd per layer) and backward (twice that); the gates forward
-// and backward with weight gradients (3 x their forward).
-double train_flops_per_token(const ModelConfig& c, const GateConfig& g, int64_t T) {
-  const double D = c.hidden_size, I = c.intermediate_size, H = c.num_attention_heads, Hkv = c.num_key_value_heads,
-               hd = c.head_dim, L = c.num_hidden_layers, V = c.vocab_size, t = static_cast<double>(T);
-  const double linear = L * (D * (H + 2 * Hkv) * hd + H * hd * D + 3 * D * I) + V * D;
-  const double attention = L * 4 * t * H * hd;
-  double gate = 0;
-  if (g.type == "attention") {
-    const double W = static_cast<double>(g.heads * g.head_dim);
-    gate = L * (2 * (3 * W * D + Hkv * W) + 4 * t * W);
-  } else if (g.type == "mlp") {
-    gate = L * 2 * (D * g.mlp_hidden + g.mlp_hidden * Hkv);
-  }
-  return 2 * linear * 2 + attention * 3 + gate * 3;
-}
-
 // The machine's matmul peak in a dtype: the best median GFLOP/s of square GEMMs.
 int bench_matmul(const Args& args, int threads) {
   c10::InferenceMode inference;
@@ -197,10 +178,7 @@ int bench_train(const Args& args, int threads) {
   const at::Tensor inputs = tokens.slice(1, 0, seq).to(device), targets = tokens.slice(1, 1).to(device);
   const at::Tensor w = mask.slice(1, 1).to(device);
   auto frozen_step = [&] {
-    const Positions pos = model.positions(0, seq);
-    at::Tensor h = model.embed(inputs).requires_grad_(true);
-    for (int64_t i = 0; i < model.config().num_hidden_layers; ++i) h = model.layer_forward(i, h, pos, ForwardOptions{});
-    lm_loss(model.head(h), targets, w).backward();
+    lm_loss(model.run_embeds(model.embed(inputs).requires_grad_(true)).logits, targets, w).backward();
   };
   auto gated_step = [&] { train_step.run(tokens, mask, 1e-4, 1.0); };
   // Interleave the two so machine noise hits both alike.
@@ -235,8 +213,8 @@ class RandomKeep : public KeyVisibility {
     table_.select(1, 0).fill_(1.0);
     table_ = table_.to(device);
   }
-  at::Tensor key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions) override {
-    return table_[layer].index_select(0, positions).unsqueeze(0).to(x.scalar_type());
+  LayerKeep key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions, bool) override {
+    return LayerKeep::hard(table_[layer].index_select(0, positions).unsqueeze(0).to(x.scalar_type()));
   }
 
  private:

@@ -2,6 +2,7 @@
 #include <iostream>
 
 #include "agate/train/recipe.h"
+#include "agate/io/safetensors.h"
 #include "agate/train/trainer.h"
 #include "agate/util/error.h"
 #include "args.h"
@@ -57,11 +58,16 @@ int cmd_train(const Argv& argv) {
   resume.resume_from = args.get_or("resume-from", "");
   resume.force = args.flag("force");
   if (resume.fresh && !resume.resume_from.empty()) throw_usage("--fresh and --resume-from exclude each other");
-  Trainer trainer(recipe, resume, args.flag("dry-run"));
   if (args.flag("dry-run")) {
-    std::printf("recipe %s is valid\n%s", args.positionals()[0].c_str(), trainer.plan().describe().c_str());
+    // With weights: everything a run loads, checked. A config-only folder (e.g. a 7B model's
+    // config.json): the recipe, the data and the counts, without weights.
+    const TrainPlan plan = WeightFolder::present(recipe.str("model.path")) || recipe.integer("model.init_seed") >= 0
+                               ? Trainer(recipe, resume).plan()
+                               : plan_recipe(recipe);
+    std::printf("recipe %s is valid\n%s", args.positionals()[0].c_str(), plan.describe().c_str());
     return 0;
   }
+  Trainer trainer(recipe, resume);
   TrainSummary s = trainer.run();
   if (s.preempted) {
     std::printf("stopped at step %lld after writing a checkpoint; run the same command to resume\n", (long long)s.steps);

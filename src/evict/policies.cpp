@@ -78,11 +78,9 @@ std::vector<at::Tensor> per_layer(const PrefillRecord& r, const std::vector<int6
 }
 
 // The context run straight into a ragged cache, its entries flagged by `visibility` as they
-// arrive (the gates), or all kept (null); kept flags from `flags(layer)` ([1, T, Hkv] float
-// 0/1, or undefined: every entry kept).
-template <typename Flags>
+// arrive (the gates), or all kept (null).
 Compressed compress_forward(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
-                            KeyVisibility* visibility, Flags flags) {
+                            KeyVisibility* visibility) {
   c10::InferenceMode guard;
   const int64_t L = model.config().num_hidden_layers, Hkv = model.config().num_key_value_heads;
   Compressed c;
@@ -92,13 +90,14 @@ Compressed compress_forward(const LlamaModel& model, ProjectionAdapter* adapter,
   fo.visibility = visibility;
   fo.adapter = adapter;
   const double t0 = now_seconds();
-  c.last_logits = model.forward(context_tensor(context), fo)[0][-1].to(at::kFloat);
+  const ModelOutput out = model.run(context_tensor(context), fo);
+  c.last_logits = out.logits[0][-1].to(at::kFloat);
   c.prefill_seconds = now_seconds() - t0;
   for (int64_t l = 0; l < L; ++l) {
     int64_t n = 0;
     for (int64_t g = 0; g < Hkv; ++g) n += c.cache->entries(l, g);
     c.layer_entries.push_back(n);
-    const at::Tensor f = flags(l);
+    const at::Tensor& f = out.layers[static_cast<size_t>(l)].flags;  // [1, T, Hkv] float 0/1, or undefined: all kept
     c.kept.push_back(f.defined() ? (f[0] > 0.5) : at::ones({c.cache->length(), Hkv}, at::kBool));
   }
   return c;
@@ -111,7 +110,7 @@ class FullPolicy : public ScoredPolicy {
   std::string name() const override { return "full"; }
   Compressed compress(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
                       const std::vector<int64_t>&) const override {
-    return compress_forward(model, adapter, context, nullptr, [](int64_t) { return at::Tensor(); });
+    return compress_forward(model, adapter, context, nullptr);
   }
   std::vector<at::Tensor> select(const PrefillRecord& r, const std::vector<int64_t>&) const override {
     std::vector<at::Tensor> out;
@@ -263,10 +262,10 @@ Compressed compress_recorded(Record record, Select select) {
 class FlagRecorder : public KeyVisibility {
  public:
   explicit FlagRecorder(Gates* gates) : gates_(gates) {}
-  at::Tensor key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions) override {
-    at::Tensor keep = gates_->key_keep(layer, x, positions);  // [1, T, Hkv]
-    flags.push_back(keep.defined() ? (keep[0] > 0.5) : at::Tensor());
-    return at::Tensor();
+  LayerKeep key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions, bool) override {
+    const at::Tensor f = gates_->key_keep(layer, x, positions, false).flags;  // [1, T, Hkv]
+    flags.push_back(f.defined() ? (f[0] > 0.5) : at::Tensor());
+    return {};
   }
   std::vector<at::Tensor> flags;  // per layer [T, Hkv] bool
 
@@ -314,7 +313,7 @@ class GatePolicy : public GatesPolicy {
   Compressed compress(const LlamaModel& model, ProjectionAdapter* adapter, const std::vector<int64_t>& context,
                       const std::vector<int64_t>&) const override {
     gates_->set_decode_cache(decode_gating_);
-    return compress_forward(model, adapter, context, gates_, [&](int64_t l) { return gates_->flags(l); });
+    return compress_forward(model, adapter, context, gates_);
   }
 };
 
@@ -322,9 +321,9 @@ class GatePolicy : public GatesPolicy {
 class ProbabilityRecorder : public KeyVisibility {
  public:
   explicit ProbabilityRecorder(Gates* gates) : gates_(gates) {}
-  at::Tensor key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions) override {
+  LayerKeep key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions, bool) override {
     p.push_back(gates_->probabilities(layer, x, positions)[0]);  // [T, Hkv]
-    return at::Tensor();
+    return {};
   }
   std::vector<at::Tensor> p;
 

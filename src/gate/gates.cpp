@@ -39,57 +39,21 @@ at::Tensor Gates::param(const std::string& name, std::vector<int64_t> shape, dou
   return t;
 }
 
-// x: [B, T, D]; positions: [T] -> keep: [B, T, Hkv] float32.
-at::Tensor Gates::key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions) {
+LayerKeep Gates::key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions, bool train) {
   const int64_t B = x.size(0), T = x.size(1);
   at::Tensor p = probabilities(layer, x, positions);  // [B, T, Hkv] float32
   // Outside training (inference, validation) attention uses the hard flags whatever the
   // estimator: that is what a KV cache can store. Forced flags carry no gradient either.
   KeepMode mode = KeepMode::kHard;
-  if (forced_ < 0 && training_) {
-    mode = config_.estimator == "ste" ? KeepMode::kStraightThrough : KeepMode::kSoft;
-  }
+  if (forced_ < 0 && train) mode = config_.estimator == "ste" ? KeepMode::kStraightThrough : KeepMode::kSoft;
   // One fused step: keep (STE: flags forward, d/dp backward; soft: p), flags and their
   // per-head sums, sinks kept.
   KeepStepResult r = keep_step(p, positions, config_.threshold, config_.sink_tokens, mode, forced_);
-  if (static_cast<int64_t>(layer_flags_.size()) <= layer) {
-    layer_flags_.resize(static_cast<size_t>(layer) + 1);
-    layer_surrogate_.resize(static_cast<size_t>(layer) + 1);
-    layer_hard_.resize(static_cast<size_t>(layer) + 1);
-  }
-  layer_hard_[static_cast<size_t>(layer)] = r.flags.detach();
-  // sum / count is what mean() computes on the CPU, bit for bit.
-  layer_flags_[static_cast<size_t>(layer)] = r.flag_sum.div(B * T);
-  layer_surrogate_[static_cast<size_t>(layer)] = r.keep.mean();
-  return r.keep;
-}
-
-KeepStats Gates::stats() const {
-  KeepStats s;
-  std::vector<at::Tensor> f, g;
-  for (size_t i = 0; i < layer_flags_.size(); ++i) {
-    if (!layer_flags_[i].defined()) continue;
-    f.push_back(layer_flags_[i]);
-    g.push_back(layer_surrogate_[i]);
-  }
-  if (f.empty()) return s;
-  s.flags = at::stack(f);
-  s.surrogate = at::stack(g);
-  return s;
-}
-
-at::Tensor Gates::surrogate(int64_t layer) const {
-  return layer < static_cast<int64_t>(layer_surrogate_.size()) ? layer_surrogate_[static_cast<size_t>(layer)] : at::Tensor();
-}
-
-at::Tensor Gates::flags(int64_t layer) const {
-  return layer < static_cast<int64_t>(layer_hard_.size()) ? layer_hard_[static_cast<size_t>(layer)] : at::Tensor();
-}
-
-void Gates::reset_stats() {
-  layer_flags_.clear();
-  layer_surrogate_.clear();
-  layer_hard_.clear();
+  LayerKeep k;
+  k.keep = r.keep;
+  k.flags = r.flags.detach();
+  k.flag_mean = r.flag_sum.div(B * T);  // sum / count: what mean() computes on the CPU, bit for bit
+  return k;
 }
 
 void Gates::load(const NamedTensors& values, const std::string& source) {

@@ -12,9 +12,9 @@
 #include <nlohmann/json.hpp>
 
 #include "agate/data/dataset.h"
-#include "agate/data/loader.h"
 #include "agate/model/inspect.h"
 #include "agate/train/checkpoint.h"
+#include "agate/train/held_out.h"
 #include "agate/train/train_state.h"
 #include "agate/train/recipe_gate.h"
 #include "agate/util/device.h"
@@ -144,32 +144,21 @@ double export_gates(const ExportOptions& o) {
     load_lora_tensors(*lora, lora_t, ckpt);
   }
 
-  // Measured keep ratios per layer and KV head on validation (or training) batches.
-  at::Tensor keep = at::zeros({base.config().num_hidden_layers, base.config().num_key_value_heads}, at::kDouble);
-  int64_t measured = 0;
-  {
-    c10::NoGradGuard no_grad;
-    const std::string data_dir = run_path(o, r, r.str("data.val").empty() ? r.str("data.train") : r.str("data.val"));
-    Dataset ds = Dataset::open(data_dir);
-    LoaderOptions lo;
-    lo.seq_len = r.integer("data.seq_len");
-    lo.global_batch = 1;
-    lo.sft_mode = r.str("data.sft_mode");
-    lo.prefetch = 0;
-    DataLoader loader(ds, lo, {12345, 0, 0});
-    ForwardOptions fo;
-    fo.visibility = gates.get();
-    fo.adapter = lora.get();
-    const int64_t n = std::min<int64_t>(o.batches, loader.batches_per_epoch());
-    for (int64_t b = 0; b < n; ++b) {
-      Batch batch = loader.next();
-      gates->reset_stats();
-      base.forward(batch.tokens.slice(1, 0, lo.seq_len), fo);
-      keep += gates->stats().flags.to(at::kCPU, at::kDouble);
-      measured += 1;
-    }
-    if (measured > 0) keep /= static_cast<double>(measured);
-  }
+  // Measured keep ratios per layer and KV head on validation (or training) batches: the
+  // trainer's held-out measurement, one sequence per forward.
+  const std::string data_dir = run_path(o, r, r.str("data.val").empty() ? r.str("data.train") : r.str("data.val"));
+  ForwardOptions fo;
+  fo.visibility = gates.get();
+  fo.adapter = lora.get();
+  HeldOutOptions ho;
+  ho.seq_len = r.integer("data.seq_len");
+  ho.batch = 1;
+  ho.batches = o.batches;
+  ho.sft_mode = r.str("data.sft_mode");
+  const HeldOut held = measure_held_out(base, fo, Dataset::open(data_dir), ho);
+  const at::Tensor keep = held.keep_by_head.defined()
+                              ? held.keep_by_head
+                              : at::ones({base.config().num_hidden_layers, base.config().num_key_value_heads}, at::kDouble);
   const double mean_keep = keep.mean().item<double>();
 
   // Everything is written into a staging folder inside --out, then moved in file by file; a
@@ -178,7 +167,7 @@ double export_gates(const ExportOptions& o) {
   const bool out_existed = fs::exists(out);
   make_dirs(stage.string());
   try {
-    write_export(stage, o, r, ckpt, state, base_dir, base.config(), g, gate_t, lora_t, keep, measured, mean_keep);
+    write_export(stage, o, r, ckpt, state, base_dir, base.config(), g, gate_t, lora_t, keep, held.batches, mean_keep);
     for (const auto& e : fs::directory_iterator(stage)) fs::rename(e.path(), out / e.path().filename());
     if (lora_t.empty() && out_is_export) fs::remove(out / "lora.safetensors");
     fs::remove_all(stage);

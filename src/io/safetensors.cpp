@@ -220,6 +220,10 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
 }
 
 // ---------------------------------------------------------------------------------------------
+bool WeightFolder::present(const std::string& dir) {
+  return fs::exists(fs::path(dir) / kIndexName) || fs::exists(fs::path(dir) / kSingleName);
+}
+
 WeightFolder WeightFolder::open(const std::string& dir) {
   WeightFolder w;
   w.dir_ = dir;

@@ -9,6 +9,7 @@
 #include "agate/model/kv_cache.h"
 #include "agate/util/error.h"
 #include "agate/util/fs.h"
+#include "recompute.h"
 
 namespace fs = std::filesystem;
 
@@ -198,7 +199,7 @@ Positions LlamaModel::positions(int64_t start, int64_t T) const {
 }
 
 at::Tensor LlamaModel::layer_forward(int64_t i, const at::Tensor& h, const Positions& pos,
-                                     const ForwardOptions& options) const {
+                                     const ForwardOptions& options, LayerStats* stats) const {
   const LayerWeights& L = layers_[static_cast<size_t>(i)];
   const int64_t B = h.size(0), T = h.size(1);
   // x W^T + b, plus the adapter's delta (LoRA) when there is one.
@@ -216,8 +217,14 @@ at::Tensor LlamaModel::layer_forward(int64_t i, const at::Tensor& h, const Posit
   at::Tensor keep;
   int64_t recent = 0;
   if (options.visibility) {
-    keep = options.visibility->key_keep(i, x, pos.ids);  // [B, T, Hkv]
+    LayerKeep decided = options.visibility->key_keep(i, x, pos.ids, options.train);
+    keep = decided.keep;  // [B, T, Hkv]
     recent = options.visibility->recent_window();
+    if (stats && keep.defined()) {
+      stats->keep_mean = keep.to(at::kFloat).mean();
+      stats->flags = decided.flags;
+      stats->flag_mean = decided.flag_mean;
+    }
   }
 
   const at::Tensor& cos = pos.cos;  // [T, hd]
@@ -245,15 +252,53 @@ at::Tensor LlamaModel::layer_forward(int64_t i, const at::Tensor& h, const Posit
 
 at::Tensor LlamaModel::head(const at::Tensor& h) const { return at::linear(rms_norm(h, final_norm_), lm_head_); }
 
-at::Tensor LlamaModel::forward(const at::Tensor& tokens, const ForwardOptions& options) const {
+ModelOutput LlamaModel::run(const at::Tensor& tokens, const ForwardOptions& options) const {
   if (tokens.dim() != 2) throw_usage("forward expects tokens of shape [B, T]");
-  const int64_t T = tokens.size(1);
+  return run_embeds(embed(tokens), options);
+}
+
+ModelOutput LlamaModel::run_embeds(const at::Tensor& embeds, const ForwardOptions& options) const {
+  if (embeds.dim() != 3 || embeds.size(2) != config_.hidden_size) {
+    throw_usage("run_embeds expects embeddings of shape [B, T, " + std::to_string(config_.hidden_size) + "]");
+  }
+  if (options.recompute && options.cache) throw std::logic_error("activation recomputation is for training, not with a KV cache");
+  const int64_t T = embeds.size(1);
   const int64_t start = options.cache ? options.cache->length() : 0;
   const Positions pos = positions(start, T);
-  at::Tensor h = embed(tokens);
-  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) h = layer_forward(i, h, pos, options);
+  ModelOutput out;
+  out.layers.resize(static_cast<size_t>(config_.num_hidden_layers));
+  at::Tensor h = embeds;
+  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
+    LayerStats& s = out.layers[static_cast<size_t>(i)];
+    h = options.recompute ? LayerRecompute::run(*this, i, h, pos, options, &s) : layer_forward(i, h, pos, options, &s);
+  }
   if (options.cache) options.cache->advance(T);
-  return head(h);
+  out.logits = head(h);
+  return out;
 }
+
+at::Tensor LlamaModel::forward(const at::Tensor& tokens, const ForwardOptions& options) const {
+  return run(tokens, options).logits;
+}
+
+LayerKeep LayerKeep::hard(const at::Tensor& flags) {
+  LayerKeep k;
+  k.keep = flags;
+  k.flags = flags.detach();
+  k.flag_mean = flags.detach().to(at::kFloat).mean(at::IntArrayRef{0, 1});
+  return k;
+}
+
+namespace {
+at::Tensor stack_defined(const std::vector<LayerStats>& layers, at::Tensor LayerStats::*field) {
+  std::vector<at::Tensor> parts;
+  for (const LayerStats& s : layers)
+    if ((s.*field).defined()) parts.push_back(s.*field);
+  return parts.empty() ? at::Tensor() : at::stack(parts);
+}
+}  // namespace
+
+at::Tensor ModelOutput::keep_means() const { return stack_defined(layers, &LayerStats::keep_mean); }
+at::Tensor ModelOutput::flag_means() const { return stack_defined(layers, &LayerStats::flag_mean); }
 
 }  // namespace agate

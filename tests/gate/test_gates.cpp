@@ -9,7 +9,6 @@
 #include "agate/gate/losses.h"
 #include "agate/model/attention.h"
 #include "agate/model/llama.h"
-#include "agate/train/recompute.h"
 
 using namespace agate;
 
@@ -41,9 +40,10 @@ TEST(Gates, FreshGatesKeepEverythingAndEqualTheBaseModel) {
       ForwardOptions o;
       o.visibility = gates.get();
       at::Tensor t = tokens(2, 16);
-      at::Tensor gated = m.forward(t, o), base = m.forward(t);
-      EXPECT_EQ(gates->stats().flags.min().item<float>(), 1.0f) << type;
-      EXPECT_EQ(gates->stats().flags.sizes(), (at::IntArrayRef{2, 2})) << "[layers, KV heads]";
+      const ModelOutput out = m.run(t, o);
+      at::Tensor gated = out.logits, base = m.forward(t);
+      EXPECT_EQ(out.flag_means().min().item<float>(), 1.0f) << type;
+      EXPECT_EQ(out.flag_means().sizes(), (at::IntArrayRef{2, 2})) << "[layers, KV heads]";
       if (dtype == at::kFloat) EXPECT_TRUE(at::allclose(gated, base, 1e-5, 1e-5)) << type;
       else EXPECT_LT((gated - base).abs().max().item<float>(), 0.05f) << type;
       // Forcing every flag to keep gives the same.
@@ -61,7 +61,8 @@ TEST(Gates, ForcedEvictionChangesLaterTokensOnly) {
   ForwardOptions o;
   o.visibility = gates.get();
   at::Tensor t = tokens(1, 10);
-  at::Tensor out = m.forward(t, o);
+  const ModelOutput run = m.run(t, o);
+  at::Tensor out = run.logits;
   // Position 0 sees only itself in both; later positions differ from the base.
   at::Tensor base = m.forward(t);
   EXPECT_TRUE(at::allclose(out.select(1, 0), base.select(1, 0), 1e-5, 1e-5));
@@ -70,7 +71,7 @@ TEST(Gates, ForcedEvictionChangesLaterTokensOnly) {
   at::Tensor t2 = t.clone();
   t2[0][2] = (t2[0][2].item<int64_t>() + 1) % 53;
   EXPECT_TRUE(at::allclose(m.forward(t2, o).select(1, 7), out.select(1, 7), 1e-5, 1e-5));
-  EXPECT_EQ(gates->stats().flags.max().item<float>(), 0.0f);
+  EXPECT_EQ(run.flag_means().max().item<float>(), 0.0f);
 }
 
 TEST(Gates, SinkTokensAreAlwaysKept) {
@@ -81,11 +82,14 @@ TEST(Gates, SinkTokensAreAlwaysKept) {
   g.init_bias = -5;  // p ~ 0.007: every non-sink token evicted
   auto gates = Gates::create(g, m.config(), 7);
   at::Tensor x = at::randn({1, 8, 32});
-  at::Tensor keep = gates->key_keep(0, x, at::arange(0, 8, at::kLong));
-  EXPECT_EQ(keep.sizes(), (at::IntArrayRef{1, 8, 2}));
-  EXPECT_TRUE(at::equal(keep.slice(1, 0, 2), at::ones({1, 2, 2})));
-  EXPECT_TRUE(at::equal(keep.slice(1, 2), at::zeros({1, 6, 2})));
-  EXPECT_NEAR(gates->stats().flags.mean().item<float>(), 2.0 / 8.0, 1e-6);
+  for (bool train : {false, true}) {
+    const LayerKeep k = gates->key_keep(0, x, at::arange(0, 8, at::kLong), train);
+    EXPECT_EQ(k.keep.sizes(), (at::IntArrayRef{1, 8, 2}));
+    EXPECT_TRUE(at::equal(k.keep.slice(1, 0, 2), at::ones({1, 2, 2}))) << train;
+    EXPECT_TRUE(at::equal(k.flags.slice(1, 2), at::zeros({1, 6, 2}))) << train;
+    EXPECT_TRUE(at::allclose(k.flag_mean, at::full({2}, 2.0 / 8.0), 0, 1e-6)) << train;
+    if (!train) EXPECT_TRUE(at::equal(k.keep, k.flags)) << "outside training attention uses the hard flags";
+  }
 }
 
 // The STE's gradient w.r.t. the keep probability p is, by definition, dL/dM at M = hard flags.
@@ -128,12 +132,12 @@ TEST(Gates, SoftGradientMatchesFiniteDifferences) {
 TEST(Gates, GradientsReachOnlyGateParameters) {
   LlamaModel m = LlamaModel::init_random(tiny(), 3, at::kFloat);
   auto gates = Gates::create(gate_config("attention"), m.config(), 7);
-  gates->set_training(true);
   ForwardOptions o;
   o.visibility = gates.get();
-  at::Tensor logits = m.forward(tokens(2, 12), o);
-  (lm_loss(logits.slice(1, 0, 11), tokens(2, 12).slice(1, 1), at::ones({2, 11})) +
-   sparsity_loss(gates->stats().surrogate, "l2_target", 0.3))
+  o.train = true;
+  const ModelOutput out = m.run(tokens(2, 12), o);
+  (lm_loss(out.logits.slice(1, 0, 11), tokens(2, 12).slice(1, 1), at::ones({2, 11})) +
+   sparsity_loss(out.keep_means(), "l2_target", 0.3))
       .backward();
   for (const auto& [name, p] : m.parameters()) EXPECT_FALSE(p.grad().defined()) << name;
   for (const auto& [name, p] : gates->parameters()) {
@@ -148,24 +152,13 @@ TEST(Gates, RecomputationGivesTheSameGradients) {
   g.init_bias = 0.1;  // a mix of kept and evicted tokens
   auto run = [&](bool recompute) {
     auto gates = Gates::create(g, m.config(), 7);
-    gates->set_training(true);
     ForwardOptions o;
     o.visibility = gates.get();
-    at::Tensor t = tokens(2, 12);
-    const Positions pos = m.positions(0, 12);
-    at::Tensor h = m.embed(t);
-    std::vector<at::Tensor> s;
-    for (int64_t i = 0; i < 2; ++i) {
-      if (recompute) {
-        auto [out, keep] = recomputed_layer(m, i, h, pos, o, gates.get());
-        h = out;
-        s.push_back(keep);
-      } else {
-        h = m.layer_forward(i, h, pos, o);
-      }
-    }
-    at::Tensor surrogate = recompute ? at::stack(s) : gates->stats().surrogate;
-    (m.head(h).pow(2).mean() + sparsity_loss(surrogate, "l2_target", 0.2)).backward();
+    o.train = true;
+    o.recompute = recompute;
+    const ModelOutput out = m.run(tokens(2, 12), o);
+    EXPECT_TRUE(out.keep_means().requires_grad()) << recompute;
+    (out.logits.pow(2).mean() + sparsity_loss(out.keep_means(), "l2_target", 0.2)).backward();
     std::vector<at::Tensor> grads;
     for (const auto& kv : gates->parameters()) grads.push_back(kv.second.grad().clone());
     return grads;

@@ -239,7 +239,6 @@ TEST(Gates, CudaGatesMatchCpuGates) {
       g.init_bias = 0.3;  // p clear of the threshold (no flag flips from rounding); sinks stay 1
       const std::string what = std::string(type) + " " + estimator;
       auto cpu = Gates::create(g, mc, 7), gpu = Gates::create(g, mc, 7, dev);
-      cpu->set_training(true), gpu->set_training(true);
       for (size_t i = 0; i < cpu->parameters().size(); ++i) {
         const at::Tensor& t = gpu->parameters()[i].second;
         ASSERT_TRUE(t.device() == dev && t.is_leaf() && t.requires_grad()) << what;
@@ -249,10 +248,12 @@ TEST(Gates, CudaGatesMatchCpuGates) {
       const at::Tensor x = at::randn({2, 12, mc.hidden_size}, gen), pos = at::arange(0, 12, at::kLong);
       at::Tensor loss_c = at::zeros({}), loss_g = at::zeros({}, at::TensorOptions().device(dev));
       for (int64_t layer = 0; layer < mc.num_hidden_layers; ++layer) {
-        const at::Tensor kc = cpu->key_keep(layer, x, pos), kg = gpu->key_keep(layer, x.to(dev), pos.to(dev));
+        const LayerKeep c = cpu->key_keep(layer, x, pos, true), d = gpu->key_keep(layer, x.to(dev), pos.to(dev), true);
+        const at::Tensor &kc = c.keep, &kg = d.keep;
         ASSERT_TRUE(kg.device() == dev) << what;
         EXPECT_TRUE(at::allclose(kg.cpu(), kc, 1e-5, 1e-5)) << what << " layer " << layer;
-        EXPECT_TRUE(at::allclose(gpu->stats().flags.cpu(), cpu->stats().flags, 1e-6, 1e-6)) << what << " layer " << layer;
+        EXPECT_TRUE(at::equal(d.flags.cpu(), c.flags)) << what << " layer " << layer;
+        EXPECT_TRUE(at::allclose(d.flag_mean.cpu(), c.flag_mean, 1e-6, 1e-6)) << what << " layer " << layer;
         const at::Tensor w = at::arange(kc.numel()).view(kc.sizes()).to(at::kFloat) * static_cast<double>(layer + 1);
         loss_c = loss_c + (kc * w).sum(), loss_g = loss_g + (kg * w.to(dev)).sum();
       }

@@ -135,15 +135,16 @@ TEST(Generate, GatePolicyKeepsWhatTheGatesFlag) {
   EXPECT_EQ(via_policy.kept, via_gates.kept);
   EXPECT_EQ(via_policy.kv_entries, via_gates.kv_entries);
   // The flags are the gates' own: recompute them with a plain gated forward.
+  ModelOutput plain;
   {
     c10::NoGradGuard no_grad;
     ForwardOptions fo;
     fo.visibility = gates.get();
-    m.forward(at::tensor(kPrompt, at::kLong).unsqueeze(0), fo);
+    plain = m.run(at::tensor(kPrompt, at::kLong).unsqueeze(0), fo);
   }
   int64_t kept = 0;
   for (int64_t l = 0; l < 2; ++l) {
-    const at::Tensor f = gates->flags(l)[0];  // [T, Hkv]
+    const at::Tensor f = plain.layers[static_cast<size_t>(l)].flags[0];  // [T, Hkv]
     for (int64_t g2 = 0; g2 < 2; ++g2)
       for (int64_t p = 0; p < static_cast<int64_t>(kPrompt.size()); ++p) {
         EXPECT_EQ(via_policy.kept[l][g2][p], f[p][g2].item<float>() > 0.5f) << l << " " << g2 << " " << p;

@@ -38,7 +38,9 @@ at::Tensor random_tokens(int64_t B, int64_t T, int64_t V, uint64_t seed) {
 class FixedKeep : public KeyVisibility {
  public:
   explicit FixedKeep(at::Tensor keep) : keep_(std::move(keep)) {}
-  at::Tensor key_keep(int64_t, const at::Tensor& x, const at::Tensor&) override { return keep_.to(x.scalar_type()); }
+  LayerKeep key_keep(int64_t, const at::Tensor& x, const at::Tensor&, bool) override {
+    return LayerKeep::hard(keep_.to(x.scalar_type()));
+  }
 
  private:
   at::Tensor keep_;

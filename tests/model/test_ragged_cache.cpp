@@ -19,8 +19,8 @@ namespace {
 class TableFlags : public KeyVisibility {
  public:
   TableFlags(at::Tensor table, int64_t recent) : table_(std::move(table)), recent_(recent) {}
-  at::Tensor key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions) override {
-    return table_[layer].index_select(0, positions).unsqueeze(0).to(x.scalar_type());  // [1, T, Hkv]
+  LayerKeep key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions, bool) override {
+    return LayerKeep::hard(table_[layer].index_select(0, positions).unsqueeze(0).to(x.scalar_type()));  // [1, T, Hkv]
   }
   int64_t recent_window() const override { return recent_; }
 
@@ -33,8 +33,8 @@ class TableFlags : public KeyVisibility {
 class MetaFlags : public KeyVisibility {
  public:
   MetaFlags(int64_t kv, int64_t recent) : kv_(kv), recent_(recent) {}
-  at::Tensor key_keep(int64_t, const at::Tensor& x, const at::Tensor& positions) override {
-    return at::empty({1, positions.size(0), kv_}, x.options());
+  LayerKeep key_keep(int64_t, const at::Tensor& x, const at::Tensor& positions, bool) override {
+    return LayerKeep::hard(at::empty({1, positions.size(0), kv_}, x.options()));
   }
   int64_t recent_window() const override { return recent_; }
 
@@ -150,8 +150,9 @@ TEST(RaggedCache, DecodeTimeGatingWithRealGatesEqualsTheGatedForward) {
     at::Tensor tokens = at::randint(0, c.vocab_size, {1, 18}, at::kLong);
     ForwardOptions full;
     full.visibility = gates.get();
-    at::Tensor want = m.forward(tokens, full);
-    const double kept = gates->stats().flags.mean().item<double>();
+    const ModelOutput out = m.run(tokens, full);
+    at::Tensor want = out.logits;
+    const double kept = out.flag_means().mean().item<double>();
     EXPECT_GT(kept, 0.05) << type;
     EXPECT_LT(kept, 0.95) << type;
     gates->set_decode_cache(true);

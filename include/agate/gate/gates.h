@@ -29,12 +29,6 @@ struct GateConfig {
   double init_std = 0.02;          // weight init
 };
 
-// Keep statistics of the last forward, per layer and KV head.
-struct KeepStats {
-  at::Tensor flags;       // [L, Hkv] mean hard flag (sinks counted as kept), detached
-  at::Tensor surrogate;   // [L] mean of what attention used (STE flags or soft p): differentiable
-};
-
 // All layers' gates of one model. Parameters are float32 and named as in the export,
 // "model.layers.{i}.self_attn.kv_gate.<part>".
 class Gates : public KeyVisibility {
@@ -45,11 +39,12 @@ class Gates : public KeyVisibility {
   static std::unique_ptr<Gates> create(const GateConfig& gate, const ModelConfig& model, uint64_t seed,
                                        c10::Device device = c10::kCPU);
 
-  // x: [B, T, D]; positions: [T] int64 -> keep: [B, T, Hkv] float32 on x's device; see
-  // KeyVisibility. Also records the statistics (see stats()). In training (set_training) keep
-  // is the estimator's (STE: hard flags forward, d/dp backward; soft: p); else the hard flags.
-  // Sinks are 1 either way. The elementwise step is keep_step() (agate/gate/keep_step.h).
-  at::Tensor key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions) override;
+  // x: [B, T, D]; positions: [T] int64 -> the layer's decision on x's device (see
+  // KeyVisibility and LayerKeep): keep [B, T, Hkv] float32 is the estimator's when `train`
+  // (STE: hard flags forward, d/dp backward; soft: p), else the hard flags; flags and their
+  // per-head means are the hard flags. Sinks are 1 either way. The elementwise step is
+  // keep_step() (agate/gate/keep_step.h). Reads nothing but its arguments and the parameters.
+  LayerKeep key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions, bool train) override;
   int64_t recent_window() const override { return config_.recent_window; }
 
   // Keep probabilities p = sigmoid(logits) of one layer: x: [B, T, D] -> [B, T, Hkv] float32.
@@ -62,13 +57,6 @@ class Gates : public KeyVisibility {
   // Where the parameters live.
   c10::Device device() const { return device_; }
 
-  // Statistics of the layers run since the last reset_stats().
-  KeepStats stats() const;
-  // The differentiable keep surrogate of one layer's last run (undefined if it has not run).
-  at::Tensor surrogate(int64_t layer) const;
-  // The hard flags of one layer's last run: [B, T, Hkv] float 0/1 (sinks included), detached.
-  at::Tensor flags(int64_t layer) const;
-  void reset_stats();
   // Decode-time gating: with the cache on, probabilities() for new tokens sees the earlier
   // tokens of the sequence too (the attention gate keeps its own small K/V cache), so tokens
   // can arrive one at a time. reset_decode_cache() starts a new sequence.
@@ -77,13 +65,6 @@ class Gates : public KeyVisibility {
 
   // Forces every flag to `value` (0 or 1) for tests and ablations; -1 turns forcing off.
   void force_flags(int value) { forced_ = value; }
-
-  // Training state: in training the estimator shapes the keep (STE: hard flags forward,
-  // d/dp backward; soft: p); otherwise attention uses the hard flags (what a KV cache can
-  // store). Chosen explicitly, never by grad mode: a recomputed layer's no-grad forward must
-  // see the same keep as its backward. Off by default (inference, validation, export).
-  void set_training(bool on) { training_ = on; }
-  bool training() const { return training_; }
 
   ~Gates() override = default;
 
@@ -102,11 +83,7 @@ class Gates : public KeyVisibility {
   NamedTensors params_;
 
  private:
-  std::vector<at::Tensor> layer_flags_;      // per layer [Hkv]
-  std::vector<at::Tensor> layer_surrogate_;  // per layer scalar
-  std::vector<at::Tensor> layer_hard_;       // per layer [B, T, Hkv]
   int forced_ = -1;
-  bool training_ = false;
 };
 
 }  // namespace agate

@@ -71,6 +71,8 @@ std::string safetensors_dtype_name(c10::ScalarType type);
 class WeightFolder {
  public:
   static WeightFolder open(const std::string& dir);
+  // Whether `dir` holds weights (either layout) at all; a config-only folder does not.
+  static bool present(const std::string& dir);
 
   const std::string& dir() const { return dir_; }
   std::vector<std::string> names() const;

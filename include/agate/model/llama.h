@@ -22,14 +22,27 @@ namespace agate {
 
 class KVCache;
 
+// What a KeyVisibility decides for one layer's keys.
+struct LayerKeep {
+  at::Tensor keep;       // [B, T, Hkv] float: what attention uses (see masked_attention); undefined = keep all
+  at::Tensor flags;      // [B, T, Hkv] float 0/1, detached: the hard decisions (what a KV cache stores);
+                         // undefined when keep is
+  at::Tensor flag_mean;  // [Hkv] float32: mean of flags per KV head (undefined when flags is)
+
+  // Hard 0/1 flags used as they are (keep = flags).
+  static LayerKeep hard(const at::Tensor& flags);
+};
+
 // Decides, per layer, which keys stay visible to later queries at each KV head.
 class KeyVisibility {
  public:
   virtual ~KeyVisibility() = default;
-  // x: [B, T, D] the normalised hidden states that feed layer `layer`'s q/k/v;
-  // positions: [T] int64. Returns keep [B, T, Hkv] (see masked_attention), or an undefined
-  // tensor to keep everything.
-  virtual at::Tensor key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions) = 0;
+  // x: [B, T, D] the normalised hidden states that feed layer `layer`'s q/k/v; positions: [T]
+  // int64. train: the keep that training differentiates (e.g. straight-through flags) instead
+  // of the hard flags. Returns the layer's decision (an empty LayerKeep keeps everything). Must
+  // give the same decision when called again with the same arguments (activation
+  // recomputation calls it twice).
+  virtual LayerKeep key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions, bool train) = 0;
   // Evicted tokens stay visible to queries fewer than this many positions later (0 = none).
   virtual int64_t recent_window() const { return 0; }
 };
@@ -56,6 +69,27 @@ struct ForwardOptions {
   KeyVisibility* visibility = nullptr;  // not owned
   KVCache* cache = nullptr;             // not owned; positions continue from cache->length()
   ProjectionAdapter* adapter = nullptr; // not owned
+  bool train = false;      // passed to visibility->key_keep: the keep training differentiates
+  bool recompute = false;  // activation recomputation: each layer keeps only its input and runs
+                           // again in backward (training; not with a cache). The hooks above
+                           // must then stay alive until backward has run.
+};
+
+// What one decoder layer's visibility decided (all undefined without a visibility).
+struct LayerStats {
+  at::Tensor keep_mean;  // [] float32: mean of the keep attention used; differentiable (a
+                         // sparsity loss's input), also under recomputation
+  at::Tensor flags;      // [B, T, Hkv] float 0/1, detached
+  at::Tensor flag_mean;  // [Hkv] float32, detached
+};
+
+struct ModelOutput {
+  at::Tensor logits;               // [B, T, V] in the model's dtype
+  std::vector<LayerStats> layers;  // one per decoder layer
+  // [L] keep_mean per layer (differentiable) / [L, Hkv] flag_mean per layer and KV head;
+  // undefined without a visibility.
+  at::Tensor keep_means() const;
+  at::Tensor flag_means() const;
 };
 
 struct LayerWeights {
@@ -92,23 +126,30 @@ class LlamaModel {
   const NamedTensors& parameters() const { return params_; }
   void set_requires_grad(bool on);
 
-  // tokens: [B, T] int64 (moved to the model's device if needed) -> logits [B, T, V] in the
-  // model's dtype, on its device.
+  // The decoder, the one loop over its layers. tokens: [B, T] int64 (moved to the model's
+  // device if needed) -> logits [B, T, V] in the model's dtype on its device, and what the
+  // visibility decided per layer.
+  ModelOutput run(const at::Tensor& tokens, const ForwardOptions& options = {}) const;
+  // The same from input embeddings [B, T, D] (HF's inputs_embeds), e.g. embed(tokens) made to
+  // require grad.
+  ModelOutput run_embeds(const at::Tensor& embeds, const ForwardOptions& options = {}) const;
+  // run(tokens, options).logits
   at::Tensor forward(const at::Tensor& tokens, const ForwardOptions& options = {}) const;
 
-  // The pieces of forward, for trainers that run layers one at a time.
   at::Tensor embed(const at::Tensor& tokens) const;  // [B, T] -> [B, T, D]
   // Positions start, ..., start + T - 1 with their RoPE tables, on the model's device.
   Positions positions(int64_t start, int64_t T) const;
-  // h: [B, T, D] -> [B, T, D]
-  at::Tensor layer_forward(int64_t i, const at::Tensor& h, const Positions& positions,
-                           const ForwardOptions& options) const;
   at::Tensor head(const at::Tensor& h) const;  // final norm + LM head: [B, T, D] -> [B, T, V]
   // x: [B, T, D] -> RMSNorm(x) * weight, normalised in float32 as HF does.
   at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight) const;
   const LayerWeights& layer(int64_t i) const { return layers_[static_cast<size_t>(i)]; }
 
  private:
+  friend class LayerRecompute;  // src/model/recompute.cpp: runs layer_forward again in backward
+  // One decoder layer. h: [B, T, D] -> [B, T, D]; `stats` receives the visibility's decision.
+  at::Tensor layer_forward(int64_t i, const at::Tensor& h, const Positions& positions, const ForwardOptions& options,
+                           LayerStats* stats) const;
+
   ModelConfig config_;
   c10::ScalarType dtype_;
   c10::Device device_;

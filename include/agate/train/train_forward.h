@@ -18,15 +18,14 @@ class TrainForward {
   // may be null.
   TrainForward(const LlamaModel& model, Gates* gates, ProjectionAdapter* adapter);
 
-  // inputs: [b, T] int64 on the model's device. pass: which model (see Pass; it also sets the
-  // gates' training state); recompute: per-layer activation recomputation.
+  // inputs: [b, T] int64 on the model's device. pass: which model (see Pass; train asks the
+  // gates for the keep training differentiates); recompute: per-layer activation recomputation.
   StepForward operator()(const at::Tensor& inputs, Pass pass, bool recompute);
 
  private:
   const LlamaModel& model_;
   Gates* gates_;
   ProjectionAdapter* adapter_;
-  Positions positions_;  // kept: recomputation's backward reads them after the forward returned
 };
 
 }  // namespace agate

@@ -5,27 +5,11 @@
 #include <memory>
 #include <string>
 
+#include "agate/train/plan.h"
 #include "agate/train/recipe.h"
+#include "agate/train/run_checks.h"
 
 namespace agate {
-
-// What a run will cost, computed before any work (agate train --dry-run).
-struct TrainPlan {
-  int64_t parameters = 0;           // base model
-  int64_t trainable = 0;            // gates + LoRA, or everything in pretrain mode
-  int64_t gate_parameters = 0;
-  int64_t tokens_per_step = 0;      // global batch x seq_len
-  int64_t train_samples = 0;
-  double weights_mb = 0, optimizer_mb = 0, activations_mb = 0;  // per device (one rank)
-  std::string device = "cpu";       // the device the estimate is for (run.device)
-  std::string describe() const;     // a human-readable table
-};
-
-struct ResumeOptions {
-  bool fresh = false;        // refuse to touch a run folder that already holds a run
-  std::string resume_from;   // a checkpoint folder; empty = the newest complete one, if any
-  bool force = false;        // start over in a run folder whose checkpoints are all incomplete
-};
 
 struct TrainSummary {
   int64_t steps = 0;
@@ -37,12 +21,12 @@ struct TrainSummary {
 
 class Trainer {
  public:
-  // Loads and validates everything the run needs (model, data, output folder) before any
-  // training work; throws agate::Error with file:line and a hint on bad recipes.
-  // plan_only (--dry-run): a model folder with config.json but no weights is enough for plan().
-  explicit Trainer(const Recipe& recipe, ResumeOptions resume = {}, bool plan_only = false);
+  // Loads and validates everything the run needs (model weights, data, output folder) before
+  // any training work; throws agate::Error with file:line and a hint on bad recipes. (A
+  // config-only model folder is planned with plan_recipe instead.)
+  explicit Trainer(const Recipe& recipe, ResumeOptions resume = {});
   ~Trainer();
-
+  // plan_run for this run (what --dry-run prints).
   TrainPlan plan() const;
   // Trains up to train.steps, resuming from a checkpoint as ResumeOptions say, validating
   // every eval.every steps, checkpointing every checkpoint.every_steps and at the end; stops
