@@ -13,6 +13,7 @@
 
 #include "agate/data/dataset.h"
 #include "agate/model/inspect.h"
+#include "agate/io/safetensors.h"
 #include "agate/train/checkpoint.h"
 #include "agate/train/held_out.h"
 #include "agate/train/train_state.h"

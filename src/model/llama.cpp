@@ -1,5 +1,7 @@
 #include "agate/model/llama.h"
 
+#include "agate/io/safetensors.h"
+
 #include <ATen/ATen.h>
 
 #include <filesystem>

@@ -1,5 +1,7 @@
 #include "agate/train/checkpoint.h"
 
+#include "agate/io/safetensors.h"
+
 #include <ATen/ATen.h>
 
 #include <algorithm>

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <map>
 
+#include "agate/io/safetensors.h"
 #include "agate/util/fs.h"
 #include "agate/util/logging.h"
 

@@ -18,6 +18,7 @@
 #include "agate/data/loader.h"
 #include "agate/dist/dist.h"
 #include "agate/gate/losses.h"
+#include "agate/io/safetensors.h"
 #include "agate/model/llama.h"
 #include "agate/train/adamw.h"
 #include "agate/train/checkpoint.h"

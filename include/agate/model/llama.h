@@ -14,7 +14,7 @@
 #include <utility>
 #include <vector>
 
-#include "agate/io/safetensors.h"
+#include "agate/io/named_tensors.h"
 #include "agate/model/config.h"
 #include "agate/model/rope.h"
 

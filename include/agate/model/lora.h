@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "agate/io/safetensors.h"
+#include "agate/io/named_tensors.h"
 #include "agate/model/config.h"
 #include "agate/model/llama.h"
 

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "agate/io/safetensors.h"
+#include "agate/io/named_tensors.h"
 
 namespace agate {
 

@@ -6,7 +6,7 @@
 #include <string>
 
 #include "agate/data/dataset.h"
-#include "agate/io/safetensors.h"
+#include "agate/io/named_tensors.h"
 #include "agate/train/checkpoint.h"
 #include "agate/train/recipe.h"
 #include "agate/train/resume_guard.h"

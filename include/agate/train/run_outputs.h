@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "agate/io/safetensors.h"
+#include "agate/io/named_tensors.h"
 #include "agate/model/llama.h"
 #include "agate/train/recipe.h"
 #include "agate/train/trainer.h"
