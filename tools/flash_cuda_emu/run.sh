@@ -28,7 +28,7 @@ else:
     sys.exit("test_flash_cuda.cpp is not in compile_commands.json: configure and build first")
 PY
 )
-(cd "$build/tests" && $cmd -DAGATE_USE_CUDA=1 -Wno-unknown-pragmas -I"$out" -o "$out/emu_test.o" -c "$out/emu_test.cpp")
+(cd "$build/tests" && $cmd -DAGATE_USE_CUDA=1 -Wno-unknown-pragmas -fno-strict-aliasing -I"$out" -o "$out/emu_test.o" -c "$out/emu_test.cpp")
 link=$(sed -E "s# CMakeFiles/agate_tests.dir/[^ ]+\.o##g; s# -o agate_tests # $out/emu_test.o -o $out/emu_test #" "$build/tests/CMakeFiles/agate_tests.dir/link.txt")
 (cd "$build/tests" && eval "$link")
 "$out/emu_test" "$@"
