@@ -227,7 +227,7 @@ __device__ __forceinline__ int tc_col(int j, int r, int h) {
 template <int D, int N>
 __device__ __forceinline__ void tc_scores(const bf16* a, const bf16* b, float* c) {
   constexpr int LD = kTcLd<D>;
-#pragma unroll
+#pragma unroll 1  // rolled (as the kk loop below): unrolled, ptxas hoists loads and spills
   for (int n = 0; n < N / 16; ++n) {
     FragC acc;
     wmma::fill_fragment(acc, 0.0f);
@@ -246,7 +246,7 @@ __device__ __forceinline__ void tc_scores(const bf16* a, const bf16* b, float* c
 // acc[f] += A[16][N] B[N][D] (A: a warp's bfloat16 tile, stride kProbLd<N>; B rows stride kTcLd<D>).
 template <int D, int N>
 __device__ __forceinline__ void tc_accumulate(FragC (&acc)[D / 16], const bf16* a, const bf16* b) {
-#pragma unroll
+#pragma unroll 1
   for (int kk = 0; kk < N / 16; ++kk) {
     FragA fa;
     wmma::load_matrix_sync(fa, a + kk * 16, kProbLd<N>);
