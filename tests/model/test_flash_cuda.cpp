@@ -4,9 +4,10 @@
 // property sweep (GQA groups 1/2/4/8, sliding and recent windows, sinks, 0/1 flags and soft keep
 // probabilities, no keep, float32 and bfloat16, lengths that are not tile multiples, a query
 // block at the end of a longer key range, position gaps, unordered positions, non-contiguous
-// inputs, head dims);
-// gradients reproducible bit for bit; and memory linear in T. Every case skips without a CUDA
-// device (or in a build without the CUDA kernels).
+// inputs, head dims; bfloat16 runs the tensor-core kernels up to head dim 128, the FMA kernels
+// above); row maxima growing along the keys (the tensor-core forward's lazy rescale);
+// gradients reproducible bit for bit in both dtypes; and memory linear in T. Every case skips
+// without a CUDA device (or in a build without the CUDA kernels).
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 #include <gtest/gtest.h>

@@ -1,3 +1,18 @@
+// agate's blocked ("flash") gated attention on CUDA: the contract of flash_attention.h (its CPU
+// twin is flash_attention_cpu.cpp, the ground truth masked_attention_reference in attention.cpp).
+// This file is the host side: input checks, dispatch and launches. The kernels:
+//   flash_tc.cuh   bfloat16 inputs, head dim <= 128: tensor cores (WMMA, bf16 x bf16 -> f32);
+//   flash_fma.cuh  float32 inputs (exact float32 arithmetic), and bfloat16 with head dim > 128:
+//                  float32 FMAs on shared-memory tiles;
+//   flash_common.cuh  parameters, the mask, the tile-skipping test, the D = dout . out kernel.
+// Both families: forward one launch; backward three (D, then dK/dV/dkeep owned per key tile,
+// then dQ owned per row tile); no atomics, every result bitwise reproducible; memory linear in T
+// (the only buffer besides the outputs is D, one float per query row).
+// Everything is enqueued on the current stream of the inputs' device; nothing waits for the
+// device or reads device memory from the host.
+// Tests: tests/model/test_flash_cuda.cpp (against the float64 reference; needs a device).
+// tools/flash_cuda_emu/run.sh runs these kernels and this host code on the CPU under an
+// emulation of the CUDA features used (threads, barriers, shuffles, wmma) against the same tests.
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>

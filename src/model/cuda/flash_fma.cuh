@@ -60,8 +60,6 @@
 // Rows with no visible key (z = 0: possible only if a query's own position is not among the
 //   keys and nothing else is visible) give out = 0, m = 0 and zero gradients (1/z is taken as 0;
 //   the reference divides 0 by 0 there).
-// Everything is enqueued on the current stream of the inputs' device; nothing waits for the
-// device or reads device memory from the host.
 #pragma once
 
 #include "flash_common.cuh"

@@ -20,8 +20,13 @@
 // position, keep, m, 1/z, D, per-warp position ranges), bfloat16 tiles [rows][D + 8] (the +8
 // skews wmma's row reads over the banks), and per warp a float32 score tile [16][N + 4] and
 // bfloat16 P / dS tiles [16][N + 8]. Bytes per block (the Tc* layouts below):
-//   D = 64: forward 57,344, dK/dV 59,008, dQ 50,816; D = 128: 81,920, 83,584, 75,392
-// (under the 99 KiB per-block opt-in limit of every sm_80+ device).
+//   D = 32: forward 45,184, dK/dV 46,336, dQ 41,472;  D = 64: 57,472, 58,624, 53,760;
+//   D = 96: 69,760, 70,912, 66,048;  D = 128: 82,048, 83,200, 78,336
+// (under the 99 KiB per-block opt-in limit of every sm_80+ device; checked at launch).
+// Registers (ptxas, nvcc 13, no spills): sm_80 forward 96 / 124 / 126 / 168 (D = 32 / 64 / 96 /
+// 128), dK/dV 120 / 158 / 168 / 254, dQ 94 / 124 / 128 / 166; sm_90 forward 84 / 128 / 128 /
+// 166, dK/dV 120 / 128 / 167 / 254, dQ 80 / 127 / 126 / 124. The score and accumulate loops
+// over 16-column blocks stay rolled: unrolled, ptxas hoists their fragment loads and spills.
 // Row-wise work on a warp's [16][N] score tile: lane l takes row l / 2 and every other column
 // (l % 2, +2, ...), rows 8..15 starting one column pair later: with row strides of 4 mod 32 words
 // the 32 lanes hit 32 different banks. A row's two lanes combine with one xor-shuffle.
@@ -83,6 +88,8 @@ struct TcMeta {
 };
 
 // Shared memory carving of the three kernels: offsets in bytes, each 128-byte aligned.
+// kind 1: forward (S, P per warp); 2: dQ (dout tile; S, dP, dS per warp); 3: dK/dV (dout tile;
+// S^T, dP^T, P^T, dS^T per warp).
 template <int D, int NR, int NK, int kTilesPerWarp>
 struct TcLayout {
   using Meta = TcMeta<NR, NK>;
