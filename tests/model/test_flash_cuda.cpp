@@ -49,6 +49,7 @@ struct Case {
   bool gaps = false;     // key positions advance by 1 to 3 instead of 1
   bool shuffled = false; // keys and queries in a random order of positions (the kernels assume no order)
   bool strided = false;  // q, k, v, dout handed over as non-contiguous views
+  bool misaligned = false;  // q, k, v, dout contiguous but one element past a 16-byte boundary
   double q_gain = 1.0;   // larger scores: hidden keys that would dominate (the e <= 1 cap)
   double k_ramp = 0.0;   // key j scaled by 1 + k_ramp j / Tk: row maxima that keep growing along the keys
   std::string what() const {
@@ -56,7 +57,7 @@ struct Case {
            std::to_string(Tq) + " Tk " + std::to_string(Tk) + " hd " + std::to_string(hd) + " sw " +
            std::to_string(sw) + " rw " + std::to_string(rw) + " sinks " + std::to_string(sinks) + " start " +
            std::to_string(start) + " keep " + keep_name(keep) + " " + std::string(c10::toString(dtype)) +
-           (gaps ? " gaps" : "") + (shuffled ? " shuffled" : "") + (strided ? " strided" : "") + " q_gain " + std::to_string(q_gain) +
+           (gaps ? " gaps" : "") + (shuffled ? " shuffled" : "") + (strided ? " strided" : "") + (misaligned ? " misaligned" : "") + " q_gain " + std::to_string(q_gain) +
            (k_ramp != 0.0 ? " k_ramp " + std::to_string(k_ramp) : "");
   }
 };
@@ -160,6 +161,11 @@ void run_case(const Case& c, uint64_t seed) {
   const at::Device cuda(at::kCUDA, 0);
   auto dev = [&](const at::Tensor& t) {
     at::Tensor x = t.to(cuda);
+    if (c.misaligned && x.dim() == 4) {
+      at::Tensor buf = at::empty({x.numel() + 1}, x.options());
+      buf.slice(0, 1).copy_(x.flatten());
+      return buf.slice(0, 1).view(x.sizes());
+    }
     return c.strided && x.dim() == 4 ? strided_copy(x) : x;
   };
   const at::Tensor keep = in.keep.defined() ? in.keep.to(cuda) : at::Tensor();
@@ -290,6 +296,26 @@ TEST(FlashCuda, MatchesTheReferenceWithGrowingScores) {
         if (HasFatalFailure()) return;
       }
     }
+  }
+}
+
+// Contiguous inputs whose data does not start on a 16-byte boundary: the tensor-core kernels
+// read them element by element instead of in 16-byte vectors.
+TEST(FlashCuda, MatchesTheReferenceWithMisalignedInputs) {
+  SKIP_WITHOUT_CUDA();
+  uint64_t seed = 400;
+  for (at::ScalarType dt : {at::kBFloat16, at::kFloat}) {
+    Case c;
+    c.dtype = dt;
+    c.hd = 64;
+    c.G = 4;
+    c.Tk = 130;
+    c.Tq = 100;
+    c.keep = KeepKind::Flags;
+    c.sw = 40;
+    c.misaligned = true;
+    run_case(c, seed++);
+    if (HasFatalFailure()) return;
   }
 }
 
