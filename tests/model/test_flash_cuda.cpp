@@ -4,9 +4,10 @@
 // property sweep (GQA groups 1/2/4/8, sliding and recent windows, sinks, 0/1 flags and soft keep
 // probabilities, no keep, float32 and bfloat16, lengths that are not tile multiples, a query
 // block at the end of a longer key range, position gaps, unordered positions, non-contiguous
-// inputs, head dims);
-// gradients reproducible bit for bit; and memory linear in T. Every case skips without a CUDA
-// device (or in a build without the CUDA kernels).
+// inputs, head dims; bfloat16 runs the tensor-core kernels up to head dim 128, the FMA kernels
+// above); row maxima growing along the keys (the tensor-core forward's lazy rescale);
+// gradients reproducible bit for bit in both dtypes; and memory linear in T. Every case skips
+// without a CUDA device (or in a build without the CUDA kernels).
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 #include <gtest/gtest.h>
@@ -48,13 +49,16 @@ struct Case {
   bool gaps = false;     // key positions advance by 1 to 3 instead of 1
   bool shuffled = false; // keys and queries in a random order of positions (the kernels assume no order)
   bool strided = false;  // q, k, v, dout handed over as non-contiguous views
+  bool misaligned = false;  // q, k, v, dout contiguous but one element past a 16-byte boundary
   double q_gain = 1.0;   // larger scores: hidden keys that would dominate (the e <= 1 cap)
+  double k_ramp = 0.0;   // key j scaled by 1 + k_ramp j / Tk: row maxima that keep growing along the keys
   std::string what() const {
     return "B " + std::to_string(B) + " Hkv " + std::to_string(Hkv) + " G " + std::to_string(G) + " Tq " +
            std::to_string(Tq) + " Tk " + std::to_string(Tk) + " hd " + std::to_string(hd) + " sw " +
            std::to_string(sw) + " rw " + std::to_string(rw) + " sinks " + std::to_string(sinks) + " start " +
            std::to_string(start) + " keep " + keep_name(keep) + " " + std::string(c10::toString(dtype)) +
-           (gaps ? " gaps" : "") + (shuffled ? " shuffled" : "") + (strided ? " strided" : "") + " q_gain " + std::to_string(q_gain);
+           (gaps ? " gaps" : "") + (shuffled ? " shuffled" : "") + (strided ? " strided" : "") + (misaligned ? " misaligned" : "") + " q_gain " + std::to_string(q_gain) +
+           (k_ramp != 0.0 ? " k_ramp " + std::to_string(k_ramp) : "");
   }
 };
 
@@ -68,7 +72,9 @@ Inputs make_inputs(const Case& c, uint64_t seed) {
   const int64_t H = c.Hkv * c.G;
   Inputs in;
   in.q = (at::randn({c.B, H, c.Tq, c.hd}, gen) * c.q_gain).to(c.dtype);
-  in.k = at::randn({c.B, c.Hkv, c.Tk, c.hd}, gen).to(c.dtype);
+  in.k = at::randn({c.B, c.Hkv, c.Tk, c.hd}, gen);
+  if (c.k_ramp != 0.0) in.k = in.k * (1.0 + c.k_ramp * at::arange(c.Tk, at::kDouble) / c.Tk).view({1, 1, c.Tk, 1});
+  in.k = in.k.to(c.dtype);
   in.v = at::randn({c.B, c.Hkv, c.Tk, c.hd}, gen).to(c.dtype);
   in.dout = at::randn({c.B, H, c.Tq, c.hd}, gen).to(c.dtype);
   at::Tensor step = c.gaps ? at::randint(1, 4, {c.Tk}, gen, at::kLong) : at::ones({c.Tk}, at::kLong);
@@ -155,6 +161,11 @@ void run_case(const Case& c, uint64_t seed) {
   const at::Device cuda(at::kCUDA, 0);
   auto dev = [&](const at::Tensor& t) {
     at::Tensor x = t.to(cuda);
+    if (c.misaligned && x.dim() == 4) {
+      at::Tensor buf = at::empty({x.numel() + 1}, x.options());
+      buf.slice(0, 1).copy_(x.flatten());
+      return buf.slice(0, 1).view(x.sizes());
+    }
     return c.strided && x.dim() == 4 ? strided_copy(x) : x;
   };
   const at::Tensor keep = in.keep.defined() ? in.keep.to(cuda) : at::Tensor();
@@ -261,13 +272,63 @@ TEST(FlashCuda, MatchesTheReferenceAcrossHeadDims) {
   }
 }
 
-// Every gradient is computed in a fixed order (no atomics): two runs agree bit for bit. And an
-// all-ones keep gives the same values as no keep.
-TEST(FlashCuda, GradientsAreReproducibleAndAllOnesKeepIsNoKeep) {
+// Row maxima that grow by far more than the tensor-core forward's rescale slack (e^8) from one
+// key tile to the next (scores up to ~50): its lazy rescaling of o and z runs, also for rows
+// whose first tiles are all hidden.
+TEST(FlashCuda, MatchesTheReferenceWithGrowingScores) {
+  SKIP_WITHOUT_CUDA();
+  uint64_t seed = 300;
+  for (at::ScalarType dt : {at::kBFloat16, at::kFloat}) {
+    for (int64_t hd : {64, 128}) {
+      for (KeepKind keep : {KeepKind::Flags, KeepKind::Soft}) {
+        Case c;
+        c.dtype = dt;
+        c.hd = hd;
+        c.G = 2;
+        c.Tk = 300;
+        c.Tq = 200;
+        c.keep = keep;
+        c.keep_rate = 0.15;
+        c.q_gain = 3.0;
+        c.k_ramp = 5.0;
+        c.rw = keep == KeepKind::Flags ? 0 : 2;
+        run_case(c, seed++);
+        if (HasFatalFailure()) return;
+      }
+    }
+  }
+}
+
+// Contiguous inputs whose data does not start on a 16-byte boundary: the tensor-core kernels
+// read them element by element instead of in 16-byte vectors.
+TEST(FlashCuda, MatchesTheReferenceWithMisalignedInputs) {
+  SKIP_WITHOUT_CUDA();
+  uint64_t seed = 400;
+  for (at::ScalarType dt : {at::kBFloat16, at::kFloat}) {
+    Case c;
+    c.dtype = dt;
+    c.hd = 64;
+    c.G = 4;
+    c.Tk = 130;
+    c.Tq = 100;
+    c.keep = KeepKind::Flags;
+    c.sw = 40;
+    c.misaligned = true;
+    run_case(c, seed++);
+    if (HasFatalFailure()) return;
+  }
+}
+
+// Every gradient is computed in a fixed order (no atomics): two runs agree bit for bit, in both
+// dtypes (FMA and tensor-core kernels). And an all-ones keep gives the same values as no keep.
+class FlashCudaDtype : public ::testing::TestWithParam<at::ScalarType> {};
+
+TEST_P(FlashCudaDtype, GradientsAreReproducibleAndAllOnesKeepIsNoKeep) {
   SKIP_WITHOUT_CUDA();
   Case c;
   c.B = 2, c.Hkv = 2, c.G = 4, c.Tq = 150, c.Tk = 300, c.hd = 64, c.sw = 100, c.rw = 8;
   c.keep = KeepKind::Soft;
+  c.dtype = GetParam();
   const Inputs in = make_inputs(c, 7);
   const at::Device cuda(at::kCUDA, 0);
   kernels::FlashArgs a{in.q.to(cuda), in.k.to(cuda), in.v.to(cuda), in.q_pos.to(cuda), in.k_pos.to(cuda),
@@ -288,6 +349,11 @@ TEST(FlashCuda, GradientsAreReproducibleAndAllOnesKeepIsNoKeep) {
   EXPECT_TRUE(at::equal(go.dq, gn.dq) && at::equal(go.dk, gn.dk) && at::equal(go.dv, gn.dv));
   EXPECT_TRUE(go.dkeep.defined() && !gn.dkeep.defined());
 }
+
+INSTANTIATE_TEST_SUITE_P(FlashCuda, FlashCudaDtype, ::testing::Values(at::kFloat, at::kBFloat16),
+                         [](const ::testing::TestParamInfo<at::ScalarType>& i) {
+                           return std::string(c10::toString(i.param));
+                         });
 
 TEST(FlashCuda, RejectsUnsupportedInputs) {
   SKIP_WITHOUT_CUDA();

@@ -12,19 +12,37 @@ import sys
 root, out = sys.argv[1], sys.argv[2]
 tool = os.path.dirname(os.path.abspath(__file__))
 
-s = open(os.environ.get('FA_SRC', os.path.join(root, 'src/model/cuda/flash_attention.cu'))).read()
+src = os.environ.get('FA_SRC', os.path.join(root, 'src/model/cuda/flash_attention.cu'))
+seen = set()
+
+
+def inline(path):
+    """The file with its local includes ("x.cuh", once each) pasted in place."""
+    def sub(m):
+        inc = os.path.normpath(os.path.join(os.path.dirname(path), m.group(1)))
+        if inc in seen:
+            return ''
+        seen.add(inc)
+        return inline(inc)
+    return re.sub(r'#include "([\w./]+\.cuh)"\n', sub, open(path).read())
+
+
+s = inline(src)
+s = s.replace('#pragma once\n', '')
 s = re.sub(r'#include <(ATen/cuda|ATen/ops|c10/cuda)/[^>]*>\n', '', s)
+s = re.sub(r'#include <(mma\.h|cuda_bf16\.h|cuda_pipeline\.h)>\n', '', s)
 s = s.replace('#include "../flash_attention.h"',
               f'#include "{root}/src/model/flash_attention.h"\n#include "{tool}/prelude.h"')
-s = s.replace('namespace agate::kernels {', 'namespace emu {\nusing namespace agate::kernels;', 1)
+s = s.replace('namespace agate::kernels {', 'namespace emu {\nusing namespace agate::kernels;')
 s = s.replace('}  // namespace agate::kernels', '}  // namespace emu')
-s = s.replace('extern __shared__ __align__(16) unsigned char smem_raw[];', 'unsigned char* smem_raw = g_smem;')
+s, n = re.subn(r'extern __shared__ __align__\(\d+\) unsigned char smem_raw\[\];', 'unsigned char* smem_raw = g_smem;', s)
+assert n > 0
 s = s.replace('at::cuda::getCurrentCUDAStream()', 'nullptr')
 s = s.replace('at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin', 'size_t(232448)')  # H100
 s = s.replace('const c10::cuda::CUDAGuard guard(a.q.device());', '')
 s = s.replace('a.q.is_cuda()', 'true')
 launches = s.count('<<<')
-s, n = re.subn(r'([\w<>, ]+?)<<<(.+?), kThreads, (.+?), stream>>>\(', r'emu_launch(\2, kThreads, \3, \1, ', s)
+s, n = re.subn(r'([\w<>, ]+?)<<<(.+?), (\w+), (.+?), stream>>>\(', r'emu_launch(\2, \3, \4, \1, ', s)
 assert n == launches and n > 0, 'unexpected kernel launch syntax'
 open(os.path.join(out, 'emu_kernels.h'), 'w').write(s)
 
