@@ -12,7 +12,8 @@
 #      results and table in DIR; SEQS, DTYPES, MODES, PEERS, ROUNDS, ITERS as attention.sh takes
 #      them (GPU defaults below), BENCH_TIMEOUT (s, default 600) bounds the whole benchmark;
 #   6. with MODEL_CONFIG=config.json: `agate bench train` (gated step against the frozen step) on a
-#      randomly initialised model of that shape, bfloat16 and float32, at TRAIN_SEQS (1024 4096).
+#      randomly initialised model of that shape, in TRAIN_DTYPES (bfloat16 float32), at TRAIN_SEQS
+#      (1024 4096). NCCL_PAIR=0 skips 4.
 #
 #   scripts/gpu_bundle.sh        (here, on the build machine; carry gpu-bundle/ along)
 #   scripts/test_gpu.sh          (there)      Env: PYTHON (default python3), BUNDLE (gpu-bundle),
@@ -115,7 +116,9 @@ done
 check "bench lines" "[[ -s $out/bench.jsonl ]]"
 
 section "4. two NCCL ranks on one GPU"
-if [[ $DEV == cuda ]]; then
+if [[ ${NCCL_PAIR:-1} == 0 ]]; then
+  echo "(skipped: NCCL_PAIR=0)"
+elif [[ $DEV == cuda ]]; then
   for r in 0 1; do
     RANK=$r WORLD_SIZE=2 LOCAL_RANK=0 LOCAL_WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=29533 \
       "$AGATE" train recipes/tiny/cpt.yaml $gates run.dir="$out/nccl" train.steps=10 dist.backend=nccl \
@@ -143,7 +146,7 @@ if [[ -n ${MODEL_CONFIG:-} ]]; then
   section "6. gate training step on a randomly initialised model of $MODEL_CONFIG on $DEV"
   "$AGATE" init-model --config "$MODEL_CONFIG" --out "$out/big" --dtype bfloat16 >/dev/null &&
     for T in ${TRAIN_SEQS:-1024 4096}; do
-      for dt in bfloat16 float32; do
+      for dt in ${TRAIN_DTYPES:-bfloat16 float32}; do
         "$AGATE" bench train --model "$out/big" --seq "$T" --batch 1 --iters 5 --dtype "$dt" --device "$DEV" 2>/dev/null
       done
     done | tee "$out/big.jsonl" | cut -c1-400
