@@ -27,5 +27,5 @@ LIST
 
 "$AGATE" train recipes/llama2-7b/cpt.yaml model.path=recipes/llama2-7b/base data.train="$tmp/data/train" data.val= \
   run.dir="$tmp/run" >"$tmp/o" 2>&1; rc=$?
-check "training a config-only folder is refused (exit 2)" "[[ $rc == 2 ]] && grep -q 'has neither model.safetensors' $tmp/o"
+check "training a config-only folder is refused (exit 2)" "[[ $rc == 2 ]] && grep -q 'holds only config.json, no weights' $tmp/o"
 finish recipes
