@@ -14,19 +14,18 @@ namespace agate {
 std::unique_ptr<Gates> Gates::create(const GateConfig& gate, const ModelConfig& model, uint64_t seed,
                                      c10::Device device) {
   if (gate.threshold <= 0 || gate.threshold >= 1) throw_usage("gate.threshold must be in (0, 1)");
-  if (gate.estimator != "ste" && gate.estimator != "soft") throw_usage("gate.estimator must be ste or soft");
   if (gate.sink_tokens < 0 || gate.recent_window < 0) throw_usage("gate.sink_tokens and gate.recent_window must be >= 0");
-  if (gate.type == "attention" && (gate.heads < 1 || gate.head_dim < 2 || gate.head_dim % 2 != 0)) {
+  if (gate.type == GateType::Attention && (gate.heads < 1 || gate.head_dim < 2 || gate.head_dim % 2 != 0)) {
     throw_usage("attention gate: heads must be >= 1 and head_dim even and >= 2, found heads " + std::to_string(gate.heads) +
                     ", head_dim " + std::to_string(gate.head_dim),
                 "RoPE rotates pairs of dimensions");
   }
-  if (gate.type == "mlp" && gate.mlp_hidden < 1) {
+  if (gate.type == GateType::Mlp && gate.mlp_hidden < 1) {
     throw_usage("mlp gate: mlp_hidden must be >= 1, found " + std::to_string(gate.mlp_hidden));
   }
-  if (gate.type == "attention") return make_attention_gates(gate, model, seed, device);
-  if (gate.type == "mlp") return make_mlp_gates(gate, model, seed, device);
-  throw_usage("gate.type '" + gate.type + "' has no gates to create", "use attention or mlp");
+  if (gate.type == GateType::Attention) return make_attention_gates(gate, model, seed, device);
+  if (gate.type == GateType::Mlp) return make_mlp_gates(gate, model, seed, device);
+  throw_usage("gate.type none has no gates to create", "use attention or mlp");
 }
 
 at::Tensor Gates::param(const std::string& name, std::vector<int64_t> shape, double value, bool constant,
@@ -45,7 +44,7 @@ LayerKeep Gates::key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& 
   // Outside training (inference, validation) attention uses the hard flags whatever the
   // estimator: that is what a KV cache can store. Forced flags carry no gradient either.
   KeepMode mode = KeepMode::kHard;
-  if (forced_ < 0 && train) mode = config_.estimator == "ste" ? KeepMode::kStraightThrough : KeepMode::kSoft;
+  if (forced_ < 0 && train) mode = config_.estimator == Estimator::Ste ? KeepMode::kStraightThrough : KeepMode::kSoft;
   // One fused step: keep (STE: flags forward, d/dp backward; soft: p), flags and their
   // per-head sums, sinks kept.
   KeepStepResult r = keep_step(p, positions, config_.threshold, config_.sink_tokens, mode, forced_);

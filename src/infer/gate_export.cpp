@@ -29,12 +29,6 @@ namespace agate {
 
 namespace {
 
-json gate_json(const GateConfig& g) {
-  return {{"type", g.type},           {"heads", g.heads},
-          {"head_dim", g.head_dim},   {"mlp_hidden", g.mlp_hidden},
-          {"threshold", g.threshold}, {"estimator", g.estimator},
-          {"sink_tokens", g.sink_tokens}, {"recent_window", g.recent_window}};
-}
 
 bool is_gate_tensor(const std::string& name) { return name.find(".kv_gate.") != std::string::npos; }
 
@@ -188,7 +182,7 @@ void write_export(const fs::path& out, const ExportOptions& o, const Recipe& r, 
                   const NamedTensors& lora_t, const at::Tensor& keep, int64_t measured, double mean_keep) {
   const std::string fingerprint = state.model_fingerprint.empty() ? weights_fingerprint(base_dir) : state.model_fingerprint;
   save_safetensors((out / "gates.safetensors").string(), gate_t,
-                   {{"format", "agate-kvgate"}, {"gate_type", g.type}, {"base_fingerprint", fingerprint}});
+                   {{"format", "agate-kvgate"}, {"gate_type", gate_type_name(g.type)}, {"base_fingerprint", fingerprint}});
   if (!lora_t.empty()) save_safetensors((out / "lora.safetensors").string(), lora_t, {{"format", "pt"}});
   json per_layer = json::array(), per_head = json::array();
   std::string tsv = "layer";
@@ -208,7 +202,7 @@ void write_export(const fs::path& out, const ExportOptions& o, const Recipe& r, 
     tsv += "\n";
     per_head.push_back(row);
   }
-  json cfg = {{"format", "agate-kvgate"}, {"version", 1}, {"gate", gate_json(g)},
+  json cfg = {{"format", "agate-kvgate"}, {"version", 1}, {"gate", json(g)},
               {"base_model", {{"model_type", mc.model_type}, {"hidden_size", mc.hidden_size},
                               {"num_hidden_layers", mc.num_hidden_layers}, {"num_attention_heads", mc.num_attention_heads},
                               {"num_key_value_heads", mc.num_key_value_heads}, {"head_dim", mc.head_dim},
@@ -236,7 +230,7 @@ void write_export(const fs::path& out, const ExportOptions& o, const Recipe& r, 
                 "normalised hidden states that feed q/k/v, keep probability sigmoid(logit), keep iff\n"
                 "probability > %.2f (first %lld tokens always kept); evicted entries are dropped from\n"
                 "that KV head's cache. See kvgate_config.json.\n",
-                g.type.c_str(), (long long)g.heads, (long long)g.head_dim, mc.model_type.c_str(),
+                gate_type_name(g.type), (long long)g.heads, (long long)g.head_dim, mc.model_type.c_str(),
                 (long long)mc.num_hidden_layers, (long long)mc.num_key_value_heads, fingerprint.c_str(),
                 100 * mean_keep, (long long)measured, (long long)r.integer("data.seq_len"), o.run_dir.c_str(),
                 (long long)state.step, r.number("loss.target_keep"), base_dir.c_str(), o.out.c_str(),
@@ -328,15 +322,7 @@ std::unique_ptr<Gates> load_gate_export(const std::string& dir, const LlamaModel
                   "same shape but other weights: use the base model the gates were trained on (" +
                       b.value("path", std::string("?")) + ")");
     }
-    const json& gj = cfg.at("gate");
-    g.type = gj.at("type");
-    g.heads = gj.at("heads");
-    g.head_dim = gj.at("head_dim");
-    g.mlp_hidden = gj.at("mlp_hidden");
-    g.threshold = gj.at("threshold");
-    g.estimator = gj.at("estimator");
-    g.sink_tokens = gj.at("sink_tokens");
-    g.recent_window = gj.at("recent_window");
+    g = cfg.at("gate").get<GateConfig>();
   } catch (const json::exception& e) {
     throw_input(cfg_path, std::string("lacks a field or holds one of the wrong type (") + e.what() + ")", "export the run again");
   }

@@ -66,7 +66,7 @@ TrainPlan plan_run(const Recipe& r, const ModelConfig& c, const PlanCounts& coun
                                                      : c.num_hidden_layers * per_layer;
   p.activations_mb = (layers + transient + B * T * c.vocab_size * 4 * 3) / 1e6;
   GateConfig g = gate_config_from(r);
-  if (!gates) g.type = "none";
+  if (!gates) g.type = GateType::None;
   p.flops_per_token = train_flops_per_token(c, g, seq_len);
   p.device = device;
   return p;
@@ -98,10 +98,10 @@ double train_flops_per_token(const ModelConfig& c, const GateConfig& g, int64_t 
   const double linear = L * (D * (H + 2 * Hkv) * hd + H * hd * D + 3 * D * I) + V * D;
   const double attention = L * 4 * t * H * hd;
   double gate = 0;
-  if (g.type == "attention") {
+  if (g.type == GateType::Attention) {
     const double W = static_cast<double>(g.heads * g.head_dim);
     gate = L * (2 * (3 * W * D + Hkv * W) + 4 * t * W);
-  } else if (g.type == "mlp") {
+  } else if (g.type == GateType::Mlp) {
     gate = L * 2 * (D * g.mlp_hidden + g.mlp_hidden * Hkv);
   }
   return 2 * linear * 2 + attention * 3 + gate * 3;

@@ -4,6 +4,9 @@
 #include <c10/core/GradMode.h>
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
+#include "../test_util.h"
 #include "../tiny_model.h"
 #include "agate/gate/gates.h"
 #include "agate/gate/losses.h"
@@ -23,7 +26,7 @@ at::Tensor tokens(int64_t B, int64_t T, uint64_t seed = 1) {
 
 GateConfig gate_config(const std::string& type) {
   GateConfig g;
-  g.type = type;
+  g.type = parse_gate_type(type);
   g.heads = 2;
   g.head_dim = 8;
   return g;
@@ -242,4 +245,34 @@ TEST(Gates, FusedMaskedAttentionEqualsTheReferencePath) {
       }
     }
   }
+}
+
+// One JSON mapping for the export's "gate" object, and the enums' names as the recipe's.
+TEST(GateConfigJson, RoundTripsAndRefusesUnknownNames) {
+  GateConfig g;
+  g.type = GateType::Mlp;
+  g.heads = 3, g.head_dim = 12, g.mlp_hidden = 17, g.threshold = 0.25;
+  g.estimator = Estimator::Soft;
+  g.sink_tokens = 4, g.recent_window = 9;
+  const nlohmann::json j = g;
+  EXPECT_EQ(j.at("type"), "mlp");
+  EXPECT_EQ(j.at("estimator"), "soft");
+  const GateConfig back = j.get<GateConfig>();
+  EXPECT_EQ(back.type, g.type);
+  EXPECT_EQ(back.estimator, g.estimator);
+  EXPECT_EQ(back.heads, 3);
+  EXPECT_EQ(back.head_dim, 12);
+  EXPECT_EQ(back.mlp_hidden, 17);
+  EXPECT_EQ(back.threshold, 0.25);
+  EXPECT_EQ(back.sink_tokens, 4);
+  EXPECT_EQ(back.recent_window, 9);
+  for (GateType t : {GateType::Attention, GateType::Mlp, GateType::None}) EXPECT_EQ(parse_gate_type(gate_type_name(t)), t);
+  const std::string bad = agate::test::error_of([] { parse_gate_type("lstm"); });
+  EXPECT_NE(bad.find("gate.type 'lstm' is not a gate type"), std::string::npos) << bad;
+  EXPECT_NE(bad.find("use attention, mlp or none"), std::string::npos) << bad;
+  nlohmann::json broken = j;
+  broken["estimator"] = "hard";
+  EXPECT_NE(agate::test::error_of([&] { (void)broken.get<GateConfig>(); }).find("is not an estimator"), std::string::npos);
+  broken.erase("estimator");
+  EXPECT_THROW((void)broken.get<GateConfig>(), nlohmann::json::exception);
 }

@@ -72,7 +72,7 @@ struct StepRig {
     g.heads = 2;
     g.head_dim = 8;
     g.init_bias = 0.0;  // about half the tokens evicted: the masked path
-    g.estimator = estimator;
+    g.estimator = parse_estimator(estimator);
     g.sink_tokens = 1;
     gates = Gates::create(g, model.config(), 3, d);
     LoraConfig lc;

@@ -10,24 +10,13 @@
 #include <string>
 #include <vector>
 
+#include "agate/gate/gate_config.h"
 #include "agate/io/named_tensors.h"
 #include "agate/model/config.h"
 #include "agate/model/llama.h"
 
 namespace agate {
 
-struct GateConfig {
-  std::string type = "attention";  // attention | mlp | none
-  int64_t heads = 4;               // attention gate: heads of its own causal attention
-  int64_t head_dim = 32;           // attention gate: width of each head
-  int64_t mlp_hidden = 64;         // mlp gate: hidden width
-  double threshold = 0.5;          // flag = keep probability > threshold
-  std::string estimator = "ste";   // ste (hard flags, straight-through) | soft (probabilities)
-  int64_t sink_tokens = 0;         // the first positions are always kept
-  int64_t recent_window = 0;       // evicted tokens stay visible this many positions
-  double init_bias = 3.0;          // output bias at init: sigmoid(3) = 0.95, every token kept
-  double init_std = 0.02;          // weight init
-};
 
 // All layers' gates of one model. Parameters are float32 and named as in the export,
 // "model.layers.{i}.self_attn.kv_gate.<part>".

@@ -1,0 +1,41 @@
+// A gate configuration: what `gate.*` in a recipe says and what kvgate_config.json stores, with
+// its fixed choices as enums (names: the recipe's and the export's strings) and one JSON mapping.
+#pragma once
+
+#include <nlohmann/json_fwd.hpp>
+
+#include <cstdint>
+#include <string>
+
+namespace agate {
+
+enum class GateType { Attention, Mlp, None };  // "attention" | "mlp" | "none"
+enum class Estimator { Ste, Soft };            // "ste" (hard flags, straight-through) | "soft" (probabilities)
+
+const char* gate_type_name(GateType type);
+const char* estimator_name(Estimator estimator);
+// Refuse anything else with one line naming `what` (a key or flag) and the choices.
+GateType parse_gate_type(const std::string& name, const std::string& what = "gate.type");
+Estimator parse_estimator(const std::string& name, const std::string& what = "gate.estimator");
+
+struct GateConfig {
+  GateType type = GateType::Attention;
+  int64_t heads = 4;               // attention gate: heads of its own causal attention
+  int64_t head_dim = 32;           // attention gate: width of each head
+  int64_t mlp_hidden = 64;         // mlp gate: hidden width
+  double threshold = 0.5;          // flag = keep probability > threshold
+  Estimator estimator = Estimator::Ste;
+  int64_t sink_tokens = 0;         // the first positions are always kept
+  int64_t recent_window = 0;       // evicted tokens stay visible this many positions
+  double init_bias = 3.0;          // output bias at init: sigmoid(3) = 0.95, every token kept
+  double init_std = 0.02;          // weight init
+};
+
+// The export's "gate" object (kvgate_config.json): type, heads, head_dim, mlp_hidden, threshold,
+// estimator, sink_tokens, recent_window (the init values are training-only and not stored).
+// from_json throws nlohmann::json::exception on a missing or mistyped field, and agate::Error
+// on an unknown type or estimator name.
+void to_json(nlohmann::json& j, const GateConfig& g);
+void from_json(const nlohmann::json& j, GateConfig& g);
+
+}  // namespace agate
