@@ -91,7 +91,9 @@ int main(int argc, char** argv) {
       agate::tune_allocator();
       return c.run(agate::cli::Argv(argv + 2, argv + argc));
     } catch (const agate::Error& e) {
-      std::cerr << "error: " << one_line(e.what()) << "\n";
+      // Internal errors name the command too: the report needs it.
+      std::cerr << "error: " << (e.kind() == agate::Error::Kind::Internal ? "'agate " + name + "': " : "")
+                << one_line(e.what()) << "\n";
       return e.exit_code();
     } catch (const c10::Error& e) {
       const std::string what = one_line(e.what_without_backtrace());

@@ -53,7 +53,7 @@ std::vector<int64_t> split_even(int64_t total, int64_t heads) {
 }
 
 std::vector<int64_t> ada_allocate(const at::Tensor& scores, int64_t selectable, double alpha) {
-  if (scores.dim() != 2) throw_usage("ada_allocate expects scores [heads, n]");
+  if (scores.dim() != 2) throw_internal("ada_allocate expects scores [heads, n]");
   if (alpha < 0 || alpha > 1) throw_usage("the Ada-KV safeguard alpha must be in [0, 1]");
   const int64_t heads = scores.size(0), n = scores.size(1);
   selectable = std::clamp<int64_t>(selectable, 0, heads * n);

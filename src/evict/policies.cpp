@@ -24,7 +24,7 @@ class RecordingCache : public KVCache {
   int64_t length() const override { return 0; }
   at::Tensor attend(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor&,
                     int64_t sliding_window, int64_t) override {
-    if (static_cast<size_t>(layer) != r_.k.size()) throw_usage("record_prefill: layers must arrive in order");
+    if (static_cast<size_t>(layer) != r_.k.size()) throw_internal("record_prefill: layers must arrive in order");
     r_.q.push_back(q[0].to(at::kFloat));
     r_.k.push_back(k[0]);
     r_.v.push_back(v[0]);
@@ -339,7 +339,7 @@ class GateRankPolicy : public ScoredPolicy {
   std::string name() const override { return ada_ ? "ada-gate" : "gate-rank"; }
 
   std::vector<at::Tensor> select(const PrefillRecord& r, const std::vector<int64_t>& budgets) const override {
-    if (r.keep_p.size() != r.k.size()) throw_usage("gate-rank needs the gates' probabilities in the prefill record");
+    if (r.keep_p.size() != r.k.size()) throw_internal("gate-rank needs the gates' probabilities in the prefill record");
     const int64_t T = r.length(), w = std::min(o_.window, T);
     const int64_t sinks = std::min(gates_->config().sink_tokens, T - w);
     std::vector<at::Tensor> out;
@@ -384,7 +384,7 @@ at::Tensor record_prefill_with_gates(const LlamaModel& model, ProjectionAdapter*
 
 Compressed ScoredPolicy::compress_from(const PrefillRecord& record, const at::Tensor& last_logits,
                                        const std::vector<int64_t>& budgets) const {
-  if (budgets.size() != record.k.size()) throw_usage("a policy needs one budget per layer");
+  if (budgets.size() != record.k.size()) throw_internal("a policy needs one budget per layer");
   return select_recorded(record, last_logits, [&](const PrefillRecord& r) { return select(r, budgets); });
 }
 
@@ -413,7 +413,7 @@ std::vector<int64_t> ScoredPolicy::layer_budgets(double value, bool tokens, int6
 Compressed ScoredPolicy::compress(const LlamaModel& model, ProjectionAdapter* adapter,
                                   const std::vector<int64_t>& context, const std::vector<int64_t>& budgets) const {
   if (static_cast<int64_t>(budgets.size()) != model.config().num_hidden_layers) {
-    throw_usage("a policy needs one budget per layer");
+    throw_internal("a policy needs one budget per layer");
   }
   return compress_recorded([&](PrefillRecord& r) { return record(model, adapter, context, r); },
                            [&](const PrefillRecord& r) { return select(r, budgets); });

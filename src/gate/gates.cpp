@@ -25,7 +25,7 @@ std::unique_ptr<Gates> Gates::create(const GateConfig& gate, const ModelConfig& 
   }
   if (gate.type == GateType::Attention) return make_attention_gates(gate, model, seed, device);
   if (gate.type == GateType::Mlp) return make_mlp_gates(gate, model, seed, device);
-  throw_usage("gate.type none has no gates to create", "use attention or mlp");
+  throw_internal("Gates::create with gate.type none (callers create no gates then)");
 }
 
 at::Tensor Gates::param(const std::string& name, std::vector<int64_t> shape, double value, bool constant,

@@ -255,15 +255,15 @@ at::Tensor LlamaModel::layer_forward(int64_t i, const at::Tensor& h, const Posit
 at::Tensor LlamaModel::head(const at::Tensor& h) const { return at::linear(rms_norm(h, final_norm_), lm_head_); }
 
 ModelOutput LlamaModel::run(const at::Tensor& tokens, const ForwardOptions& options) const {
-  if (tokens.dim() != 2) throw_usage("forward expects tokens of shape [B, T]");
+  if (tokens.dim() != 2) throw_internal("LlamaModel::run expects tokens of shape [B, T], got " + std::to_string(tokens.dim()) + " dimensions");
   return run_embeds(embed(tokens), options);
 }
 
 ModelOutput LlamaModel::run_embeds(const at::Tensor& embeds, const ForwardOptions& options) const {
   if (embeds.dim() != 3 || embeds.size(2) != config_.hidden_size) {
-    throw_usage("run_embeds expects embeddings of shape [B, T, " + std::to_string(config_.hidden_size) + "]");
+    throw_internal("LlamaModel::run_embeds expects embeddings of shape [B, T, " + std::to_string(config_.hidden_size) + "]");
   }
-  if (options.recompute && options.cache) throw std::logic_error("activation recomputation is for training, not with a KV cache");
+  if (options.recompute && options.cache) throw_internal("activation recomputation is for training, not with a KV cache");
   const int64_t T = embeds.size(1);
   const int64_t start = options.cache ? options.cache->length() : 0;
   const Positions pos = positions(start, T);

@@ -10,7 +10,7 @@ namespace agate {
 
 LoraAdapters::LoraAdapters(const LoraConfig& c, const ModelConfig& m, uint64_t seed, c10::Device device)
     : config_(c), scale_(c.alpha / static_cast<double>(c.rank)) {
-  if (c.rank <= 0) throw_usage("lora.rank must be positive to create adapters");
+  if (c.rank <= 0) throw_internal("LoraAdapters need a positive rank (callers skip rank 0)");
   const int64_t D = m.hidden_size, I = m.intermediate_size, hd = m.head_dim;
   const int64_t Hq = m.num_attention_heads * hd, Hk = m.num_key_value_heads * hd;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);

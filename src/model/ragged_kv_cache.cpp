@@ -115,7 +115,7 @@ void RaggedKVCache::compact(Layer& L, int64_t next, int64_t extra) const {
 
 at::Tensor RaggedKVCache::attend(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                  const at::Tensor& keep, int64_t sliding_window, int64_t recent_window) {
-  if (q.size(0) != 1) throw_usage("the ragged KV cache serves batch size 1");
+  if (q.size(0) != 1) throw_internal("the ragged KV cache serves batch size 1, got " + std::to_string(q.size(0)));
   const int64_t H = q.size(1), Tn = q.size(2), hd = q.size(3), Hkv = k.size(1), G = H / Hkv;
   window_ = sliding_window;
   Layer& L = layers_.at(static_cast<size_t>(layer));
@@ -193,7 +193,7 @@ at::Tensor RaggedKVCache::attend(int64_t layer, const at::Tensor& q, const at::T
 
 void RaggedKVCache::insert(int64_t layer, const at::Tensor& k, const at::Tensor& v, const at::Tensor& keep) {
   const int64_t Hkv = k.size(0), T = k.size(1), hd = k.size(2);
-  if (keep.size(0) != T || keep.size(1) != Hkv) throw_usage("RaggedKVCache::insert: keep must be [T, Hkv]");
+  if (keep.size(0) != T || keep.size(1) != Hkv) throw_internal("RaggedKVCache::insert: keep must be [T, Hkv]");
   Layer& L = layers_.at(static_cast<size_t>(layer));
   if (!L.k.defined()) init_layer(L, k.detach());
   if (L.k.is_inference() && !c10::InferenceMode::is_enabled())

@@ -5,7 +5,7 @@
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 
-#include <stdexcept>
+#include "agate/util/error.h"
 
 namespace agate {
 
@@ -80,7 +80,7 @@ class RecomputeFn : public torch::autograd::Function<RecomputeFn> {
 
 at::Tensor LayerRecompute::run(const LlamaModel& model, int64_t layer, const at::Tensor& h, const Positions& positions,
                                const ForwardOptions& options, LayerStats* stats) {
-  if (options.cache) throw std::logic_error("activation recomputation is for training, not for cached inference");
+  if (options.cache) throw_internal("activation recomputation is for training, not for cached inference");
   at::Tensor anchor = at::zeros({}, at::kFloat).requires_grad_(true);
   LayerStats local;
   auto outs = RecomputeFn::apply(h, anchor, LayerCall{&model, layer, positions, options}, &local);

@@ -65,7 +65,7 @@ void flatten(const YAML::Node& node, const std::string& prefix, const std::strin
 // x in an interval written "[a, b]", "(a, b)", "[a, )", ... (see RecipeKey::range).
 bool in_range(double x, const std::string& range) {
   const size_t comma = range.find(',');
-  if (range.size() < 4 || comma == std::string::npos) throw std::logic_error("bad schema range '" + range + "'");
+  if (range.size() < 4 || comma == std::string::npos) throw_internal("bad schema range '" + range + "'");
   const bool lo_open = range.front() == '(', hi_open = range.back() == ')';
   const std::string lo = range.substr(1, comma - 1), hi = range.substr(comma + 1, range.size() - comma - 2);
   auto blank = [](const std::string& t) { return t.find_first_not_of(' ') == std::string::npos; };

@@ -23,4 +23,9 @@ void throw_runtime(const std::string& message, const std::string& hint) {
   throw Error(Error::Kind::Runtime, message, hint);
 }
 
+void throw_internal(const std::string& message) {
+  throw Error(Error::Kind::Internal, "internal error: " + message,
+              "a bug in agate, not in your input: please report the command and this line");
+}
+
 }  // namespace agate
