@@ -12,7 +12,9 @@
 # GATES (default exports/smollm2-gates), OUT (default runs/curves-smollm2), SAMPLES (default 16),
 # TASKS (default "ppl-512 ppl-1024 passkey-inside passkey-after"), KEEP (default 0.1,0.25,0.5,0.75),
 # THREADS (default 0 = all cores; on a shared machine use 1: OpenMP threads that wait for a
-# descheduled partner spin, and two threads on one free core run several times slower than one).
+# descheduled partner spin, and two threads on one free core run several times slower than one),
+# POLICIES (default: every policy; a list for agate eval --policies, e.g. the baselines alone,
+# which need no GATES: GATES=none), DEVICE (default auto).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AGATE=${AGATE:-build/agate}
@@ -23,23 +25,20 @@ KEEP=${KEEP:-0.1,0.25,0.5,0.75}
 TASKS=${TASKS:-ppl-512 ppl-1024 passkey-inside passkey-after}
 MODEL=models/smollm2-135m-instruct
 HELD=data/corpus/smollm2-heldout
-[[ -f $GATES/gates.safetensors ]] || { echo "error: no gate export at $GATES (hint: scripts/train_smollm2_gates.sh, or GATES=DIR)" >&2; exit 2; }
-bash scripts/get_model.sh smollm2 >/dev/null
-bash data/fetch_corpus.sh >/dev/null
+POLICIES=${POLICIES:-}
+gate_args=()
+if [[ $GATES != none ]]; then
+  [[ -f $GATES/gates.safetensors ]] || { echo "error: no gate export at $GATES (hint: scripts/train_smollm2_gates.sh, or GATES=DIR; GATES=none with baseline POLICIES)" >&2; exit 2; }
+  gate_args=(--gates "$GATES")
+fi
+[[ -z $POLICIES ]] || gate_args+=(--policies "$POLICIES")
+[[ -f $MODEL/model.safetensors ]] || bash scripts/get_model.sh smollm2 >/dev/null
+[[ -s data/corpus/raw/austen.txt && -s data/corpus/raw/kjv.txt && -s data/corpus/raw/shakespeare.txt ]] || bash data/fetch_corpus.sh >/dev/null
 mkdir -p "$OUT"
 t0=$(date +%s)
-if [[ ! -f $HELD/val/manifest.json ]]; then
-  "$AGATE" tokenize --tokenizer "$MODEL/tokenizer.json" --val-fraction 0.03 \
-    --input data/corpus/raw/austen.txt,data/corpus/raw/kjv.txt,data/corpus/raw/shakespeare.txt --out "$HELD" >/dev/null
-fi
-if [[ ! -f $OUT/passkey.jsonl ]]; then
-  { python3 tools/make_passkey.py --out - --n $(( (N + 1) / 2 )) --seed 11 --split val --filler data/corpus/raw/austen.txt \
-      --min-words 250 --max-words 350 --answer key
-    python3 tools/make_passkey.py --out - --n $(( N / 2 )) --seed 12 --split val --filler data/corpus/raw/austen.txt \
-      --min-words 550 --max-words 650 --answer key; } >"$OUT/passkey.jsonl.tmp"
-  mv "$OUT/passkey.jsonl.tmp" "$OUT/passkey.jsonl"
-fi
-common=(--model "$MODEL" --gates "$GATES" --keep "$KEEP" --dtype bfloat16 --samples "$N" --threads "${THREADS:-0}")
+AGATE=$AGATE scripts/smollm2_eval_data.sh "$OUT" "$N"
+common=(--model "$MODEL" "${gate_args[@]}" --keep "$KEEP" --dtype bfloat16 --samples "$N" --threads "${THREADS:-0}"
+        --device "${DEVICE:-auto}")
 for task in $TASKS; do
   echo "==> [$(date +%H:%M:%S)] $task"
   case $task in

@@ -25,25 +25,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 BUNDLE=${BUNDLE:-gpu-bundle}
-[[ -x $BUNDLE/bin/agate ]] || { echo "[gpu] error: no $BUNDLE/bin/agate: run scripts/gpu_bundle.sh on the build machine and carry $BUNDLE/" >&2; exit 2; }
-need=$(cat "$BUNDLE/GLIBC" 2>/dev/null || echo 0)
-have=$(ldd --version 2>/dev/null | head -1 | awk '{print $NF}')
-if [[ $(printf '%s\n%s\n' "$need" "$have" | sort -V | head -1) != "$need" ]]; then
-  echo "[gpu] error: the bundle needs glibc >= $need, this machine has $have: build here instead (see README, GPU)" >&2; exit 2
-fi
-torch_lib=$("$PY" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))') || {
-  echo "[gpu] error: $PY cannot import torch" >&2; exit 2; }
-nv_libs=$("$PY" - <<'PY'
-import glob, os, site
-dirs = []
-for s in site.getsitepackages():
-    dirs += glob.glob(os.path.join(s, "nvidia", "*", "lib")) + glob.glob(os.path.join(s, "nvidia", "cu*", "lib"))
-print(":".join(sorted(set(dirs))))
-PY
-)
-export LD_LIBRARY_PATH="$PWD/$BUNDLE/lib:$torch_lib:$nv_libs:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-export AGATE_SPM_SHIM="$PWD/$BUNDLE/lib/libagate_spm.so"
-AGATE="$PWD/$BUNDLE/bin/agate"
+source scripts/gpu_env.sh
 fail=0
 check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fail=1; fi; }
 section() { echo; echo "== $* =="; }

@@ -180,7 +180,7 @@ int bench_train(const Args& args, int threads) {
   auto frozen_step = [&] {
     lm_loss(model.run_embeds(model.embed(inputs).requires_grad_(true)).logits, targets, w).backward();
   };
-  auto gated_step = [&] { train_step.run(tokens, mask, 1e-4, 1.0); };
+  auto gated_step = [&] { train_step.run(tokens, mask, 1e-4, 1.0, 0.5); };
   // Interleave the two so machine noise hits both alike.
   std::vector<double> with, without;
   gated_step();

@@ -39,4 +39,9 @@ double sparsity_lambda(double lambda, int64_t warmup_steps, int64_t step) {
   return lambda * std::min(1.0, static_cast<double>(step) / static_cast<double>(warmup_steps));
 }
 
+double target_keep_at(double target, int64_t ramp_steps, int64_t step) {
+  if (ramp_steps <= 0) return target;
+  return 1.0 - (1.0 - target) * std::min(1.0, static_cast<double>(step) / static_cast<double>(ramp_steps));
+}
+
 }  // namespace agate

@@ -59,6 +59,7 @@ const std::vector<RecipeKey>& recipe_schema() {
       {"loss.target_keep", "float", "0.5", "target keep ratio in (0, 1] (1 - eviction ratio)", {}, false, "(0, 1]"},
       {"loss.lambda", "float", "1.0", "weight of the sparsity term", {}, false, "[0, )"},
       {"loss.lambda_warmup_steps", "int", "0", "ramp lambda linearly from 0 over this many steps", {}, false, "[0, )"},
+      {"loss.target_ramp_steps", "int", "0", "ramp the keep target linearly from 1 down to loss.target_keep over this many steps (0 = off)", {}, false, "[0, )"},
       {"loss.distill", "float", "0.0", "weight of KL(base || gated) on target tokens (0 = off)", {}, false, "[0, )"},
       // checkpoint
       {"checkpoint.every_steps", "int", "0", "steps between checkpoints (0 = only the final one)", {}, false, "[0, )"},

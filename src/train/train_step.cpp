@@ -60,7 +60,8 @@ TrainStep::TrainStep(Forward forward, NamedTensors trainable, AdamW& optimizer, 
       o_(std::move(options)),
       device_(device) {}
 
-StepStats TrainStep::run(const at::Tensor& tokens_host, const at::Tensor& mask_host, double lr, double lambda) {
+StepStats TrainStep::run(const at::Tensor& tokens_host, const at::Tensor& mask_host, double lr, double lambda,
+                         double target_keep) {
   const auto f64 = at::TensorOptions(at::kDouble).device(device_);
   const int64_t local = tokens_host.size(0), T = tokens_host.size(1) - 1;
   // Target counts from the host copy of the mask: no device read. The global count is summed
@@ -89,7 +90,7 @@ StepStats TrainStep::run(const at::Tensor& tokens_host, const at::Tensor& mask_h
     const at::Tensor lm_share = count / total;  // [] float64: this micro-batch's share of the global targets
     at::Tensor loss = lm * lm_share.to(at::kFloat);
     if (o_.gates) {
-      at::Tensor sp = sparsity_loss(keep, o_.sparsity, o_.target_keep);
+      at::Tensor sp = sparsity_loss(keep, o_.sparsity, target_keep);
       loss = loss + lambda * share * sp;
       sp_sum += sp.detach().to(at::kDouble) * share;
     }

@@ -216,7 +216,7 @@ struct Trainer::Impl {
     TrainStepOptions so;
     so.micro_batch = micro_batch, so.global_batch = global_batch, so.gates = has_gates;
     so.recompute = r.boolean("train.recompute");
-    so.sparsity = r.str("loss.sparsity"), so.target_keep = r.number("loss.target_keep");
+    so.sparsity = r.str("loss.sparsity");
     so.distill = r.number("loss.distill"), so.grad_clip = r.number("optim.grad_clip");
     TrainStep train_step([this](const at::Tensor& in, Pass pass, bool rc) { return forward(in, pass, rc); },
                          parts.trainable, optimizer, *pg, so, device);
@@ -227,7 +227,8 @@ struct Trainer::Impl {
       Batch batch = loader.next();
       pg->heartbeat(step);
       // The whole step runs on the device; its statistics are read when a report is due.
-      window.add(train_step.run(batch.tokens, batch.mask, lr, lambda));
+      const double target = target_keep_at(r.number("loss.target_keep"), r.integer("loss.target_ramp_steps"), step);
+      window.add(train_step.run(batch.tokens, batch.mask, lr, lambda, target));
       st.tokens += global_batch * seq_len;
       report.after_step(step, lr, lambda, window, st.tokens, summary);
       const bool last = step + 1 == steps;

@@ -179,6 +179,10 @@ TEST(Losses, SparsityFormsAndLambdaWarmup) {
   EXPECT_DOUBLE_EQ(sparsity_lambda(2.0, 10, 5), 1.0);
   EXPECT_DOUBLE_EQ(sparsity_lambda(2.0, 10, 50), 2.0);
   EXPECT_DOUBLE_EQ(sparsity_lambda(2.0, 0, 0), 2.0);
+  EXPECT_DOUBLE_EQ(target_keep_at(0.25, 0, 0), 0.25);
+  EXPECT_DOUBLE_EQ(target_keep_at(0.25, 10, 0), 1.0);
+  EXPECT_DOUBLE_EQ(target_keep_at(0.25, 10, 5), 0.625);
+  EXPECT_DOUBLE_EQ(target_keep_at(0.25, 10, 40), 0.25);
   // Masked LM loss ignores weight-0 positions.
   at::Tensor logits = at::randn({1, 3, 5}), targets = at::tensor({1, 2, 3}, at::kLong).view({1, 3});
   at::Tensor w = at::tensor({1.0f, 0.0f, 1.0f}).view({1, 3});

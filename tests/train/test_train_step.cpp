@@ -113,7 +113,7 @@ TEST(TrainStepDevice, RunsOnTheMetaDeviceWithoutHostReadsOrDeviceMixing) {
       StepRig rig(c10::Device(c10::kMeta), estimator, recompute);
       StepStats s;
       try {
-        s = rig.step->run(rig.tokens, rig.mask, 1e-3, 0.1);
+        s = rig.step->run(rig.tokens, rig.mask, 1e-3, 0.1, 0.5);
       } catch (const std::exception& e) {
         FAIL() << "the step read a device value on the host or mixed devices: " << e.what();
       }
@@ -131,7 +131,7 @@ TEST(TrainStepDevice, RunsOnTheMetaDeviceWithoutHostReadsOrDeviceMixing) {
 TEST(TrainStepDevice, AStepOnTheCpuMovesTheParametersAndReportsFiniteStatistics) {
   StepRig rig(c10::kCPU, "ste", false);
   const at::Tensor before = rig.trainable[0].second.detach().clone();
-  const StepStats s = rig.step->run(rig.tokens, rig.mask, 1e-2, 0.1);
+  const StepStats s = rig.step->run(rig.tokens, rig.mask, 1e-2, 0.1, 0.5);
   EXPECT_TRUE(s.ok.item<bool>());
   EXPECT_TRUE(std::isfinite(s.loss.item<double>()));
   EXPECT_GT(s.grad_norm.item<double>(), 0.0);
@@ -179,8 +179,8 @@ TEST(TrainStepDefects, RecomputationTrainsExactlyLikeTheStoredForwardForSoftAndS
     StepRig plain(c10::kCPU, estimator, false), recomputed(c10::kCPU, estimator, true);
     const double lr = 1e-3;
     for (int i = 0; i < 3; ++i) {
-      const StepStats a = plain.step->run(plain.tokens, plain.mask, lr, 0.5);
-      const StepStats b = recomputed.step->run(recomputed.tokens, recomputed.mask, lr, 0.5);
+      const StepStats a = plain.step->run(plain.tokens, plain.mask, lr, 0.5, 0.5);
+      const StepStats b = recomputed.step->run(recomputed.tokens, recomputed.mask, lr, 0.5, 0.5);
       EXPECT_NEAR(a.loss.item<double>(), b.loss.item<double>(), 1e-5) << "step " << i;
       EXPECT_NEAR(a.keep.item<double>(), b.keep.item<double>(), 1e-9) << "step " << i;
       EXPECT_NEAR(a.grad_norm.item<double>(), b.grad_norm.item<double>(), 1e-4 * a.grad_norm.item<double>()) << "step " << i;
@@ -215,21 +215,21 @@ TEST(TrainStepDevice, CudaStepMatchesTheCpuStep) {
   at::globalContext().setAllowTF32CuBLAS(false);
   StepRig cpu(c10::kCPU, "ste", false), gpu(c10::Device(c10::kCUDA, 0), "ste", false);
   for (int i = 0; i < 3; ++i) {
-    const StepStats a = cpu.step->run(cpu.tokens, cpu.mask, 1e-2, 0.1);
+    const StepStats a = cpu.step->run(cpu.tokens, cpu.mask, 1e-2, 0.1, 0.5);
     StepStats b;
 #ifdef AGATE_USE_CUDA
     // CUDA's own check: any synchronising call inside the step (a device-to-host copy, an
     // .item(), a stream or device synchronize) throws while the mode is L_ERROR.
     c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
     try {
-      b = gpu.step->run(gpu.tokens, gpu.mask, 1e-2, 0.1);
+      b = gpu.step->run(gpu.tokens, gpu.mask, 1e-2, 0.1, 0.5);
     } catch (const std::exception& e) {
       c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
       FAIL() << "the CUDA step synchronised with the host: " << e.what();
     }
     c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
 #else
-    b = gpu.step->run(gpu.tokens, gpu.mask, 1e-2, 0.1);
+    b = gpu.step->run(gpu.tokens, gpu.mask, 1e-2, 0.1, 0.5);
 #endif
     EXPECT_NEAR(a.loss.item<double>(), b.loss.item<double>(), 1e-4);
     EXPECT_NEAR(a.keep.item<double>(), b.keep.item<double>(), 1e-6);

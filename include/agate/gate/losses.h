@@ -26,4 +26,8 @@ at::Tensor distill_loss(const at::Tensor& student_logits, const at::Tensor& teac
 // lambda at `step`: ramps linearly from 0 to `lambda` over `warmup_steps` (0 = constant).
 double sparsity_lambda(double lambda, int64_t warmup_steps, int64_t step);
 
+// The keep target at `step`: ramps linearly from 1 (keep everything) down to `target` over
+// `ramp_steps` (0 = `target` from the start), as DMS ramps its compression ratio.
+double target_keep_at(double target, int64_t ramp_steps, int64_t step);
+
 }  // namespace agate

@@ -25,7 +25,6 @@ struct TrainStepOptions {
   bool gates = false;                 // the model has gates: add the sparsity term
   bool recompute = false;             // per-layer recomputation (passed to the forward)
   std::string sparsity = "l2_target"; // see sparsity_loss
-  double target_keep = 0.5;
   double distill = 0.0;               // weight of KL(full-cache model || gated model)
   double grad_clip = 0.0;             // global L2 norm bound (0 = none)
 };
@@ -61,8 +60,8 @@ class TrainStep {
 
   // tokens: [local, T + 1] int64 and mask: [local, T + 1] float on the host (the loss weights
   // of the targets; their sums are taken on the host, then both move to the device).
-  // lr, lambda: this step's learning rate and sparsity weight.
-  StepStats run(const at::Tensor& tokens, const at::Tensor& mask, double lr, double lambda);
+  // lr, lambda, target_keep: this step's learning rate, sparsity weight and keep target.
+  StepStats run(const at::Tensor& tokens, const at::Tensor& mask, double lr, double lambda, double target_keep);
 
  private:
   Forward forward_;
