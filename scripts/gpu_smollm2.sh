@@ -66,7 +66,7 @@ case ${1:-} in
     # The table from whatever was evaluated (a run cut by its time limit included).
     "$PY" tools/eval/ablation_table.py "$run" --steps "$(cat "$run/steps" 2>/dev/null || echo 0)" \
       --json "$run/ablation.json" >"$run/ablation.md" || true
-    XZ_OPT=-T0 tar -cJf "$dest/ablate.tar.xz" --exclude="$run/exports" --exclude="checkpoints" "$run"
+    XZ_OPT=-T0 tar -cJf "$dest/ablate.tar.xz" --exclude="$run/exports" --exclude="checkpoints" --exclude="*.safetensors" "$run"
     best=$("$PY" - "$run/ablation.json" "$n" <<'EOF'
 import json, sys
 try:
