@@ -9,7 +9,9 @@
 #                                           gpu-xfer/2 (blocks part 2, model files, corpus, held-out data)
 #   scripts/gpu_smollm2.sh stage 1          there, call 1 (carry ["gpu-xfer/1"]): keeps part 1 in STAGE
 #   scripts/gpu_smollm2.sh run CMD [ARG..]  there, call 2 (carry ["gpu-xfer/2"]): unpacks the bundle,
-#                                           the model and the data, then runs CMD with AGATE set
+#                                           the model and the data, then runs CMD with AGATE set and
+#                                           the device tool's $OUT moved to GPU_OUT (agate's scripts
+#                                           take OUT as their own output folder)
 #   scripts/gpu_smollm2.sh collect RUN DEST [N]
 #                                           RUN (an ablate_smollm2.sh OUT) -> DEST/ablate.tar.xz (tables,
 #                                           eval JSON, metrics, logs) and DEST/export-NAME.tar for the
@@ -58,6 +60,10 @@ case ${1:-} in
     source scripts/gpu_env.sh
     export AGATE LD_LIBRARY_PATH AGATE_SPM_SHIM
     "$AGATE" --version
+    # The device tool's result folder is $OUT; agate's scripts read OUT as their own output
+    # folder, so CMD sees it as GPU_OUT instead (pass it to collect).
+    export GPU_OUT=${OUT:-}
+    unset OUT
     "$@" ;;
   collect)
     run=${2:-} dest=${3:-} n=${4:-3}

@@ -91,20 +91,31 @@ def pack(args):
         src = os.path.join(args.model, small)
         if os.path.exists(src):
             shutil.copy(src, os.path.join(tmp, small))
-    values = {}
+    values, header, file_sha = {}, None, None
     weights = os.path.join(args.model, "model.safetensors")
-    if os.path.exists(weights):  # each tensor's float32 values, checked by unpack
+    if os.path.exists(weights):  # each tensor's float32 values and the file's own header, checked by unpack
         from safetensors import safe_open
         with safe_open(weights, "pt") as f:
             values = {k: tensor_sha256(f.get_tensor(k).float()) for k in f.keys()}
+        with open(weights, "rb") as f:
+            header = f.read(struct.unpack("<Q", f.read(8))[0]).decode()
+        file_sha = sha256_file(weights)
     index = {"format": "agate-quant-pack-1", "parts": n, "total_bytes": len(blob),
              "blocks_sha256": hashlib.sha256(blob).hexdigest(), "tensors": entries,
-             "values_sha256": values}
+             "values_sha256": values, "safetensors_header": header, "safetensors_sha256": file_sha}
     with open(os.path.join(tmp, "index.json"), "w") as f:
         json.dump(index, f, indent=1)
     shutil.rmtree(args.out, ignore_errors=True)
     os.rename(tmp, args.out)
     print(f"quant_pack: {len(entries)} tensors, {len(blob) / 1e6:.1f} MB of blocks in {n} part(s) -> {args.out}")
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def tensor_sha256(t):
@@ -141,16 +152,36 @@ def unpermute(w, heads):
     return w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_safetensors(path, tensors):
-    """tensors: list of (name, float32 contiguous tensor) -> a safetensors file (F32)."""
-    header, offset = {}, 0
-    for name, t in tensors:
-        n = t.numel() * 4
-        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    header["__metadata__"] = {"format": "pt"}
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * ((8 - len(text) % 8) % 8)
+def write_safetensors(path, tensors, header_text=None):
+    """tensors: list of (name, float32 contiguous tensor) -> a safetensors file (F32). With
+    header_text (the packed file's own header), that header is written byte for byte and each
+    tensor goes to its offsets there, so the file is identical to the packed one (agate's
+    weights fingerprint hashes the header too)."""
+    if header_text is None:
+        header, offset = {}, 0
+        for name, t in tensors:
+            n = t.numel() * 4
+            header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+            offset += n
+        header["__metadata__"] = {"format": "pt"}
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * ((8 - len(text) % 8) % 8)
+    else:
+        header, text = json.loads(header_text), header_text.encode()
+        by_name = dict(tensors)
+        if set(by_name) != set(k for k in header if k != "__metadata__"):
+            fail("the packed header names other tensors than the GGUF holds", "re-pack from the matching folder")
+        for name, t in tensors:
+            e = header[name]
+            if e["dtype"] != "F32" or list(e["shape"]) != list(t.shape):
+                fail(f"{name}: the packed header says {e['dtype']} {e['shape']}", "re-pack from a float32 conversion")
+        tensors = sorted(tensors, key=lambda nt: header[nt[0]]["data_offsets"][0])
+        end = 0
+        for name, t in tensors:
+            b, e = header[name]["data_offsets"]
+            if b != end or e - b != t.numel() * 4:
+                fail(f"{name}: the packed header's offsets leave gaps", "re-pack from a safetensors file without padding")
+            end = e
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(text)))
         f.write(text)
@@ -189,7 +220,7 @@ def unpack(args):
     tmp = args.out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    write_safetensors(os.path.join(tmp, "model.safetensors"), tensors)
+    write_safetensors(os.path.join(tmp, "model.safetensors"), tensors, index.get("safetensors_header"))
     for small in SMALL_FILES:
         src = os.path.join(args.pack, small)
         if os.path.exists(src):
@@ -199,10 +230,14 @@ def unpack(args):
     if bad:
         fail(f"{len(bad)} dequantised tensors differ from the folder that was packed (first: {bad[0]})",
              "the pack was made from another conversion; compare with 'quant_pack.py verify'")
+    file_sha = index.get("safetensors_sha256")
+    if file_sha and sha256_file(os.path.join(tmp, "model.safetensors")) != file_sha:
+        fail("model.safetensors is not byte-identical to the packed folder's", "re-pack with this version of quant_pack.py")
     shutil.rmtree(args.out, ignore_errors=True)
     os.rename(tmp, args.out)
     print(f"quant_pack: {len(tensors)} tensors dequantised -> {args.out}/model.safetensors"
-          + (f" (bitwise equal to the packed folder's, {len(want)} tensors checked)" if want else ""))
+          + (" (byte-identical to the packed folder's file)" if file_sha else
+             f" (bitwise equal to the packed folder's, {len(want)} tensors checked)" if want else ""))
 
 
 def verify(args):
