@@ -171,7 +171,7 @@ int bench_train(const Args& args, int threads) {
   so.micro_batch = batch;
   so.global_batch = batch;
   so.gates = true;
-  TrainStep train_step([&](const at::Tensor& in, Pass pass, bool rc) { return forward(in, pass, rc); }, gates->parameters(),
+  TrainStep train_step([&](const at::Tensor& in, const at::Tensor& real, Pass pass, bool rc) { return forward(in, real, pass, rc); }, gates->parameters(),
                        opt, *pg, so, device);
   // The reference: forward + backward of the frozen model without gates, the embeddings'
   // output made to require grad so backward runs through every layer as it must for gates.

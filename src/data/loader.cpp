@@ -86,7 +86,7 @@ struct DataLoader::Impl {
     }
   }
 
-  void fill(int64_t index, int64_t* tokens, float* mask) const {
+  void fill(int64_t index, int64_t* tokens, float* mask, float* real) const {
     const SampleRef& r = samples[static_cast<size_t>(index)];
     const Shard& shard = data.shards()[r.shard];
     const uint32_t* t = shard.tokens() + r.begin;
@@ -97,9 +97,11 @@ struct DataLoader::Impl {
       if (static_cast<uint64_t>(i) < r.length) {
         tokens[i] = t[i];
         mask[i] = m ? static_cast<float>(m[i]) : 1.0f;
+        real[i] = 1.0f;
       } else {
         tokens[i] = pad;
         mask[i] = 0.0f;
+        real[i] = 0.0f;
       }
     }
   }
@@ -120,12 +122,14 @@ struct DataLoader::Impl {
     Batch b;
     b.tokens = at::empty({local, window}, at::kLong);
     b.mask = at::empty({local, window}, at::kFloat);
+    b.real = at::empty({local, window}, at::kFloat);
     int64_t* tp = b.tokens.data_ptr<int64_t>();
     float* mp = b.mask.data_ptr<float>();
+    float* rp = b.real.data_ptr<float>();
     for (int64_t i = 0; i < local; ++i) {
       const int64_t id = perm[static_cast<size_t>(c.sample + opt.rank * local + i)];
       b.sample_ids.push_back(id);
-      fill(id, tp + i * window, mp + i * window);
+      fill(id, tp + i * window, mp + i * window, rp + i * window);
     }
     c.sample += opt.global_batch;
     b.cursor = c;
@@ -228,7 +232,8 @@ int64_t DataLoader::skipped_documents() const { return impl_->skipped; }
 
 void DataLoader::sample(int64_t index, int64_t* tokens, float* mask) const {
   if (index < 0 || index >= num_samples()) throw_usage("sample " + std::to_string(index) + " out of range");
-  impl_->fill(index, tokens, mask);
+  std::vector<float> real(static_cast<size_t>(impl_->opt.seq_len + 1));
+  impl_->fill(index, tokens, mask, real.data());
 }
 
 std::vector<int64_t> DataLoader::permutation(int64_t n, uint64_t seed, int64_t epoch) {

@@ -223,7 +223,12 @@ at::Tensor LlamaModel::layer_forward(int64_t i, const at::Tensor& h, const Posit
     keep = decided.keep;  // [B, T, Hkv]
     recent = options.visibility->recent_window();
     if (stats && keep.defined()) {
-      stats->keep_mean = keep.to(at::kFloat).mean();
+      if (options.token_weight.defined()) {
+        const at::Tensor w = options.token_weight.to(at::kFloat).unsqueeze(-1);  // [B, T, 1]
+        stats->keep_mean = (keep.to(at::kFloat) * w).sum() / (w.sum() * keep.size(2)).clamp_min(1.0);
+      } else {
+        stats->keep_mean = keep.to(at::kFloat).mean();
+      }
       stats->flags = decided.flags;
       stats->flag_mean = decided.flag_mean;
     }
@@ -302,5 +307,15 @@ at::Tensor stack_defined(const std::vector<LayerStats>& layers, at::Tensor Layer
 
 at::Tensor ModelOutput::keep_means() const { return stack_defined(layers, &LayerStats::keep_mean); }
 at::Tensor ModelOutput::flag_means() const { return stack_defined(layers, &LayerStats::flag_mean); }
+
+at::Tensor ModelOutput::flag_means(const at::Tensor& token_weight) const {
+  if (!token_weight.defined()) return flag_means();
+  const at::Tensor w = token_weight.to(at::kFloat).unsqueeze(-1);  // [B, T, 1]
+  const at::Tensor count = w.sum().clamp_min(1.0);
+  std::vector<at::Tensor> parts;
+  for (const LayerStats& s : layers)
+    if (s.flags.defined()) parts.push_back((s.flags.to(at::kFloat) * w).sum(at::IntArrayRef{0, 1}) / count);
+  return parts.empty() ? at::Tensor() : at::stack(parts);
+}
 
 }  // namespace agate

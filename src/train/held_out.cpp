@@ -28,12 +28,14 @@ HeldOut measure_held_out(const LlamaModel& model, const ForwardOptions& options,
     Batch batch = loader.next();
     if (b % world != rank) continue;  // ranks split the batches
     const at::Tensor tokens = batch.tokens.to(model.device()), mask = batch.mask.to(model.device());
-    const ModelOutput out = model.run(tokens.slice(1, 0, o.seq_len), options);
+    ForwardOptions opts = options;
+    opts.token_weight = batch.real.slice(1, 0, o.seq_len).to(model.device());  // SFT padding is not counted
+    const ModelOutput out = model.run(tokens.slice(1, 0, o.seq_len), opts);
     double count = 0;
     const double l = lm_loss(out.logits, tokens.slice(1, 1), mask.slice(1, 1), &count).item<double>();
     loss_sum += l * count;
     count_sum += count;
-    const at::Tensor by_head = out.flag_means();
+    const at::Tensor by_head = out.flag_means(opts.token_weight);
     if (by_head.defined()) {
       const at::Tensor k = by_head.to(at::kCPU, at::kDouble);
       keep_sum = keep_sum.defined() ? keep_sum + k : k;

@@ -61,7 +61,7 @@ TrainStep::TrainStep(Forward forward, NamedTensors trainable, AdamW& optimizer, 
       device_(device) {}
 
 StepStats TrainStep::run(const at::Tensor& tokens_host, const at::Tensor& mask_host, double lr, double lambda,
-                         double target_keep) {
+                         double target_keep, const at::Tensor& real_host) {
   const auto f64 = at::TensorOptions(at::kDouble).device(device_);
   const int64_t local = tokens_host.size(0), T = tokens_host.size(1) - 1;
   // Target counts from the host copy of the mask: no device read. The global count is summed
@@ -72,6 +72,7 @@ StepStats TrainStep::run(const at::Tensor& tokens_host, const at::Tensor& mask_h
   total = total.clamp_min(1.0);
   const at::Tensor tokens = tokens_host.to(device_, /*non_blocking=*/true);
   const at::Tensor mask = mask_host.to(device_, /*non_blocking=*/true);
+  const at::Tensor real = real_host.defined() ? real_host.to(device_, /*non_blocking=*/true) : at::Tensor();
 
   optimizer_.zero_grad();
   at::Tensor loss_sum = at::zeros({}, f64), lm_sum = at::zeros({}, f64), sp_sum = at::zeros({}, f64);
@@ -82,7 +83,8 @@ StepStats TrainStep::run(const at::Tensor& tokens_host, const at::Tensor& mask_h
     at::Tensor inputs = tok.slice(1, 0, T), targets = tok.slice(1, 1);
     at::Tensor w = mask.slice(0, m0, m1).slice(1, 1);
     const double count = w_host.slice(0, m0, m1).sum().item<double>();  // host
-    StepForward fw = forward_(inputs, Pass::train, o_.recompute);
+    const at::Tensor real_in = real.defined() ? real.slice(0, m0, m1).slice(1, 0, T) : at::Tensor();
+    StepForward fw = forward_(inputs, real_in, Pass::train, o_.recompute);
     const at::Tensor &logits = fw.logits, &keep = fw.keep;
     at::Tensor lm = lm_loss(logits, targets, w);
     // Per-rank terms are scaled so that the SUM of the ranks' gradients is the global one.
@@ -98,7 +100,7 @@ StepStats TrainStep::run(const at::Tensor& tokens_host, const at::Tensor& mask_h
       at::Tensor teacher;
       {
         c10::NoGradGuard no_grad;
-        teacher = forward_(inputs, Pass::base, false).logits;  // the frozen base: no gates, no LoRA
+        teacher = forward_(inputs, real_in, Pass::base, false).logits;  // the frozen base: no gates, no LoRA
       }
       loss = loss + o_.distill * share * distill_loss(logits, teacher, w);
     }

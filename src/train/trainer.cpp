@@ -218,7 +218,7 @@ struct Trainer::Impl {
     so.recompute = r.boolean("train.recompute");
     so.sparsity = r.str("loss.sparsity");
     so.distill = r.number("loss.distill"), so.grad_clip = r.number("optim.grad_clip");
-    TrainStep train_step([this](const at::Tensor& in, Pass pass, bool rc) { return forward(in, pass, rc); },
+    TrainStep train_step([this](const at::Tensor& in, const at::Tensor& real, Pass pass, bool rc) { return forward(in, real, pass, rc); },
                          parts.trainable, optimizer, *pg, so, device);
 
     for (int64_t step = st.step; step < steps; ++step) {
@@ -228,7 +228,7 @@ struct Trainer::Impl {
       pg->heartbeat(step);
       // The whole step runs on the device; its statistics are read when a report is due.
       const double target = target_keep_at(r.number("loss.target_keep"), r.integer("loss.target_ramp_steps"), step);
-      window.add(train_step.run(batch.tokens, batch.mask, lr, lambda, target));
+      window.add(train_step.run(batch.tokens, batch.mask, lr, lambda, target, batch.real));
       st.tokens += global_batch * seq_len;
       report.after_step(step, lr, lambda, window, st.tokens, summary);
       const bool last = step + 1 == steps;

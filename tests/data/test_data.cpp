@@ -406,6 +406,15 @@ TEST(Tokenize, SftTruncationFollowsTheDocumentedRules) {
   const int64_t len = static_cast<int64_t>(sh.doc_offsets()[b.sample_ids[0] + 1] - sh.doc_offsets()[b.sample_ids[0]]);
   for (int64_t i = len; i < 49; ++i) after_end += m[i];
   EXPECT_EQ(after_end, 0.0f) << "padding is never a loss target";
+  // `real` marks the document's own tokens, the prompt (no loss target) included, and not the padding.
+  const float* r = b.real.data_ptr<float>();
+  int64_t prompt = 0;
+  for (int64_t i = 0; i < 49; ++i) {
+    EXPECT_EQ(r[i], i < len ? 1.0f : 0.0f) << i;
+    prompt += (i < len && m[i] == 0.0f);
+  }
+  EXPECT_GT(prompt, 0) << "the prompt is real but not a target";
+  EXPECT_LT(len, 49) << "the sample is padded";
 }
 
 // Write policy (issue 16): re-tokenizing into a folder that holds a dataset replaces it only once

@@ -149,6 +149,34 @@ TEST(Gates, GradientsReachOnlyGateParameters) {
   }
 }
 
+// Issue 15's defect: an SFT batch pads its samples (with EOS, loss weight 0), and the padding
+// used to count in the keep surrogate (so in the sparsity term) and the kept ratio. With the
+// real-token weight, a padded sample gives exactly the unpadded sample's statistics (the gates
+// are causal: the real positions never see the padding), with and without recomputation.
+TEST(Gates, PaddingIsNotCountedInTheKeepSurrogateOrTheKeptRatio) {
+  LlamaModel m = LlamaModel::init_random(tiny(), 3, at::kFloat);
+  GateConfig g = gate_config("attention");
+  g.init_bias = 0.0, g.init_std = 0.5;  // keep probabilities spread around 0.5: kept and evicted tokens
+  auto gates = Gates::create(g, m.config(), 7);
+  const at::Tensor doc = tokens(1, 8);
+  const at::Tensor padded = at::cat({doc, at::full({1, 5}, 2, at::kLong)}, 1);  // EOS padding
+  const at::Tensor real = at::cat({at::ones({1, 8}), at::zeros({1, 5})}, 1);
+  for (bool recompute : {false, true}) {
+    ForwardOptions o;
+    o.visibility = gates.get();
+    o.train = true;
+    o.recompute = recompute;
+    const ModelOutput a = m.run(doc, o);
+    const ModelOutput unweighted = m.run(padded, o);
+    o.token_weight = real;
+    const ModelOutput b = m.run(padded, o);
+    EXPECT_TRUE(at::allclose(a.keep_means(), b.keep_means(), 1e-5, 1e-6)) << recompute;
+    EXPECT_TRUE(at::allclose(a.flag_means(), b.flag_means(real), 1e-5, 1e-6)) << recompute;
+    EXPECT_TRUE(b.keep_means().requires_grad()) << recompute;
+    EXPECT_FALSE(at::allclose(a.keep_means(), unweighted.keep_means(), 1e-5, 1e-6)) << "padding must matter here";
+  }
+}
+
 TEST(Gates, RecomputationGivesTheSameGradients) {
   LlamaModel m = LlamaModel::init_random(tiny(), 3, at::kFloat);
   GateConfig g = gate_config("attention");

@@ -92,7 +92,7 @@ struct StepRig {
     so.recompute = recompute;
     so.distill = 0.5;
     so.grad_clip = 1.0;
-    step = std::make_unique<TrainStep>([this](const at::Tensor& in, Pass pass, bool rc) { return (*forward)(in, pass, rc); },
+    step = std::make_unique<TrainStep>([this](const at::Tensor& in, const at::Tensor& real, Pass pass, bool rc) { return (*forward)(in, real, pass, rc); },
                                        trainable, *opt, *pg, so, d);
     auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
     tokens = at::randint(0, model.config().vocab_size, {4, 17}, gen, at::kLong);
@@ -113,7 +113,8 @@ TEST(TrainStepDevice, RunsOnTheMetaDeviceWithoutHostReadsOrDeviceMixing) {
       StepRig rig(c10::Device(c10::kMeta), estimator, recompute);
       StepStats s;
       try {
-        s = rig.step->run(rig.tokens, rig.mask, 1e-3, 0.1, 0.5);
+        // A real-token mask (SFT padding) as the loader gives it: host float, moved by the step.
+        s = rig.step->run(rig.tokens, rig.mask, 1e-3, 0.1, 0.5, at::ones_like(rig.mask));
       } catch (const std::exception& e) {
         FAIL() << "the step read a device value on the host or mixed devices: " << e.what();
       }
@@ -205,8 +206,8 @@ TEST(TrainStepDefects, TheDistillationTeacherIsTheFrozenBaseWithoutLoRA) {
   c10::NoGradGuard no_grad;
   const at::Tensor inputs = rig.tokens.slice(1, 0, 16);
   const at::Tensor base = rig.model.forward(inputs);
-  EXPECT_TRUE(at::equal((*rig.forward)(inputs, Pass::base, false).logits, base));
-  EXPECT_FALSE(at::allclose((*rig.forward)(inputs, Pass::validate, false).logits, base, 1e-3, 1e-3));
+  EXPECT_TRUE(at::equal((*rig.forward)(inputs, {}, Pass::base, false).logits, base));
+  EXPECT_FALSE(at::allclose((*rig.forward)(inputs, {}, Pass::validate, false).logits, base, 1e-3, 1e-3));
 }
 
 // The same step on the GPU gives the CPU's numbers (float32; TF32 off for the comparison).

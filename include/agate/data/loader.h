@@ -43,6 +43,7 @@ struct LoaderOptions {
 struct Batch {
   at::Tensor tokens;    // [G/W, seq_len + 1] int64
   at::Tensor mask;      // [G/W, seq_len + 1] float32: 1 where the token is a loss target
+  at::Tensor real;      // [G/W, seq_len + 1] float32: 1 for the sample's own tokens (prompt too), 0 for padding
   LoaderCursor cursor;  // the cursor after this batch (what a checkpoint stores)
   std::vector<int64_t> sample_ids;  // the samples (indices before permutation) in this batch
 };

@@ -73,6 +73,9 @@ struct ForwardOptions {
   bool recompute = false;  // activation recomputation: each layer keeps only its input and runs
                            // again in backward (training; not with a cache). The hooks above
                            // must then stay alive until backward has run.
+  at::Tensor token_weight;  // [B, T] float 0/1 on the device (optional): the real tokens; the
+                            // keep_mean statistic averages over them only (SFT padding is not
+                            // counted). Undefined: every position counts.
 };
 
 // What one decoder layer's visibility decided (all undefined without a visibility).
@@ -90,6 +93,8 @@ struct ModelOutput {
   // undefined without a visibility.
   at::Tensor keep_means() const;
   at::Tensor flag_means() const;
+  // [L, Hkv] flag means over the positions where token_weight [B, T] is 1 (undefined: all).
+  at::Tensor flag_means(const at::Tensor& token_weight) const;
 };
 
 struct LayerWeights {

@@ -18,9 +18,11 @@ class TrainForward {
   // may be null.
   TrainForward(const LlamaModel& model, Gates* gates, ProjectionAdapter* adapter);
 
-  // inputs: [b, T] int64 on the model's device. pass: which model (see Pass; train asks the
-  // gates for the keep training differentiates); recompute: per-layer activation recomputation.
-  StepForward operator()(const at::Tensor& inputs, Pass pass, bool recompute);
+  // inputs: [b, T] int64 on the model's device; real: [b, T] float 0/1 there (the samples' own
+  // tokens; undefined = all): the keep statistics count only those. pass: which model (see
+  // Pass; train asks the gates for the keep training differentiates); recompute: per-layer
+  // activation recomputation.
+  StepForward operator()(const at::Tensor& inputs, const at::Tensor& real, Pass pass, bool recompute);
 
  private:
   const LlamaModel& model_;

@@ -47,13 +47,14 @@ enum class Pass {
 struct StepForward {
   at::Tensor logits;  // [b, T, V]
   at::Tensor keep;    // [L] per-layer keep surrogate (differentiable); undefined without gates
-  at::Tensor kept;    // [] mean hard keep flag of this forward; undefined without gates
+  at::Tensor kept;    // [] mean hard keep flag of this forward's real tokens; undefined without gates
 };
 
 class TrainStep {
  public:
-  // forward(inputs [b, T] int64 on the device, pass, recompute)
-  using Forward = std::function<StepForward(const at::Tensor&, Pass, bool)>;
+  // forward(inputs [b, T] int64 on the device, real [b, T] float 0/1 on the device (the
+  // sample's own tokens; undefined = all), pass, recompute)
+  using Forward = std::function<StepForward(const at::Tensor&, const at::Tensor&, Pass, bool)>;
 
   TrainStep(Forward forward, NamedTensors trainable, AdamW& optimizer, ProcessGroup& pg, TrainStepOptions options,
             c10::Device device);
@@ -61,7 +62,10 @@ class TrainStep {
   // tokens: [local, T + 1] int64 and mask: [local, T + 1] float on the host (the loss weights
   // of the targets; their sums are taken on the host, then both move to the device).
   // lr, lambda, target_keep: this step's learning rate, sparsity weight and keep target.
-  StepStats run(const at::Tensor& tokens, const at::Tensor& mask, double lr, double lambda, double target_keep);
+  // real: [local, T + 1] float on the host, 1 for the samples' own tokens, 0 for padding (the
+  // keep surrogate and the kept ratio count real tokens only); undefined = every token.
+  StepStats run(const at::Tensor& tokens, const at::Tensor& mask, double lr, double lambda, double target_keep,
+                const at::Tensor& real = {});
 
  private:
   Forward forward_;
