@@ -80,8 +80,8 @@ echo weights >"$tmp/abl/exports/partial/gates.safetensors"
 echo weights >"$tmp/abl/runs/good/trainable.safetensors"
 echo 7 >"$tmp/abl/steps"
 bash "$SRC/scripts/gpu_smollm2.sh" collect "$tmp/abl" "$tmp/back" 1 >"$tmp/o" 2>&1
-check "collect: results as one xz, no weights in it" \
-  "tar -tJf $tmp/back/ablate.tar.xz | grep -q 'ablation.md' && ! tar -tJf $tmp/back/ablate.tar.xz | grep -q safetensors"
+tar -tJf "$tmp/back/ablate.tar.xz" >"$tmp/listing" 2>&1  # listed first: grep -q would cut tar's pipe (pipefail)
+check "collect: results as one xz, no weights in it" "grep -q 'ablation.md' $tmp/listing && ! grep -q safetensors $tmp/listing"
 check "collect: the export of the variant that wins most, and only it" \
   "[[ -f $tmp/back/export-good.tar && ! -e $tmp/back/export-partial.tar ]]"
 
