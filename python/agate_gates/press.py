@@ -17,6 +17,8 @@ Modes:
   compression_ratio=r (fixed)     a ScorerPress: per KV head the top max(1, int(T (1 - r)))
       tokens by keep probability (kvpress's compute_n_kept); sink tokens score above every
       probability (2.0) so they are kept first. Works inside AdaKVPress(AgatePress(E, r)).
+      window=W protects the last W tokens the same way (counted in the budget), as agate's
+      `gate-rank` does with `agate eval --window` (default 0: probabilities alone).
 
 `press.kept[layer]` ([B, Hkv, T] bool) and `press.probabilities[layer]` ([B, Hkv, T] float32)
 hold what the last prefill decided (for inspection and tests).
@@ -44,18 +46,22 @@ class AgatePress(ScorerPress):
     """kvpress press scoring each KV head's tokens by agate's gates (see the module docstring)."""
 
     def __init__(self, export_dir, compression_ratio: Optional[float] = None, model_dir: Optional[str] = None,
-                 verify_weights: bool = True):
+                 verify_weights: bool = True, window: int = 0):
         """export_dir: an `agate export` folder (or a loaded GateExport). compression_ratio: None for
         the gates' own flags, else the fraction to evict per KV head. model_dir: the base model's
         weights folder for the fingerprint check (default: the model's name_or_path when it is a
-        local folder); verify_weights=False skips that check."""
+        local folder); verify_weights=False skips that check. window: with compression_ratio,
+        the last `window` tokens are kept before any other (protected and counted)."""
         if compression_ratio is not None and not 0 <= compression_ratio < 1:
             raise ValueError(f"compression_ratio must be None (the gates' flags) or in [0, 1), found {compression_ratio}")
+        if not isinstance(window, int) or window < 0:
+            raise ValueError(f"window must be a token count >= 0, found {window!r}")
         self.export: GateExport = export_dir if isinstance(export_dir, GateExport) else load_export(export_dir)
         self.export_dir = self.export.path
         self.compression_ratio = compression_ratio
         self.model_dir = model_dir
         self.verify_weights = verify_weights
+        self.window = window
         self.gates: Optional[Gates] = None
         self._model_id: Optional[int] = None
         self.kept: Dict[int, torch.Tensor] = {}
@@ -65,7 +71,8 @@ class AgatePress(ScorerPress):
     __hash__ = object.__hash__
 
     def __repr__(self) -> str:
-        return f"AgatePress(export_dir={self.export_dir!r}, compression_ratio={self.compression_ratio!r})"
+        return (f"AgatePress(export_dir={self.export_dir!r}, compression_ratio={self.compression_ratio!r}"
+                + (f", window={self.window}" if self.window else "") + ")")
 
     # -- kvpress hooks --------------------------------------------------------------------------
 
@@ -87,10 +94,12 @@ class AgatePress(ScorerPress):
 
     @torch.no_grad()
     def score(self, module: nn.Module, hidden_states: torch.Tensor, keys, values, attentions, kwargs) -> torch.Tensor:
-        """Keep probabilities [B, Hkv, T] (sink tokens at 2.0)."""
+        """Keep probabilities [B, Hkv, T] (sink tokens and the protected window at 2.0)."""
         p, positions = self._probabilities(module, hidden_states, kwargs)
-        sinks = (positions < self.export.gate.sink_tokens)[None, None, :]
-        return p.masked_fill(sinks, SINK_SCORE)
+        protected = positions < self.export.gate.sink_tokens
+        if self.window:
+            protected = protected | (torch.arange(p.shape[-1], device=p.device) >= p.shape[-1] - self.window)
+        return p.masked_fill(protected[None, None, :], SINK_SCORE)
 
     @torch.no_grad()
     def compress(self, module: nn.Module, hidden_states: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,

@@ -366,6 +366,33 @@ def test_fixed_ratio_mode():
     assert cache.layers[0].keys.shape[2] == len(prompts()[0])
 
 
+def test_fixed_ratio_mode_protected_window():
+    """window=W: the last W tokens are kept first and counted in the budget (agate's gate-rank)."""
+    from kvpress.utils import compute_n_kept
+    from agate_gates import AgatePress
+    ctx = prompts()[0][:-6]
+    T, W = len(ctx), 5
+    for r in (0.5, 0.8):
+        press = AgatePress(export_dir("attention"), compression_ratio=r, window=W)
+        cache, _ = run_press(press, ctx)
+        n = compute_n_kept(T, r)
+        assert n > W + 2, (n, W)
+        for l in range(4):
+            kept, p = press.kept[l][0], press.probabilities[l][0]
+            assert cache.layers[l].keys.shape[2] == n
+            assert kept[:, T - W:].all(), "the window must be kept"
+            s = p.clone()
+            s[:, T - W:] = 2.0
+            s[:, :load_export(export_dir("attention")).gate.sink_tokens] = 2.0
+            for h in range(kept.shape[0]):
+                assert s[h][kept[h]].min() >= s[h][~kept[h]].max(), (r, l, h)
+    try:
+        AgatePress(export_dir("attention"), compression_ratio=0.5, window=-1)
+        raise AssertionError("window=-1 was accepted")
+    except ValueError as e:
+        assert "window must be" in str(e), e
+
+
 def test_adakv_wrapper():
     from kvpress import AdaKVPress
     from kvpress.utils import compute_n_kept
@@ -496,7 +523,8 @@ def test_generate_equals_agate_generate():
 
 
 TESTS = [test_load_export, test_refusals, test_gates_match_reference, test_flags_mode_equals_agate_gate_post,
-         test_flags_mode_continuation_equals_agate_score, test_fixed_ratio_mode, test_adakv_wrapper,
+         test_flags_mode_continuation_equals_agate_score, test_fixed_ratio_mode,
+         test_fixed_ratio_mode_protected_window, test_adakv_wrapper,
          test_eager_refused_in_flags_mode, test_pipeline,
          test_generate_equals_agate_generate, test_smollm2_flags_mode]
 

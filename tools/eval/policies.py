@@ -43,6 +43,9 @@ class Policy:
     note: str = ""
 
 
+GATE_WINDOW = 32  # the protected window of the AgatePress-w rows: agate eval --window's default
+
+
 def build_policies(gates_dir: Optional[str], model_dir: Optional[str], names: Optional[List[str]] = None,
                    kvzip: bool = True, agate_verify_weights: bool = True) -> List[Policy]:
     from kvpress import (AdaKVPress, ExpectedAttentionPress, KnormPress, PyramidKVPress, SnapKVPress,
@@ -64,11 +67,15 @@ def build_policies(gates_dir: Optional[str], model_dir: Optional[str], names: Op
     if gates_dir:
         from agate_gates import AgatePress, load_export
         export = load_export(gates_dir)
-        mk = lambda r: AgatePress(export, compression_ratio=r, model_dir=model_dir,  # noqa: E731
-                                  verify_weights=agate_verify_weights)
+        mk = lambda r, w=0: AgatePress(export, compression_ratio=r, model_dir=model_dir,  # noqa: E731
+                                       verify_weights=agate_verify_weights, window=w)
+        w = GATE_WINDOW
         pols += [
             Policy("AgatePress", "agate", lambda k: mk(cr(k))),
             Policy("Ada-AgatePress", "agate", lambda k: AdaKVPress(mk(cr(k)))),
+            Policy(f"AgatePress-w{w}", "agate", lambda k: mk(cr(k), w),
+                   note=f"the last {w} tokens protected and counted, as agate eval's gate-rank (--window {w})"),
+            Policy(f"Ada-AgatePress-w{w}", "agate", lambda k: AdaKVPress(mk(cr(k), w))),
             Policy("AgatePress-flags", "agate", lambda k: mk(None), keep_free=True,
                    note="the gates' own flags (compression_ratio=None): variable budget"),
         ]
