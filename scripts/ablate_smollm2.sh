@@ -100,6 +100,8 @@ if [[ -n ${TRAIN_SECONDS:-} && -z ${STEPS:-} ]]; then
   for n in "${names[@]}"; do throttle train_one "$n" 6 "$OUT/probe/$n" 3; done
   for p in $(jobs -rp | grep -vx "$baseline_pid"); do wait "$p" || true; done
   for n in "${names[@]}"; do
+    [[ -f $OUT/probe/$n/summary.json ]] || die "the 6-step probe of $n failed (the end of $OUT/probe/$n.log: $(tail -1 "$OUT/probe/$n.log" 2>/dev/null))" \
+      "fix that variant's overrides in $VARIANTS, or set STEPS instead of TRAIN_SECONDS"
     ms=$(python3 - "$OUT/probe/$n/metrics.jsonl" "$OUT/probe/$n/config.resolved.yaml" <<'EOF'
 import json, re, sys
 recs = [json.loads(l) for l in open(sys.argv[1]) if '"tokens_per_s"' in l]
