@@ -26,6 +26,9 @@ import shutil
 import struct
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from convert_gguf import sha256 as sha256_file  # noqa: E402  (stdlib-only at import: safe without gguf)
+
 GGUF_TO_HF = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
@@ -108,14 +111,6 @@ def pack(args):
     shutil.rmtree(args.out, ignore_errors=True)
     os.rename(tmp, args.out)
     print(f"quant_pack: {len(entries)} tensors, {len(blob) / 1e6:.1f} MB of blocks in {n} part(s) -> {args.out}")
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tensor_sha256(t):
