@@ -152,7 +152,7 @@ int bench_train(const Args& args, int threads) {
   LlamaModel model = LlamaModel::load(args.get("model"), parse_compute_dtype(dtype), device);
   model.set_requires_grad(false);
   GateConfig g;
-  g.type = parse_gate_type(args.get("gate"), "--gate");
+  g.type = kGateTypes.parse(args.get("gate"), "--gate");
   g.heads = args.get_int("gate-heads");
   g.head_dim = args.get_int("gate-head-dim");
   g.init_bias = 0.0;  // about half the tokens evicted: the masked path, as in real training
@@ -171,7 +171,7 @@ int bench_train(const Args& args, int threads) {
   so.micro_batch = batch;
   so.global_batch = batch;
   so.gates = true;
-  TrainStep train_step([&](const at::Tensor& in, const at::Tensor& real, Pass pass, bool rc) { return forward(in, real, pass, rc); }, gates->parameters(),
+  TrainStep train_step([&](const ForwardCall& call) { return forward(call); }, gates->parameters(),
                        opt, *pg, so, device);
   // The reference: forward + backward of the frozen model without gates, the embeddings'
   // output made to require grad so backward runs through every layer as it must for gates.
@@ -195,7 +195,7 @@ int bench_train(const Args& args, int threads) {
   }
   const double mw = median(with), mo = median(without);
   const double flops = train_flops_per_token(model.config(), g, seq);
-  nlohmann::json j = {{"impl", "agate"}, {"mode", "train"}, {"dtype", dtype}, {"gate", gate_type_name(g.type)}, {"seq", seq},
+  nlohmann::json j = {{"impl", "agate"}, {"mode", "train"}, {"dtype", dtype}, {"gate", kGateTypes.name(g.type)}, {"seq", seq},
                       {"batch", batch}, {"iters", iters}, {"gate_step_s", mw}, {"frozen_step_s", mo},
                       {"gate_tokens_per_s", batch * seq / mw}, {"overhead", mw / mo},
                       {"attention", attn}, {"model_flops_per_token", flops}, {"model_gflops_per_s", flops * batch * seq / mw / 1e9}};

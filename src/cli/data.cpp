@@ -33,7 +33,7 @@ int data_show(const Args& args, const std::string& dir) {
   LoaderOptions o;
   o.seq_len = args.get_int("seq-len");
   o.global_batch = 1;
-  o.sft_mode = args.get("sft-mode");
+  o.sft_mode = kSftModes.parse(args.get("sft-mode"), "--sft-mode");
   o.prefetch = 0;
   DataLoader loader(d, o, {});
   const long long index = args.get_int("sample");
@@ -45,7 +45,7 @@ int data_show(const Args& args, const std::string& dir) {
   std::vector<float> mask(tokens.size());
   loader.sample(index, tokens.data(), mask.data());
   std::printf("sample %lld of %lld (seq-len %lld, %s)\ntokens:", index, (long long)loader.num_samples(),
-              (long long)o.seq_len, d.is_sft() ? ("sft " + o.sft_mode).c_str() : "cpt");
+              (long long)o.seq_len, d.is_sft() ? (std::string("sft ") + kSftModes.name(o.sft_mode)).c_str() : "cpt");
   for (auto t : tokens) std::printf(" %lld", (long long)t);
   std::printf("\nmask:  ");
   for (auto m : mask) std::printf(" %d", m > 0 ? 1 : 0);

@@ -1,6 +1,6 @@
 #include <cstdio>
 
-#include "agate/infer/gate_export.h"
+#include "agate/train/export_gates.h"
 #include "agate/util/threads.h"
 #include "args.h"
 #include "commands.h"

@@ -31,17 +31,15 @@ evict::PolicyOptions policy_tuning(const Args& args) {
   auto int_or = [&](const char* name, int64_t fallback) { return args.has(name) ? args.get_int(name) : fallback; };
   o.window = int_or("window", o.kvpress ? 64 : o.window);
   o.kernel = int_or("kernel", o.kvpress ? 5 : o.kernel);
-  o.pooling = args.get_or("pooling", o.kvpress ? "avg" : o.pooling);
-  o.gqa = args.get_or("gqa", o.gqa);
+  o.pooling = evict::kPoolings.parse(args.get_or("pooling", o.kvpress ? "avg" : evict::kPoolings.name(o.pooling)), "--pooling");
+  o.gqa = evict::kGqaReduces.parse(args.get_or("gqa", evict::kGqaReduces.name(o.gqa)), "--gqa");
   o.sinks = int_or("sinks", o.sinks);
   o.alpha = args.has("alpha") ? args.get_double("alpha") : o.alpha;
   o.beta = int_or("beta", o.beta);
   if (o.window < 1 || o.sinks < 0 || o.beta < 1) throw_usage("need --window >= 1, --sinks >= 0, --beta >= 1");
   if (o.kernel < 1 || o.kernel % 2 == 0) throw_usage("--kernel must be odd and >= 1, got " + std::to_string(o.kernel));
-  if (o.pooling != "max" && o.pooling != "avg") throw_usage("unknown --pooling '" + o.pooling + "'", "use max or avg");
-  if (o.gqa != "mean" && o.gqa != "max") throw_usage("unknown --gqa '" + o.gqa + "'", "use mean or max");
   if (o.alpha < 0 || o.alpha > 1) throw_usage("--alpha must be in [0, 1], got " + std::to_string(o.alpha));
-  if (o.kvpress && (o.pooling != "avg" || o.gqa != "mean")) {
+  if (o.kvpress && (o.pooling != evict::Pooling::Avg || o.gqa != evict::GqaReduce::Mean)) {
     throw_usage("--kvpress-compat: kvpress's SnapKV pools by avg and reduces GQA by mean",
                 "drop --pooling/--gqa, or drop --kvpress-compat");
   }

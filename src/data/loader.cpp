@@ -65,7 +65,7 @@ struct DataLoader::Impl {
   Impl(const Dataset& d, LoaderOptions o) : data(d), opt(std::move(o)) {}
 
   void index_samples() {
-    const bool padded = data.is_sft() && opt.sft_mode == "pad";
+    const bool padded = data.is_sft() && opt.sft_mode == SftMode::Pad;
     const uint64_t window = static_cast<uint64_t>(opt.seq_len) + 1;
     for (uint32_t s = 0; s < data.shards().size(); ++s) {
       const Shard& shard = data.shards()[s];
@@ -167,12 +167,11 @@ DataLoader::DataLoader(const Dataset& dataset, LoaderOptions options, LoaderCurs
                     std::to_string(o.world),
                 "choose a global batch divisible by the number of ranks");
   }
-  if (o.sft_mode != "pad" && o.sft_mode != "pack") throw_usage("sft mode must be pad or pack, found " + o.sft_mode);
   if (start.epoch < 0 || start.sample < 0) throw_usage("bad loader cursor");
   impl_->index_samples();
   const int64_t n = static_cast<int64_t>(impl_->samples.size());
   if (n == 0) {
-    if (dataset.is_sft() && o.sft_mode == "pad") {
+    if (dataset.is_sft() && o.sft_mode == SftMode::Pad) {
       throw_input(dataset.dir(), "no SFT document fits seq_len " + std::to_string(o.seq_len) + " (+1) in padding mode",
                   "raise seq_len, truncate documents when tokenizing (--max-len), or use sft pack mode");
     }

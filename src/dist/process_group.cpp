@@ -50,7 +50,7 @@ class C10dGroup : public ProcessGroup {
         store_ = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
       }
       store_ = c10::make_intrusive<c10d::PrefixStore>("agate", store_);
-      backend_ = o.backend == "auto" ? (o.device.is_cuda() ? "nccl" : "gloo") : o.backend;
+      backend_ = kDistBackends.name(o.backend == DistBackend::Auto ? (o.device.is_cuda() ? DistBackend::Nccl : DistBackend::Gloo) : o.backend);
       if (backend_ == "nccl" && !o.device.is_cuda()) {
         throw_usage("dist.backend nccl needs CUDA tensors, but run.device is " + o.device.str(),
                     "use dist.backend: gloo (or auto) on CPU, or run.device: cuda");
@@ -175,7 +175,6 @@ class C10dGroup : public ProcessGroup {
 }  // namespace
 
 std::unique_ptr<ProcessGroup> ProcessGroup::create(const LaunchEnv& env, const DistOptions& o) {
-  if (o.backend != "auto" && o.backend != "gloo" && o.backend != "nccl") throw_usage("dist.backend must be auto, gloo or nccl");
   if (env.world == 1) return std::make_unique<SingleProcess>();
   log::info("joining the process group: rank {} of {} ({}, store {}:{})", env.rank, env.world, env.launcher,
                env.master_addr, env.master_port);

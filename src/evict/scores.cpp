@@ -24,9 +24,7 @@ at::Tensor causal_probs(const at::Tensor& q, const at::Tensor& k, int64_t first)
 
 // [Hkv, G, n] -> [Hkv, n]: a KV head's score from its query group.
 at::Tensor reduce_group(const at::Tensor& x, const PolicyOptions& o) {
-  if (o.gqa == "mean") return x.mean(1);
-  if (o.gqa == "max") return std::get<0>(x.max(1));
-  throw_usage("unknown GQA reduction '" + o.gqa + "' (use mean or max)");
+  return o.gqa == GqaReduce::Mean ? x.mean(1) : std::get<0>(x.max(1));
 }
 
 at::Tensor grouped(const at::Tensor& q, int64_t Hkv) {  // [H, T, hd] -> [Hkv, G, T, hd] float32
@@ -43,8 +41,9 @@ at::Tensor snapkv_scores(const at::Tensor& q, const at::Tensor& k, const PolicyO
   at::Tensor a = causal_probs(qw, k.to(at::kFloat), T - w).slice(3, 0, T - w); // [Hkv, G, w, T-w]
   const int64_t pad = o.kernel / 2;
   if (o.kvpress) {  // SnapKVPress.score: mean over the window, avg-pooled per query head, then the GQA mean
-    if (o.pooling != "avg" || o.gqa != "mean") {
-      throw_usage("kvpress's SnapKV pools by avg and reduces GQA by mean (got pooling " + o.pooling + ", gqa " + o.gqa + ")",
+    if (o.pooling != Pooling::Avg || o.gqa != GqaReduce::Mean) {
+      throw_usage(std::string("kvpress's SnapKV pools by avg and reduces GQA by mean (got pooling ") + kPoolings.name(o.pooling) +
+                      ", gqa " + kGqaReduces.name(o.gqa) + ")",
                   "drop --pooling/--gqa with --kvpress-compat");
     }
     const int64_t G = a.size(1), n = T - w;
@@ -53,9 +52,8 @@ at::Tensor snapkv_scores(const at::Tensor& q, const at::Tensor& k, const PolicyO
   }
   at::Tensor s = reduce_group(a.sum(2), o);                                    // [Hkv, T-w]
   if (o.kernel == 1) return s;
-  if (o.pooling == "max") return at::max_pool1d(s.unsqueeze(0), {o.kernel}, {1}, {pad})[0];
-  if (o.pooling == "avg") return at::avg_pool1d(s.unsqueeze(0), {o.kernel}, {1}, {pad})[0];
-  throw_usage("unknown pooling '" + o.pooling + "' (use max or avg)");
+  if (o.pooling == Pooling::Max) return at::max_pool1d(s.unsqueeze(0), {o.kernel}, {1}, {pad})[0];
+  return at::avg_pool1d(s.unsqueeze(0), {o.kernel}, {1}, {pad})[0];
 }
 
 at::Tensor h2o_scores(const at::Tensor& q, const at::Tensor& k, const PolicyOptions& o) {

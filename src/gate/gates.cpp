@@ -56,21 +56,7 @@ LayerKeep Gates::key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& 
 }
 
 void Gates::load(const NamedTensors& values, const std::string& source) {
-  std::map<std::string, at::Tensor> by_name(values.begin(), values.end());
-  if (by_name.size() != params_.size()) {
-    throw_input(source, "holds " + std::to_string(by_name.size()) + " gate tensors, the gate config needs " +
-                            std::to_string(params_.size()),
-                "was it written for another gate type or size?");
-  }
-  for (auto& [name, t] : params_) {
-    auto it = by_name.find(name);
-    if (it == by_name.end()) throw_input(source, "missing gate tensor '" + name + "'", "was it written for another gate type?");
-    if (it->second.sizes() != t.sizes()) {
-      throw_input(source, "gate tensor '" + name + "' has the wrong shape", "was it written for another model or gate size?");
-    }
-    c10::NoGradGuard no_grad;
-    t.copy_(it->second.to(at::kFloat));
-  }
+  load_named(params_, values, source, "gate", "was it written for another model, gate type or gate size?");
 }
 
 }  // namespace agate

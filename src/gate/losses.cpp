@@ -18,11 +18,13 @@ at::Tensor lm_loss(const at::Tensor& logits, const at::Tensor& targets, const at
   return (nll * w).sum() / total.clamp_min(1.0);
 }
 
-at::Tensor sparsity_loss(const at::Tensor& keep, const std::string& form, double target) {
-  if (form == "l2_target") return (keep - target).pow(2).mean();
-  if (form == "hinge") return at::relu(keep - target).pow(2).mean();
-  if (form == "l1") return keep.mean();
-  throw_usage("unknown sparsity form '" + form + "'", "use l2_target, hinge or l1");
+at::Tensor sparsity_loss(const at::Tensor& keep, SparsityForm form, double target) {
+  switch (form) {
+    case SparsityForm::L2Target: return (keep - target).pow(2).mean();
+    case SparsityForm::Hinge: return at::relu(keep - target).pow(2).mean();
+    case SparsityForm::L1: return keep.mean();
+  }
+  throw_internal("sparsity form " + std::to_string(static_cast<int>(form)));
 }
 
 at::Tensor distill_loss(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& weights) {

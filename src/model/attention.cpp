@@ -17,15 +17,17 @@ namespace {
 
 std::atomic<AttentionKernel> g_kernel{AttentionKernel::Flash};
 
-// The structural masks: allowed [Tq, Tk] (causal + window) and always [Tq, Tk] (self + recent).
+// The structural masks: allowed [Tq, Tk] (causal + window) and always [Tq, Tk] (self + recent
+// + the dense queries below dense_until).
 std::pair<at::Tensor, at::Tensor> structure(const at::Tensor& q_pos, const at::Tensor& k_pos, int64_t sliding_window,
-                                            int64_t recent_window) {
+                                            int64_t recent_window, int64_t dense_until) {
   const int64_t Tq = q_pos.numel(), Tk = k_pos.numel();
   at::Tensor qp = q_pos.view({Tq, 1}), kp = k_pos.view({1, Tk});
   at::Tensor allowed = kp <= qp;
   if (sliding_window > 0) allowed = allowed.logical_and(qp - kp < sliding_window);
   at::Tensor always = (qp == kp);
   if (recent_window > 0) always = always.logical_or(qp - kp < recent_window);
+  if (dense_until > 0) always = always.logical_or(qp < dense_until);
   return {allowed, always};
 }
 
@@ -112,14 +114,14 @@ class FlashAttentionFn : public torch::autograd::Function<FlashAttentionFn> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
                                                 const at::Tensor& k, const at::Tensor& v, const at::Tensor& key_keep,
                                                 const at::Tensor& q_pos, const at::Tensor& k_pos,
-                                                int64_t sliding_window, int64_t recent_window) {
+                                                int64_t sliding_window, int64_t recent_window, int64_t dense_until) {
     // No keep vector arrives as an empty 1-D placeholder (autograd functions take defined inputs).
     const bool has_keep = key_keep.dim() != 1;
     kernels::FlashArgs a{q, k, v, q_pos, k_pos, has_keep ? kernel_keep(key_keep) : at::Tensor(), sliding_window,
-                         recent_window};
+                         recent_window, dense_until};
     kernels::FlashForward f = flash_forward(a);
     ctx->save_for_backward({q, k, v, a.keep, q_pos, k_pos, f.out, f.m, f.z});
-    ctx->saved_data["windows"] = std::vector<int64_t>{sliding_window, recent_window};
+    ctx->saved_data["windows"] = std::vector<int64_t>{sliding_window, recent_window, dense_until};
     ctx->saved_data["keep_dtype"] = static_cast<int64_t>(key_keep.scalar_type());
     return {f.out};
   }
@@ -128,13 +130,13 @@ class FlashAttentionFn : public torch::autograd::Function<FlashAttentionFn> {
                                                  torch::autograd::variable_list grads) {
     const auto s = ctx->get_saved_variables();
     const auto w = ctx->saved_data["windows"].toIntVector();
-    kernels::FlashArgs a{s[0], s[1], s[2], s[4], s[5], s[3], w[0], w[1]};
+    kernels::FlashArgs a{s[0], s[1], s[2], s[4], s[5], s[3], w[0], w[1], w[2]};
     kernels::FlashGrads g = flash_backward(a, {s[6], s[7], s[8]}, grads[0]);
     at::Tensor dkeep;
     if (g.dkeep.defined()) {
       dkeep = g.dkeep.permute({0, 2, 1}).to(static_cast<c10::ScalarType>(ctx->saved_data["keep_dtype"].toInt()));
     }
-    return {g.dq, g.dk, g.dv, dkeep, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {g.dq, g.dk, g.dv, dkeep, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -161,7 +163,8 @@ AttentionKernel parse_attention_kernel(const std::string& name) {
 
 at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const at::Tensor& q_pos, const at::Tensor& k_pos,
-                            const at::Tensor& key_keep, int64_t sliding_window, int64_t recent_window) {
+                            const at::Tensor& key_keep, int64_t sliding_window, int64_t recent_window,
+                            int64_t dense_until) {
   const bool grad = at::GradMode::is_enabled() &&
                     (q.requires_grad() || k.requires_grad() || v.requires_grad() ||
                      (key_keep.defined() && key_keep.requires_grad()));
@@ -181,21 +184,21 @@ at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::
   if (kernel == AttentionKernel::Flash && f32_softmax && flash_device(q)) {
     if (grad) {
       const at::Tensor keep = key_keep.defined() ? key_keep : at::empty({0}, q.options().dtype(at::kFloat));
-      return FlashAttentionFn::apply(q, k, v, keep, q_pos, k_pos, sliding_window, recent_window)[0];
+      return FlashAttentionFn::apply(q, k, v, keep, q_pos, k_pos, sliding_window, recent_window, dense_until)[0];
     }
-    return flash_forward({q, k, v, q_pos, k_pos, kernel_keep(key_keep), sliding_window, recent_window}).out;
+    return flash_forward({q, k, v, q_pos, k_pos, kernel_keep(key_keep), sliding_window, recent_window, dense_until}).out;
   }
   // The row kernels are CPU code and serve the gated path with gradients only.
   if (kernel == AttentionKernel::Rows && key_keep.defined() && grad && f32_softmax && q.is_cpu()) {
-    auto [allowed, always] = structure(q_pos, k_pos, sliding_window, recent_window);
+    auto [allowed, always] = structure(q_pos, k_pos, sliding_window, recent_window, dense_until);
     return MaskedAttentionFn::apply(q, k, v, key_keep, allowed.contiguous(), always.contiguous())[0];
   }
-  return masked_attention_reference(q, k, v, q_pos, k_pos, key_keep, sliding_window, recent_window);
+  return masked_attention_reference(q, k, v, q_pos, k_pos, key_keep, sliding_window, recent_window, dense_until);
 }
 
 at::Tensor masked_attention_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                       const at::Tensor& q_pos, const at::Tensor& k_pos, const at::Tensor& key_keep,
-                                      int64_t sliding_window, int64_t recent_window) {
+                                      int64_t sliding_window, int64_t recent_window, int64_t dense_until) {
   const int64_t B = q.size(0), H = q.size(1), Tq = q.size(2), hd = q.size(3);
   const int64_t Hkv = k.size(1), Tk = k.size(2), G = H / Hkv;
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
@@ -205,8 +208,8 @@ at::Tensor masked_attention_reference(const at::Tensor& q, const at::Tensor& k, 
   at::Tensor scores = at::matmul(qg, k.transpose(-1, -2)).mul_(scale);   // [B, Hkv, G*Tq, Tk]
   scores = scores.view({B, Hkv, G, Tq, Tk});
 
-  // Structural masks, [Tq, Tk] bool: allowed (causal + window), always (self + recent).
-  auto [allowed, always] = structure(q_pos, k_pos, sliding_window, recent_window);
+  // Structural masks, [Tq, Tk] bool: allowed (causal + window), always (self + recent + dense).
+  auto [allowed, always] = structure(q_pos, k_pos, sliding_window, recent_window, dense_until);
 
   // Softmax accumulates in float32 for reduced-precision inputs (as HF does), else in their type.
   const auto st = scores.scalar_type();

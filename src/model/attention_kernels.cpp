@@ -1,5 +1,7 @@
 #include "attention_kernels.h"
 
+#include "dispatch.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -123,11 +125,9 @@ void gated_softmax_forward(at::Tensor& s, const at::Tensor& keep, const at::Tens
   const bool *al = allowed.data_ptr<bool>(), *aw = always.data_ptr<bool>();
   forward_shift(s.data_ptr<float>(), kp, al, aw, L);
   s.exp_();
-  if (a.scalar_type() == at::kBFloat16) {
-    forward_normalise(s.data_ptr<float>(), kp, al, aw, L, z.data_ptr<float>(), a.data_ptr<at::BFloat16>());
-  } else {
-    forward_normalise(s.data_ptr<float>(), kp, al, aw, L, z.data_ptr<float>(), a.data_ptr<float>());
-  }
+  AGATE_DISPATCH_FLOAT_BF16(a.scalar_type(), "gated softmax", [&] {
+    forward_normalise(s.data_ptr<float>(), kp, al, aw, L, z.data_ptr<float>(), a.data_ptr<scalar_t>());
+  });
 }
 
 void gated_softmax_backward(at::Tensor& da, const at::Tensor& e, const at::Tensor& z, const at::Tensor& keep,
@@ -137,15 +137,11 @@ void gated_softmax_backward(at::Tensor& da, const at::Tensor& e, const at::Tenso
   TORCH_CHECK(da.is_contiguous() && e.is_contiguous() && a.is_contiguous() && dkeep.is_contiguous() &&
                   da.scalar_type() == at::kFloat && e.scalar_type() == at::kFloat,
               "gated softmax backward: expects contiguous float32 inputs");
-  if (a.scalar_type() == at::kBFloat16) {
+  AGATE_DISPATCH_FLOAT_BF16(a.scalar_type(), "gated softmax backward", [&] {
     backward_impl(da.data_ptr<float>(), e.data_ptr<float>(), z.data_ptr<float>(), keep.data_ptr<float>(),
                   allowed.data_ptr<bool>(), always.data_ptr<bool>(), L, static_cast<float>(scale),
-                  a.data_ptr<at::BFloat16>(), dkeep.data_ptr<float>());
-  } else {
-    backward_impl(da.data_ptr<float>(), e.data_ptr<float>(), z.data_ptr<float>(), keep.data_ptr<float>(),
-                  allowed.data_ptr<bool>(), always.data_ptr<bool>(), L, static_cast<float>(scale),
-                  a.data_ptr<float>(), dkeep.data_ptr<float>());
-  }
+                  a.data_ptr<scalar_t>(), dkeep.data_ptr<float>());
+  });
 }
 
 }  // namespace agate::kernels

@@ -13,6 +13,7 @@
 // Visibility, per (query i, key j, KV head g):
 //   allowed = k_pos[j] <= q_pos[i] && (sliding_window <= 0 || q_pos[i] - k_pos[j] < sliding_window)
 //   always  = k_pos[j] == q_pos[i] || (recent_window > 0 && q_pos[i] - k_pos[j] < recent_window)
+//             || q_pos[i] < dense_until
 //   M_ij    = allowed ? (always ? 1 : keep[b, g, j]) : 0;   visible = M_ij > 0.
 // Forward: s_ij = scale * q_i . k_j (float32 accumulation), m_i = max over visible s_ij (0 when
 //   no key is visible), e_ij = exp(min(s_ij - m_i, 0)), z_i = sum_j e_ij M_ij,
@@ -36,6 +37,7 @@ struct FlashArgs {
   at::Tensor q, k, v, q_pos, k_pos, keep;
   int64_t sliding_window = 0;
   int64_t recent_window = 0;
+  int64_t dense_until = 0;  // queries at positions below it see every allowed key (flags ignored)
 };
 
 struct FlashForward {

@@ -47,7 +47,7 @@ struct Problem {
   const int64_t* qp;
   const int64_t* kp;
   const float* keep;  // [B, Hkv, Tk] or nullptr
-  int64_t sw, rw;
+  int64_t sw, rw, du;  // sliding window, recent window, dense_until
 };
 
 Problem problem_of(const FlashArgs& a) {
@@ -59,7 +59,7 @@ Problem problem_of(const FlashArgs& a) {
   TORCH_CHECK(a.q_pos.numel() == p.Tq && a.k_pos.numel() == p.Tk, "flash attention: positions do not match");
   p.G = p.H / p.Hkv;
   p.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(p.hd)));
-  p.sw = a.sliding_window, p.rw = a.recent_window;
+  p.sw = a.sliding_window, p.rw = a.recent_window, p.du = a.dense_until;
   return p;
 }
 
@@ -71,7 +71,7 @@ void mask_row(const Problem& p, int64_t qpos, const int64_t* kp, const float* ke
   for (int64_t j = 0; j < n; ++j) {
     const int64_t d = qpos - kp[j];
     const bool allowed = d >= 0 && (p.sw <= 0 || d < p.sw);
-    const bool always = d == 0 || (p.rw > 0 && d < p.rw);
+    const bool always = d == 0 || (p.rw > 0 && d < p.rw) || qpos < p.du;
     const bool flagged = allowed && !always;
     m[j] = !allowed ? 0.0f : (flagged && keep != nullptr ? keep[j] : 1.0f);
     f[j] = flagged && keep != nullptr ? 1.0f : 0.0f;

@@ -247,7 +247,8 @@ at::Tensor LlamaModel::layer_forward(int64_t i, const at::Tensor& h, const Posit
 
   at::Tensor attn = options.cache
                         ? options.cache->attend(i, q, k, v, keep, config_.sliding_window, recent)
-                        : masked_attention(q, k, v, pos.ids, pos.ids, keep, config_.sliding_window, recent);
+                        : masked_attention(q, k, v, pos.ids, pos.ids, keep, config_.sliding_window, recent,
+                                           options.dense_until);
   attn = attn.transpose(1, 2).reshape({B, T, H * hd});                        // [B, T, H*hd]
   at::Tensor out = h + proj(attn, L.o_proj, L.o_bias, Projection::O);
 
@@ -269,6 +270,7 @@ ModelOutput LlamaModel::run_embeds(const at::Tensor& embeds, const ForwardOption
     throw_internal("LlamaModel::run_embeds expects embeddings of shape [B, T, " + std::to_string(config_.hidden_size) + "]");
   }
   if (options.recompute && options.cache) throw_internal("activation recomputation is for training, not with a KV cache");
+  if (options.dense_until > 0 && options.cache) throw_internal("a context/continuation split is for training, not with a KV cache");
   const int64_t T = embeds.size(1);
   const int64_t start = options.cache ? options.cache->length() : 0;
   const Positions pos = positions(start, T);

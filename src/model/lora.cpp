@@ -3,10 +3,21 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <nlohmann/json.hpp>
 
 #include "agate/util/error.h"
 
 namespace agate {
+
+void to_json(nlohmann::json& j, const LoraConfig& c) {
+  j = {{"rank", c.rank}, {"alpha", c.alpha}, {"targets", c.targets}};
+}
+
+void from_json(const nlohmann::json& j, LoraConfig& c) {
+  j.at("rank").get_to(c.rank);
+  j.at("alpha").get_to(c.alpha);
+  j.at("targets").get_to(c.targets);
+}
 
 LoraAdapters::LoraAdapters(const LoraConfig& c, const ModelConfig& m, uint64_t seed, c10::Device device)
     : config_(c), scale_(c.alpha / static_cast<double>(c.rank)) {
@@ -52,6 +63,10 @@ at::Tensor LoraAdapters::delta(int64_t layer, Projection which, const at::Tensor
   if (it == ab_.end()) return {};
   const auto& [A, B] = it->second;
   return at::linear(at::linear(x.to(at::kFloat), A), B) * scale_;  // A, B live on x's device (see to())
+}
+
+void LoraAdapters::load(const NamedTensors& values, const std::string& source) {
+  load_named(params_, values, source, "LoRA", "was it written for another LoRA rank or targets? export the run again");
 }
 
 }  // namespace agate

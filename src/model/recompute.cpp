@@ -35,6 +35,10 @@ class RecomputeFn : public torch::autograd::Function<RecomputeFn> {
     ctx->saved_data["visibility"] = reinterpret_cast<int64_t>(call.options.visibility);
     ctx->saved_data["adapter"] = reinterpret_cast<int64_t>(call.options.adapter);
     ctx->saved_data["train"] = call.options.train;
+    ctx->saved_data["dense_until"] = call.options.dense_until;
+    // Every option the layer reads must reach the recomputation (the keep statistic's real
+    // tokens, the split): backward runs the layer as forward did.
+    ctx->saved_data["token_weight"] = call.options.token_weight.defined() ? call.options.token_weight : at::Tensor();
     ctx->save_for_backward({h});
     c10::NoGradGuard no_grad;
     at::Tensor out = LayerRecompute::layer(*call.model, call.layer, h, call.positions, call.options, stats);
@@ -52,6 +56,9 @@ class RecomputeFn : public torch::autograd::Function<RecomputeFn> {
     c.options.visibility = reinterpret_cast<KeyVisibility*>(ctx->saved_data["visibility"].toInt());
     c.options.adapter = reinterpret_cast<ProjectionAdapter*>(ctx->saved_data["adapter"].toInt());
     c.options.train = ctx->saved_data["train"].toBool();
+    c.options.dense_until = ctx->saved_data["dense_until"].toInt();
+    const c10::IValue& w = ctx->saved_data["token_weight"];
+    if (w.isTensor() && w.toTensor().defined()) c.options.token_weight = w.toTensor();
     return c;
   }
 

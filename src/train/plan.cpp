@@ -8,7 +8,6 @@
 
 #include "agate/data/loader.h"
 #include "agate/gate/gates.h"
-#include "agate/train/recipe_gate.h"
 #include "agate/train/run_checks.h"
 #include "agate/train/trainable.h"
 #include "agate/util/device.h"
@@ -33,17 +32,16 @@ std::string TrainPlan::describe() const {
   return buf;
 }
 
-TrainPlan plan_run(const Recipe& r, const ModelConfig& c, const PlanCounts& counts, const std::string& device) {
+TrainPlan plan_run(const RunConfig& rc, const ModelConfig& c, const PlanCounts& counts, const std::string& device) {
   TrainPlan p;
-  const int64_t seq_len = r.integer("data.seq_len"), global_batch = r.integer("train.global_batch");
-  const int64_t micro_batch = r.integer("train.micro_batch") > 0 ? r.integer("train.micro_batch") : global_batch;
-  const bool gates = r.str("train.mode") != "pretrain" && r.str("gate.type") != "none";
+  const int64_t seq_len = rc.data.seq_len, global_batch = rc.train.global_batch, micro_batch = rc.train.micro_batch;
+  const bool gates = rc.has_gates();
   p.parameters = c.parameter_count();
   p.trainable = counts.trainable;
   p.gate_parameters = counts.gate_parameters;
   p.tokens_per_step = global_batch * seq_len;
   p.train_samples = counts.train_samples;
-  const double wb = r.str("model.dtype") == "bfloat16" || r.str("model.dtype") == "bf16" ? 2 : 4;
+  const double wb = parse_compute_dtype(rc.model.dtype) == at::kBFloat16 ? 2 : 4;
   p.weights_mb = p.parameters * wb / 1e6;
   p.optimizer_mb = p.trainable * 4.0 * 3 / 1e6;  // grad + Adam m, v (float32)
   // Saved activations per micro-batch: per layer and token, ~ (6D + 3I + 2(H + 2Hkv)hd)
@@ -56,16 +54,16 @@ TrainPlan plan_run(const Recipe& r, const ModelConfig& c, const PlanCounts& coun
                Hkv = c.num_key_value_heads;
   double per_layer = B * T * ((6 * D + 3 * I + 2 * (H + 2 * Hkv) * hd) * wb + 2 * H * 4 + Hkv * 4);
   double transient = B * T * (5 * H * hd + 6 * Hkv * hd) * 4;  // one layer's attention backward
-  if (gates && r.str("gate.type") == "attention") {
+  if (gates && rc.gate.type == GateType::Attention) {
     // The gate's own float32 attention (q, k, v, output, RoPE'd copies) on the same kernels.
-    const double Wg = static_cast<double>(r.integer("gate.heads") * r.integer("gate.head_dim"));
-    per_layer += B * T * (6 * Wg * 4 + 2 * r.integer("gate.heads") * 4 + 2 * Hkv * 4);
+    const double Wg = static_cast<double>(rc.gate.heads * rc.gate.head_dim);
+    per_layer += B * T * (6 * Wg * 4 + 2 * rc.gate.heads * 4 + 2 * Hkv * 4);
     transient = std::max(transient, B * T * 9 * Wg * 4);
   }
-  const double layers = r.boolean("train.recompute") ? (c.num_hidden_layers * B * T * D * wb + per_layer)
+  const double layers = rc.train.recompute ? (c.num_hidden_layers * B * T * D * wb + per_layer)
                                                      : c.num_hidden_layers * per_layer;
   p.activations_mb = (layers + transient + B * T * c.vocab_size * 4 * 3) / 1e6;
-  GateConfig g = gate_config_from(r);
+  GateConfig g = rc.gate;
   if (!gates) g.type = GateType::None;
   p.flops_per_token = train_flops_per_token(c, g, seq_len);
   p.device = device;
@@ -74,22 +72,23 @@ TrainPlan plan_run(const Recipe& r, const ModelConfig& c, const PlanCounts& coun
 
 TrainPlan plan_recipe(const Recipe& r) {
   check_recipe(r);
-  const ModelConfig mc = load_model_config((fs::path(r.str("model.path")) / "config.json").string());
+  const RunConfig rc = RunConfig::from(r);
+  const ModelConfig mc = load_model_config((fs::path(rc.model.path) / "config.json").string());
   const RunData data = open_run_data(r, mc);
   PlanCounts counts;
-  if (r.str("train.mode") == "pretrain") {
+  if (rc.train.mode == TrainMode::Pretrain) {
     counts.trainable = mc.parameter_count();
   } else {
     // Counted on the meta device: shapes, no memory.
-    const TrainableParts parts = make_trainable_parts(r, mc, static_cast<uint64_t>(r.integer("run.seed")), c10::kMeta);
+    const TrainableParts parts = make_trainable_parts(rc, mc, static_cast<uint64_t>(rc.run.seed), c10::kMeta);
     counts.trainable = numel(parts.trainable);
     counts.gate_parameters = parts.gates ? numel(parts.gates->parameters()) : 0;
   }
-  counts.train_samples = static_cast<int64_t>(DataLoader(data.train, train_loader_options(r), {}).num_samples());
+  counts.train_samples = static_cast<int64_t>(DataLoader(data.train, train_loader_options(rc), {}).num_samples());
   // run.device may name a GPU this machine lacks: the estimate is for that device.
-  const auto wanted = parse_device(r.str("run.device"), 0, "run.device");
+  const auto wanted = parse_device(rc.run.device, 0, "run.device");
   const std::string device = wanted ? wanted->str() : resolve_device("auto").str();
-  return plan_run(r, mc, counts, device);
+  return plan_run(rc, mc, counts, device);
 }
 
 double train_flops_per_token(const ModelConfig& c, const GateConfig& g, int64_t T) {

@@ -19,9 +19,9 @@ namespace {
 
 // A resumed state's counters must be its step's: the data cursor and the tokens seen (an
 // edited cursor would silently replay or skip data).
-void check_counters(const Recipe& r, const Dataset& train, const TrainState& st, const std::string& where) {
-  const int64_t seq_len = r.integer("data.seq_len"), global_batch = r.integer("train.global_batch");
-  const LoaderCursor want = DataLoader(train, train_loader_options(r), {}).cursor_after(static_cast<uint64_t>(r.integer("run.seed")), st.step);
+void check_counters(const RunConfig& c, const Dataset& train, const TrainState& st, const std::string& where) {
+  const int64_t seq_len = c.data.seq_len, global_batch = c.train.global_batch;
+  const LoaderCursor want = DataLoader(train, train_loader_options(c), {}).cursor_after(static_cast<uint64_t>(c.run.seed), st.step);
   if (!(st.cursor == want) || st.tokens != st.step * global_batch * seq_len) {
     throw_input(where, "at step " + std::to_string(st.step) + " holds data cursor (epoch " + std::to_string(st.cursor.epoch) +
                            ", sample " + std::to_string(st.cursor.sample) + ") and " + std::to_string(st.tokens) +
@@ -33,7 +33,7 @@ void check_counters(const Recipe& r, const Dataset& train, const TrainState& st,
 
 }  // namespace
 
-std::optional<ResumePoint> find_resume_point(const Recipe& r, const std::string& run_dir, const ResumeOptions& resume,
+std::optional<ResumePoint> find_resume_point(const RunConfig& c, const std::string& run_dir, const ResumeOptions& resume,
                                              const ResumeGuard& guard, const Dataset& train) {
   std::optional<std::string> from;
   if (!resume.resume_from.empty()) from = resume.resume_from;
@@ -52,12 +52,12 @@ std::optional<ResumePoint> find_resume_point(const Recipe& r, const std::string&
     throw_input(where, "says step " + std::to_string(p.state.step) + " but sits in " + fs::path(*from).filename().string(),
                 "the checkpoint was edited or moved: resume from an untouched one with --resume-from");
   }
-  if (p.state.step > r.integer("train.steps")) {
-    throw_input(where, "is at step " + std::to_string(p.state.step) + ", past train.steps (" + r.str("train.steps") + ")",
+  if (p.state.step > c.train.steps) {
+    throw_input(where, "is at step " + std::to_string(p.state.step) + ", past train.steps (" + std::to_string(c.train.steps) + ")",
                 "raise train.steps to continue this run, or start a new one (another run.dir)");
   }
   guard.check(p.state, *from);
-  check_counters(r, train, p.state, where);
+  check_counters(c, train, p.state, where);
   return p;
 }
 

@@ -20,6 +20,17 @@ void check_recipe(const Recipe& r) {
   if (r.integer("train.micro_batch") > 0 && r.integer("train.global_batch") % r.integer("train.micro_batch") != 0) {
     r.fail("train.micro_batch", "train.micro_batch must divide train.global_batch");
   }
+  if (r.str("train.mode") == "gates" && r.str("gate.type") == "none" && r.integer("lora.rank") == 0) {
+    r.fail("gate.type", "nothing to train: gate.type is none and lora.rank is 0", "enable gates or LoRA, or use train.mode: pretrain");
+  }
+  if (r.number("train.context_min") > r.number("train.context_max")) {
+    r.fail("train.context_min", "train.context_min (" + r.str("train.context_min") + ") is above train.context_max (" +
+                                    r.str("train.context_max") + ")", "the split's context share is drawn from [context_min, context_max]");
+  }
+  if (r.number("loss.target_keep_max") > 0 && r.number("loss.target_keep_max") < r.number("loss.target_keep")) {
+    r.fail("loss.target_keep_max", "loss.target_keep_max (" + r.str("loss.target_keep_max") + ") is below loss.target_keep (" +
+                                        r.str("loss.target_keep") + ")", "targets are drawn from [target_keep, target_keep_max]; 0 turns it off");
+  }
   if (r.integer("model.init_seed") >= 0 && r.str("train.mode") != "pretrain") {
     r.fail("model.init_seed", "model.init_seed (random weights) only makes sense with train.mode: pretrain");
   }
@@ -86,11 +97,11 @@ RunData open_run_data(const Recipe& r, const ModelConfig& mc) {
   return d;
 }
 
-LoaderOptions train_loader_options(const Recipe& r, int prefetch) {
+LoaderOptions train_loader_options(const RunConfig& c, int prefetch) {
   LoaderOptions o;
-  o.seq_len = r.integer("data.seq_len");
-  o.global_batch = r.integer("train.global_batch");
-  o.sft_mode = r.str("data.sft_mode");
+  o.seq_len = c.data.seq_len;
+  o.global_batch = c.train.global_batch;
+  o.sft_mode = c.data.sft_mode;
   o.prefetch = prefetch;
   return o;
 }

@@ -15,13 +15,13 @@ using json = nlohmann::json;
 
 namespace agate {
 
-void save_run_outputs(const std::string& run_dir, const Recipe& r, const LlamaModel* pretrained,
+void save_run_outputs(const std::string& run_dir, const RunConfig& c, const LlamaModel* pretrained,
                       const NamedTensors& trainable, const TrainSummary& s) {
   if (pretrained) {
     pretrained->save((fs::path(run_dir) / "model").string());
     log::info("saved the trained model to {}/model", run_dir);
   } else {
-    std::map<std::string, std::string> meta{{"gate_type", r.str("gate.type")}, {"lora_rank", r.str("lora.rank")}};
+    std::map<std::string, std::string> meta{{"gate_type", kGateTypes.name(c.gate.type)}, {"lora_rank", std::to_string(c.lora.rank)}};
     save_safetensors((fs::path(run_dir) / "trainable.safetensors").string(), trainable, meta);
     log::info("saved {} trainable tensors to {}/trainable.safetensors", trainable.size(), run_dir);
   }

@@ -23,13 +23,13 @@ std::string eta_text(double seconds) {
 
 }  // namespace
 
-StepReporter::StepReporter(const Recipe& r, MetricsLog& metrics, int64_t start, int64_t window_tokens)
+StepReporter::StepReporter(const RunConfig& c, MetricsLog& metrics, int64_t start, int64_t window_tokens)
     : metrics_(metrics),
-      steps_(r.integer("train.steps")),
+      steps_(c.train.steps),
       start_(start),
-      log_every_(r.integer("train.log_every")),
-      max_bad_(r.integer("train.max_bad_steps")),
-      tokens_per_step_(r.integer("train.global_batch") * r.integer("data.seq_len")),
+      log_every_(c.train.log_every),
+      max_bad_(c.train.max_bad_steps),
+      tokens_per_step_(c.train.global_batch * c.data.seq_len),
       window_tokens_(window_tokens),
       t_start_(now_seconds()),
       t_window_(t_start_) {}

@@ -9,19 +9,20 @@ namespace agate {
 TrainForward::TrainForward(const LlamaModel& model, Gates* gates, ProjectionAdapter* adapter)
     : model_(model), gates_(gates), adapter_(adapter) {}
 
-StepForward TrainForward::operator()(const at::Tensor& inputs, const at::Tensor& real, Pass pass, bool recompute) {
+StepForward TrainForward::operator()(const ForwardCall& call) {
   ForwardOptions opts;
-  opts.visibility = pass == Pass::base ? nullptr : gates_;
-  opts.adapter = pass == Pass::base ? nullptr : adapter_;
-  opts.train = pass == Pass::train;
-  opts.recompute = recompute;
-  opts.token_weight = real;
-  ModelOutput o = model_.run(inputs, opts);
+  opts.visibility = call.pass == Pass::base ? nullptr : gates_;
+  opts.adapter = call.pass == Pass::base ? nullptr : adapter_;
+  opts.train = call.pass == Pass::train;
+  opts.recompute = call.recompute;
+  opts.token_weight = call.real;
+  opts.dense_until = opts.visibility ? call.context : 0;
+  ModelOutput o = model_.run(call.inputs, opts);
   StepForward out;
   out.logits = o.logits;
   if (opts.visibility) {
     out.keep = o.keep_means();
-    out.kept = o.flag_means(real).mean();
+    out.kept = o.flag_means(call.real).mean();
   }
   return out;
 }

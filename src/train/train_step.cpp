@@ -61,17 +61,21 @@ TrainStep::TrainStep(Forward forward, NamedTensors trainable, AdamW& optimizer, 
       device_(device) {}
 
 StepStats TrainStep::run(const at::Tensor& tokens_host, const at::Tensor& mask_host, double lr, double lambda,
-                         double target_keep, const at::Tensor& real_host) {
+                         double target_keep, const at::Tensor& real_host, int64_t context) {
   const auto f64 = at::TensorOptions(at::kDouble).device(device_);
   const int64_t local = tokens_host.size(0), T = tokens_host.size(1) - 1;
   // Target counts from the host copy of the mask: no device read. The global count is summed
   // over ranks on the device.
-  const at::Tensor w_host = mask_host.slice(1, 1);
+  at::Tensor w_host = mask_host.slice(1, 1);  // [local, T]: the weight of the target after input position t
+  if (context > 0) {  // only the continuation's predictions count
+    w_host = w_host.clone();
+    w_host.slice(1, 0, std::min(context, T)).zero_();
+  }
   at::Tensor total = at::full({}, w_host.sum().item<double>(), f64);
   pg_.all_reduce_sum(total);
   total = total.clamp_min(1.0);
   const at::Tensor tokens = tokens_host.to(device_, /*non_blocking=*/true);
-  const at::Tensor mask = mask_host.to(device_, /*non_blocking=*/true);
+  const at::Tensor weights = w_host.to(device_, /*non_blocking=*/true);
   const at::Tensor real = real_host.defined() ? real_host.to(device_, /*non_blocking=*/true) : at::Tensor();
 
   optimizer_.zero_grad();
@@ -81,10 +85,10 @@ StepStats TrainStep::run(const at::Tensor& tokens_host, const at::Tensor& mask_h
     const int64_t m1 = std::min(local, m0 + o_.micro_batch);
     at::Tensor tok = tokens.slice(0, m0, m1);
     at::Tensor inputs = tok.slice(1, 0, T), targets = tok.slice(1, 1);
-    at::Tensor w = mask.slice(0, m0, m1).slice(1, 1);
+    at::Tensor w = weights.slice(0, m0, m1);
     const double count = w_host.slice(0, m0, m1).sum().item<double>();  // host
     const at::Tensor real_in = real.defined() ? real.slice(0, m0, m1).slice(1, 0, T) : at::Tensor();
-    StepForward fw = forward_(inputs, real_in, Pass::train, o_.recompute);
+    StepForward fw = forward_({inputs, real_in, Pass::train, o_.recompute, context});
     const at::Tensor &logits = fw.logits, &keep = fw.keep;
     at::Tensor lm = lm_loss(logits, targets, w);
     // Per-rank terms are scaled so that the SUM of the ranks' gradients is the global one.
@@ -100,7 +104,7 @@ StepStats TrainStep::run(const at::Tensor& tokens_host, const at::Tensor& mask_h
       at::Tensor teacher;
       {
         c10::NoGradGuard no_grad;
-        teacher = forward_(inputs, real_in, Pass::base, false).logits;  // the frozen base: no gates, no LoRA
+        teacher = forward_({inputs, real_in, Pass::base, false, 0}).logits;  // the frozen base: no gates, no LoRA
       }
       loss = loss + o_.distill * share * distill_loss(logits, teacher, w);
     }

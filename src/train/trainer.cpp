@@ -26,6 +26,7 @@
 #include "agate/train/metrics_log.h"
 #include "agate/train/resume.h"
 #include "agate/train/resume_guard.h"
+#include "agate/train/run_config.h"
 #include "agate/train/run_outputs.h"
 #include "agate/train/schedule.h"
 #include "agate/train/step_report.h"
@@ -48,21 +49,21 @@ namespace agate {
 namespace {
 
 // run.device resolved (after the recipe's checks and the thread count); CUDA: made current.
-c10::Device run_device(const Recipe& r, const LaunchEnv& env) {
-  configure_threads(static_cast<int>(r.integer("run.threads")), env.local_world);
+c10::Device run_device(const Recipe& r, const RunConfig& c, const LaunchEnv& env) {
+  configure_threads(static_cast<int>(c.run.threads), env.local_world);
   check_recipe(r);
-  const c10::Device device = resolve_device(r.str("run.device"), env.local_rank, "run.device");
+  const c10::Device device = resolve_device(c.run.device, env.local_rank, "run.device");
   if (device.is_cuda()) c10::impl::VirtualGuardImpl(device.type()).setDevice(device);  // NCCL and allocations follow it
   return device;
 }
 
 // The base model: its weights, or random ones (model.init_seed, pretraining).
-LlamaModel load_base(const Recipe& r, c10::Device device) {
-  const std::string dir = r.str("model.path");
-  const auto dtype = parse_compute_dtype(r.str("model.dtype"));
-  if (r.integer("model.init_seed") >= 0) {
+LlamaModel load_base(const ModelSection& m, c10::Device device) {
+  const std::string& dir = m.path;
+  const auto dtype = parse_compute_dtype(m.dtype);
+  if (m.init_seed >= 0) {
     return LlamaModel::init_random(load_model_config((fs::path(dir) / "config.json").string()),
-                                   static_cast<uint64_t>(r.integer("model.init_seed")), dtype, device);
+                                   static_cast<uint64_t>(m.init_seed), dtype, device);
   }
   if (!WeightFolder::present(dir)) {
     throw_input(dir, "holds only config.json, no weights", "--dry-run plans with it; training needs the model's safetensors");
@@ -73,7 +74,8 @@ LlamaModel load_base(const Recipe& r, c10::Device device) {
 }  // namespace
 
 struct Trainer::Impl {
-  const Recipe r;  // a copy: callers may pass a temporary
+  const Recipe r;     // a copy: callers may pass a temporary
+  const RunConfig c;  // r's typed sections
   const LaunchEnv env;
   const std::string run_dir;
   const bool pretrain;
@@ -88,23 +90,24 @@ struct Trainer::Impl {
 
   explicit Impl(const Recipe& recipe)
       : r(recipe),
+        c(RunConfig::from(r)),
         env(detect_launch_env()),
-        run_dir(r.str("run.dir")),
-        pretrain(r.str("train.mode") == "pretrain"),
-        device(run_device(r, env)),
-        model(load_base(r, device)),
+        run_dir(c.run.dir),
+        pretrain(c.train.mode == TrainMode::Pretrain),
+        device(run_device(r, c, env)),
+        model(load_base(c.model, device)),
         data(open_run_data(r, model.config())),
         parts(make_parts()),
-        seq_len(r.integer("data.seq_len")),
-        global_batch(r.integer("train.global_batch")),
-        micro_batch(r.integer("train.micro_batch") > 0 ? r.integer("train.micro_batch") : global_batch),
+        seq_len(c.data.seq_len),
+        global_batch(c.train.global_batch),
+        micro_batch(c.train.micro_batch),
         forward(model, parts.gates.get(), parts.lora.get()),
         guard(r) {}
 
   TrainableParts make_parts() {
     model.set_requires_grad(pretrain);
     if (pretrain) return {nullptr, nullptr, model.parameters()};
-    TrainableParts p = make_trainable_parts(r, model.config(), static_cast<uint64_t>(r.integer("run.seed")), device);
+    TrainableParts p = make_trainable_parts(c, model.config(), static_cast<uint64_t>(c.run.seed), device);
     for (const auto& [name, w] : model.parameters()) {
       if (w.requires_grad()) throw_runtime("base weight " + name + " is trainable in gates mode");
     }
@@ -113,8 +116,8 @@ struct Trainer::Impl {
 
   TrainPlan plan() const {
     const PlanCounts counts{numel(parts.trainable), parts.gates ? numel(parts.gates->parameters()) : 0,
-                            static_cast<int64_t>(DataLoader(data.train, train_loader_options(r), {}).num_samples())};
-    return plan_run(r, model.config(), counts, device.str());
+                            static_cast<int64_t>(DataLoader(data.train, train_loader_options(c), {}).num_samples())};
+    return plan_run(c, model.config(), counts, device.str());
   }
 
   // Mean LM loss and keep ratio over eval.batches fixed validation batches.
@@ -122,16 +125,18 @@ struct Trainer::Impl {
     ForwardOptions fo;
     fo.visibility = with_gates ? parts.gates.get() : nullptr;
     fo.adapter = with_gates ? parts.lora.get() : nullptr;
-    return measure_held_out(model, fo, *data.val, {seq_len, micro_batch, r.integer("eval.batches"), r.str("data.sft_mode")},
+    return measure_held_out(model, fo, *data.val, {seq_len, micro_batch, c.eval.batches, c.data.sft_mode},
                             pg.get());
   }
 
   void join_group() {
     DistOptions dopt;
-    dopt.backend = r.str("dist.backend");
+    dopt.backend = c.dist.backend;
     dopt.device = device;
-    dopt.timeout = std::chrono::seconds(r.integer("dist.timeout_s"));
-    if (r.str("dist.store") == "file") dopt.file_store = r.str("dist.store_path").empty() ? (fs::path(run_dir) / ".store").string() : r.str("dist.store_path");
+    dopt.timeout = std::chrono::seconds(c.dist.timeout_s);
+    if (c.dist.store == StoreKind::File) {
+      dopt.file_store = c.dist.store_path.empty() ? (fs::path(run_dir) / ".store").string() : c.dist.store_path;
+    }
     pg = ProcessGroup::create(env, dopt);
     // Every rank must hold the same base weights and the same resolved recipe.
     const std::string fp = guard.model_fingerprint(), yaml = r.to_yaml();
@@ -146,23 +151,22 @@ struct Trainer::Impl {
     init_logging(env.rank, (fs::path(run_dir) / "logs" / log_name).string());
     join_group();
     const bool lead = pg->rank() == 0;  // rank 0 writes metrics, checkpoints and outputs
-    const std::optional<ResumePoint> from = find_resume_point(r, run_dir, resume, guard, data.train);
+    const std::optional<ResumePoint> from = find_resume_point(c, run_dir, resume, guard, data.train);
     if (lead) write_file_atomic((fs::path(run_dir) / "config.resolved.yaml").string(), r.to_yaml());
     log::info("run folder {}; {} rank(s), backend {}; plan:\n{}", run_dir, pg->world(), pg->backend(), plan().describe());
     // AGATE_DETECT_ANOMALY=1: autograd names the op that produced a NaN (slow; for debugging).
     if (const char* a = std::getenv("AGATE_DETECT_ANOMALY"); a && std::string(a) == "1") {
       torch::autograd::AnomalyMode::set_enabled(true);
     }
-    const int64_t steps = r.integer("train.steps"), ckpt_every = r.integer("checkpoint.every_steps");
-    AdamW optimizer(parts.trainable, AdamWOptions{r.number("optim.lr"), r.number("optim.beta1"), r.number("optim.beta2"),
-                                                  r.number("optim.eps"), r.number("optim.weight_decay")});
-    const Schedule sched{r.str("optim.schedule"), r.number("optim.lr"), r.integer("optim.warmup_steps"), steps,
-                         r.number("optim.min_lr_ratio"), r.number("optim.decay_fraction")};
+    const int64_t steps = c.train.steps, ckpt_every = c.checkpoint.every_steps;
+    const OptimSection& oc = c.optim;
+    AdamW optimizer(parts.trainable, AdamWOptions{oc.lr, oc.beta1, oc.beta2, oc.eps, oc.weight_decay});
+    const Schedule sched = oc.schedule_for(steps);
 
     // Parameters, optimizer, data cursor, counters and the metric window: exactly as saved.
     TrainSummary summary;
     TrainState st;  // a fresh run's: step 0, the seed's cursor
-    st.cursor = {static_cast<uint64_t>(r.integer("run.seed")), 0, 0};
+    st.cursor = {static_cast<uint64_t>(c.run.seed), 0, 0};
     StepWindow window(device);  // device-side sums of the step statistics since the last log line
     if (from) {
       restore_trainable(parts.trainable, *from);
@@ -181,7 +185,7 @@ struct Trainer::Impl {
       c10::NoGradGuard no_grad;
       for (auto& kv : parts.trainable) pg->broadcast(kv.second, 0);
     }
-    LoaderOptions lo = train_loader_options(r, LoaderOptions{}.prefetch);
+    LoaderOptions lo = train_loader_options(c, LoaderOptions{}.prefetch);
     lo.rank = pg->rank();
     lo.world = pg->world();
     DataLoader loader(data.train, lo, st.cursor);
@@ -191,7 +195,7 @@ struct Trainer::Impl {
       log::info("validation loss of the base model without gates: {:.4f}", summary.val_base_loss);
       metrics.record({{"step", 0}, {"val_base_loss", summary.val_base_loss}});
     }
-    StepReporter report(r, metrics, st.step, from ? st.window_tokens : 0);
+    StepReporter report(c, metrics, st.step, from ? st.window_tokens : 0);
 
     auto write_checkpoint = [&](int64_t step) {
       for (const auto& [name, p] : parts.trainable) {
@@ -208,31 +212,34 @@ struct Trainer::Impl {
       s.val_base_loss = summary.val_base_loss, s.val_loss = summary.val_loss, s.keep = summary.keep;
       if (lead) {
         log::info("checkpoint {}", save_checkpoint(run_dir, step, {parts.trainable, optimizer.state(), s.to_json()},
-                                                   r.integer("checkpoint.keep_last")));
+                                                   c.checkpoint.keep_last));
       }
       pg->barrier();  // nobody moves on (or exits) before the checkpoint is complete
     };
 
     TrainStepOptions so;
     so.micro_batch = micro_batch, so.global_batch = global_batch, so.gates = has_gates;
-    so.recompute = r.boolean("train.recompute");
-    so.sparsity = r.str("loss.sparsity");
-    so.distill = r.number("loss.distill"), so.grad_clip = r.number("optim.grad_clip");
-    TrainStep train_step([this](const at::Tensor& in, const at::Tensor& real, Pass pass, bool rc) { return forward(in, real, pass, rc); },
+    so.recompute = c.train.recompute;
+    so.sparsity = c.loss.sparsity;
+    so.distill = c.loss.distill, so.grad_clip = oc.grad_clip;
+    TrainStep train_step([this](const ForwardCall& call) { return forward(call); },
                          parts.trainable, optimizer, *pg, so, device);
 
     for (int64_t step = st.step; step < steps; ++step) {
       const double lr = sched.at(step);
-      const double lambda = sparsity_lambda(r.number("loss.lambda"), r.integer("loss.lambda_warmup_steps"), step);
+      const double lambda = sparsity_lambda(c.loss.lambda, c.loss.lambda_warmup_steps, step);
       Batch batch = loader.next();
       pg->heartbeat(step);
       // The whole step runs on the device; its statistics are read when a report is due.
-      const double target = target_keep_at(r.number("loss.target_keep"), r.integer("loss.target_ramp_steps"), step);
-      window.add(train_step.run(batch.tokens, batch.mask, lr, lambda, target, batch.real));
+      const uint64_t seed = static_cast<uint64_t>(c.run.seed);
+      const double target = random_target_at(target_keep_at(c.loss.target_keep, c.loss.target_ramp_steps, step),
+                                             c.loss.target_keep_max, seed, step);
+      const int64_t context = context_at(c.train.context_min, c.train.context_max, seq_len, seed, step);
+      window.add(train_step.run(batch.tokens, batch.mask, lr, lambda, target, batch.real, context));
       st.tokens += global_batch * seq_len;
       report.after_step(step, lr, lambda, window, st.tokens, summary);
       const bool last = step + 1 == steps;
-      const int64_t every = r.integer("eval.every");
+      const int64_t every = c.eval.every;
       if (data.val && ((every > 0 && (step + 1) % every == 0) || last)) {
         const HeldOut v = validate(true);
         summary.val_loss = v.loss;
@@ -251,7 +258,7 @@ struct Trainer::Impl {
         return summary;
       }
     }
-    if (lead) save_run_outputs(run_dir, r, pretrain ? &model : nullptr, parts.trainable, summary);
+    if (lead) save_run_outputs(run_dir, c, pretrain ? &model : nullptr, parts.trainable, summary);
     pg->barrier();
     return summary;
   }
@@ -261,7 +268,7 @@ struct Trainer::Impl {
     bool had_file = false;
     s = finished_summary(run_dir, s, &had_file);
     log::info("{} already finished at step {}: nothing to train", run_dir, s.steps);
-    if (lead && !had_file) save_run_outputs(run_dir, r, pretrain ? &model : nullptr, parts.trainable, s);
+    if (lead && !had_file) save_run_outputs(run_dir, c, pretrain ? &model : nullptr, parts.trainable, s);
     pg->barrier();
     return s;
   }

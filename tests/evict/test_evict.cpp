@@ -176,7 +176,7 @@ TEST(Evict, EveryBaselineKeepsItsBudgetAtEveryBudgetEvenBelowTheWindow) {
     PolicyOptions o;
     o.window = 8;
     o.kvpress = kvpress;
-    if (kvpress) o.pooling = "avg";
+    if (kvpress) o.pooling = evict::Pooling::Avg;
     for (const auto& name : baseline_names()) {
       const auto p = make_policy(name, o);
       std::vector<std::vector<int64_t>> cases;
@@ -284,11 +284,11 @@ TEST(Kvpress, SnapKVScoresAreTheWindowMeanPooledPerQueryHead) {
   PolicyOptions o;
   o.window = w;
   o.kernel = 5;
-  o.pooling = "avg";
+  o.pooling = evict::Pooling::Avg;
   const at::Tensor ours = snapkv_scores(q, k, o);
   o.kvpress = true;
   EXPECT_TRUE(at::allclose(snapkv_scores(q, k, o) * w, ours, 1e-5, 1e-7));
-  o.pooling = "max";
+  o.pooling = evict::Pooling::Max;
   EXPECT_NE(test::error_of([&] { snapkv_scores(q, k, o); }).find("kvpress's SnapKV pools by avg"), std::string::npos);
 }
 
@@ -300,7 +300,7 @@ TEST(Kvpress, EveryBaselineKeepsExactlyItsBudget) {
   PolicyOptions o;
   o.window = 4;
   o.kvpress = true;
-  o.pooling = "avg";
+  o.pooling = evict::Pooling::Avg;
   o.beta = 2;
   for (const auto& name : baseline_names()) {
     for (double keep : {0.25, 0.5, 0.75, 1.0}) {

@@ -26,7 +26,7 @@ at::Tensor tokens(int64_t B, int64_t T, uint64_t seed = 1) {
 
 GateConfig gate_config(const std::string& type) {
   GateConfig g;
-  g.type = parse_gate_type(type);
+  g.type = kGateTypes.parse(type, "gate.type");
   g.heads = 2;
   g.head_dim = 8;
   return g;
@@ -140,7 +140,7 @@ TEST(Gates, GradientsReachOnlyGateParameters) {
   o.train = true;
   const ModelOutput out = m.run(tokens(2, 12), o);
   (lm_loss(out.logits.slice(1, 0, 11), tokens(2, 12).slice(1, 1), at::ones({2, 11})) +
-   sparsity_loss(out.keep_means(), "l2_target", 0.3))
+   sparsity_loss(out.keep_means(), SparsityForm::L2Target, 0.3))
       .backward();
   for (const auto& [name, p] : m.parameters()) EXPECT_FALSE(p.grad().defined()) << name;
   for (const auto& [name, p] : gates->parameters()) {
@@ -189,7 +189,7 @@ TEST(Gates, RecomputationGivesTheSameGradients) {
     o.recompute = recompute;
     const ModelOutput out = m.run(tokens(2, 12), o);
     EXPECT_TRUE(out.keep_means().requires_grad()) << recompute;
-    (out.logits.pow(2).mean() + sparsity_loss(out.keep_means(), "l2_target", 0.2)).backward();
+    (out.logits.pow(2).mean() + sparsity_loss(out.keep_means(), SparsityForm::L2Target, 0.2)).backward();
     std::vector<at::Tensor> grads;
     for (const auto& kv : gates->parameters()) grads.push_back(kv.second.grad().clone());
     return grads;
@@ -201,9 +201,9 @@ TEST(Gates, RecomputationGivesTheSameGradients) {
 
 TEST(Losses, SparsityFormsAndLambdaWarmup) {
   at::Tensor keep = at::tensor({0.8, 0.4});
-  EXPECT_NEAR(sparsity_loss(keep, "l2_target", 0.5).item<double>(), (0.09 + 0.01) / 2, 1e-6);
-  EXPECT_NEAR(sparsity_loss(keep, "hinge", 0.5).item<double>(), 0.09 / 2, 1e-6);
-  EXPECT_NEAR(sparsity_loss(keep, "l1", 0.5).item<double>(), 0.6, 1e-6);
+  EXPECT_NEAR(sparsity_loss(keep, SparsityForm::L2Target, 0.5).item<double>(), (0.09 + 0.01) / 2, 1e-6);
+  EXPECT_NEAR(sparsity_loss(keep, SparsityForm::Hinge, 0.5).item<double>(), 0.09 / 2, 1e-6);
+  EXPECT_NEAR(sparsity_loss(keep, SparsityForm::L1, 0.5).item<double>(), 0.6, 1e-6);
   EXPECT_DOUBLE_EQ(sparsity_lambda(2.0, 10, 5), 1.0);
   EXPECT_DOUBLE_EQ(sparsity_lambda(2.0, 10, 50), 2.0);
   EXPECT_DOUBLE_EQ(sparsity_lambda(2.0, 0, 0), 2.0);
@@ -298,13 +298,13 @@ TEST(GateConfigJson, RoundTripsAndRefusesUnknownNames) {
   EXPECT_EQ(back.threshold, 0.25);
   EXPECT_EQ(back.sink_tokens, 4);
   EXPECT_EQ(back.recent_window, 9);
-  for (GateType t : {GateType::Attention, GateType::Mlp, GateType::None}) EXPECT_EQ(parse_gate_type(gate_type_name(t)), t);
-  const std::string bad = agate::test::error_of([] { parse_gate_type("lstm"); });
-  EXPECT_NE(bad.find("gate.type 'lstm' is not a gate type"), std::string::npos) << bad;
+  for (GateType t : {GateType::Attention, GateType::Mlp, GateType::None}) EXPECT_EQ(kGateTypes.parse(kGateTypes.name(t), "t"), t);
+  const std::string bad = agate::test::error_of([] { kGateTypes.parse("lstm", "gate.type"); });
+  EXPECT_NE(bad.find("gate.type 'lstm' is not one of attention, mlp, none"), std::string::npos) << bad;
   EXPECT_NE(bad.find("use attention, mlp or none"), std::string::npos) << bad;
   nlohmann::json broken = j;
   broken["estimator"] = "hard";
-  EXPECT_NE(agate::test::error_of([&] { (void)broken.get<GateConfig>(); }).find("is not an estimator"), std::string::npos);
+  EXPECT_NE(agate::test::error_of([&] { (void)broken.get<GateConfig>(); }).find("gate.estimator 'hard' is not one of ste, soft"), std::string::npos);
   broken.erase("estimator");
   EXPECT_THROW((void)broken.get<GateConfig>(), nlohmann::json::exception);
 }

@@ -208,7 +208,7 @@ TEST(Gates, ExplicitCpuDeviceGivesTheSameParameters) {
   const ModelConfig mc = agate::test::tiny_config(4, 2, false, 53);
   for (const char* type : {"attention", "mlp"}) {
     GateConfig g;
-    g.type = parse_gate_type(type);
+    g.type = kGateTypes.parse(type, "gate.type");
     auto a = Gates::create(g, mc, 9), b = Gates::create(g, mc, 9, c10::Device(c10::kCPU));
     ASSERT_EQ(a->parameters().size(), b->parameters().size());
     EXPECT_EQ(b->device(), c10::Device(c10::kCPU));
@@ -231,10 +231,10 @@ TEST(Gates, CudaGatesMatchCpuGates) {
   for (const char* type : {"attention", "mlp"}) {
     for (const char* estimator : {"ste", "soft"}) {
       GateConfig g;
-      g.type = parse_gate_type(type);
+      g.type = kGateTypes.parse(type, "gate.type");
       g.heads = 2;
       g.head_dim = 8;
-      g.estimator = parse_estimator(estimator);
+      g.estimator = kEstimators.parse(estimator, "gate.estimator");
       g.sink_tokens = 2;
       g.init_bias = 0.3;  // p clear of the threshold (no flag flips from rounding); sinks stay 1
       const std::string what = std::string(type) + " " + estimator;

@@ -68,7 +68,7 @@ TEST(Generate, SnapKVAtKeepOneIsFull) {
     evict::PolicyOptions po;
     po.window = 4;
     po.kvpress = kvpress;
-    po.pooling = kvpress ? "avg" : "max";
+    po.pooling = kvpress ? evict::Pooling::Avg : evict::Pooling::Max;
     const auto snap = evict::make_policy("snapkv", po);
     const GenerateResult r = generate(m, *snap, snap->layer_budgets(1.0, false, T, 2, 2), kPrompt, o);
     EXPECT_EQ(r.tokens, want) << "kvpress " << kvpress;
@@ -86,7 +86,7 @@ TEST(Generate, KeptFlagsHoldEachScoredPolicysBudget) {
     evict::PolicyOptions po;
     po.window = 4;
     po.kvpress = kvpress;
-    po.pooling = kvpress ? "avg" : "max";
+    po.pooling = kvpress ? evict::Pooling::Avg : evict::Pooling::Max;
     for (const auto& name : evict::baseline_names()) {
       if (name == "full") continue;
       const auto p = evict::make_policy(name, po);

@@ -17,12 +17,13 @@ struct Case {
   int64_t B, Hkv, G, Tq, Tk, hd, window, recent, sinks;
   bool ste, soft, keep;  // keep=false: no key_keep (plain attention)
   at::ScalarType dtype;
+  int64_t dense = 0;  // dense_until: queries at positions below it ignore the flags
 };
 
 std::string describe(const Case& c) {
   return "B" + std::to_string(c.B) + " Hkv" + std::to_string(c.Hkv) + " G" + std::to_string(c.G) + " Tq" +
          std::to_string(c.Tq) + " Tk" + std::to_string(c.Tk) + " hd" + std::to_string(c.hd) + " win" +
-         std::to_string(c.window) + " recent" + std::to_string(c.recent) + " sinks" + std::to_string(c.sinks) +
+         std::to_string(c.window) + " recent" + std::to_string(c.recent) + " sinks" + std::to_string(c.sinks) + " dense" + std::to_string(c.dense) +
          (c.keep ? (c.soft ? " soft" : " ste") : " nokeep") + (c.dtype == at::kFloat ? " fp32" : " bf16");
 }
 
@@ -50,7 +51,7 @@ Result run(const Case& c, AttentionKernel kernel, uint64_t seed) {
     }
   }
   set_attention_kernel(kernel);
-  at::Tensor out = masked_attention(q, k, v, q_pos, k_pos, keep, c.window, c.recent);
+  at::Tensor out = masked_attention(q, k, v, q_pos, k_pos, keep, c.window, c.recent, c.dense);
   out.backward(gout.to(c.dtype));
   set_attention_kernel(AttentionKernel::Flash);
   Result r{out.detach().to(at::kFloat), {}};
@@ -79,11 +80,12 @@ TEST(FlashAttention, EqualsTheReferenceInValueAndEveryGradient) {
   uint64_t seed = 1;
   for (auto dtype : {at::kFloat, at::kBFloat16}) {
     for (int64_t G : {1, 2, 4, 8}) {
-      for (int variant = 0; variant < 4; ++variant) {
+      for (int variant = 0; variant < 5; ++variant) {
         Case c{1, 2, G, 37, 37, 16, 0, 0, 0, true, false, true, dtype};
         if (variant == 1) c.window = 13, c.recent = 4;           // sliding + recent windows
         if (variant == 2) c.Tq = 19, c.Tk = 150, c.sinks = 3;    // a query block behind a cache
         if (variant == 3) c.soft = true, c.ste = false;          // soft probabilities
+        if (variant == 4) c.dense = 20, c.recent = 3;            // a context/continuation split
         check(c, seed++);
       }
     }
@@ -100,6 +102,43 @@ TEST(FlashAttention, LengthsThatAreNotTileMultiplesAndPlainAttention) {
   check({1, 3, 3, 200, 200, 64, 0, 0, 0, false, false, false, at::kFloat}, seed++);   // no key_keep
   check({1, 3, 3, 200, 200, 64, 50, 0, 0, false, false, false, at::kBFloat16}, seed++);
   check({1, 2, 4, 70, 270, 32, 100, 16, 2, false, true, true, at::kBFloat16}, seed++);
+}
+
+// A context/continuation split (dense_until = s): the queries before s see every earlier key,
+// as without flags, and those from s on see the flagged keys, as without the split; the keep
+// gradient comes from the continuation's queries only. Every kernel, values and gradients.
+TEST(FlashAttention, DenseQueriesIgnoreTheFlagsAndTheRestUseThem) {
+  at::manual_seed(11);
+  const int64_t B = 2, Hkv = 2, G = 2, T = 70, hd = 16, s = 30;
+  at::Tensor q0 = at::randn({B, Hkv * G, T, hd}), k0 = at::randn({B, Hkv, T, hd}), v0 = at::randn({B, Hkv, T, hd});
+  at::Tensor p0 = at::rand({B, T, Hkv});
+  const at::Tensor pos = at::arange(0, T, at::kLong), gout = at::randn({B, Hkv * G, T, hd});
+  for (auto kernel : {AttentionKernel::Flash, AttentionKernel::Rows, AttentionKernel::Reference}) {
+    set_attention_kernel(kernel);
+    auto attend = [&](bool flags, int64_t dense) {
+      at::Tensor q = q0.clone().requires_grad_(true), p = p0.clone().requires_grad_(true);
+      at::Tensor keep = (p.detach() > 0.5).to(at::kFloat) + p - p.detach();  // STE flags
+      at::Tensor out = masked_attention(q, k0, v0, pos, pos, flags ? keep : at::Tensor(), 0, 2, dense);
+      out.backward(gout);
+      return std::make_tuple(out.detach(), q.grad(), p.grad());
+    };
+    const auto [split, dq, dp] = attend(true, s);
+    const auto [dense, dq_dense, dp_dense] = attend(false, 0);
+    const auto [gated, dq_gated, dp_gated] = attend(true, 0);
+    const std::string k = attention_kernel_name(kernel);
+    EXPECT_TRUE(at::allclose(split.slice(2, 0, s), dense.slice(2, 0, s), 1e-5, 1e-5)) << k << ": context rows";
+    EXPECT_TRUE(at::allclose(split.slice(2, s), gated.slice(2, s), 1e-5, 1e-5)) << k << ": continuation rows";
+    EXPECT_FALSE(at::allclose(split, gated, 1e-3, 1e-3)) << k << ": the split changes the context rows";
+    EXPECT_TRUE(at::allclose(dq.slice(2, 0, s), dq_dense.slice(2, 0, s), 1e-5, 1e-5)) << k;
+    EXPECT_TRUE(at::allclose(dq.slice(2, s), dq_gated.slice(2, s), 1e-5, 1e-5)) << k;
+    // Every keep gradient of the split run comes from continuation queries: dense_until = T
+    // leaves none.
+    EXPECT_GT(dp.abs().sum().item<double>(), 0) << k;
+    const auto [all_dense, dq_all, dp_all] = attend(true, T);
+    EXPECT_TRUE(at::allclose(all_dense, dense, 1e-5, 1e-5)) << k;
+    EXPECT_EQ(dp_all.abs().sum().item<double>(), 0) << k;
+  }
+  set_attention_kernel(AttentionKernel::Flash);
 }
 
 // Without gradients (the gated prefill and decode) the forward equals the reference too.

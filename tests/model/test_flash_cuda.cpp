@@ -43,6 +43,7 @@ const char* keep_name(KeepKind k) { return k == KeepKind::None ? "none" : k == K
 struct Case {
   int64_t B = 1, Hkv = 1, G = 1, Tq = 1, Tk = 1, hd = 64;
   int64_t sw = 0, rw = 0, sinks = 0, start = 0;
+  int64_t du = 0;  // dense_until (a context/continuation split), as an absolute position
   KeepKind keep = KeepKind::None;
   double keep_rate = 0.5;  // Flags: probability of a 1
   at::ScalarType dtype = at::kFloat;
@@ -55,7 +56,7 @@ struct Case {
   std::string what() const {
     return "B " + std::to_string(B) + " Hkv " + std::to_string(Hkv) + " G " + std::to_string(G) + " Tq " +
            std::to_string(Tq) + " Tk " + std::to_string(Tk) + " hd " + std::to_string(hd) + " sw " +
-           std::to_string(sw) + " rw " + std::to_string(rw) + " sinks " + std::to_string(sinks) + " start " +
+           std::to_string(sw) + " rw " + std::to_string(rw) + " du " + std::to_string(du) + " sinks " + std::to_string(sinks) + " start " +
            std::to_string(start) + " keep " + keep_name(keep) + " " + std::string(c10::toString(dtype)) +
            (gaps ? " gaps" : "") + (shuffled ? " shuffled" : "") + (strided ? " strided" : "") + (misaligned ? " misaligned" : "") + " q_gain " + std::to_string(q_gain) +
            (k_ramp != 0.0 ? " k_ramp " + std::to_string(k_ramp) : "");
@@ -105,7 +106,7 @@ Expected reference(const Case& c, const Inputs& in) {
   at::Tensor v = in.v.to(at::kDouble).requires_grad_(true);
   at::Tensor key_keep;
   if (in.keep.defined()) key_keep = in.keep.to(at::kDouble).permute({0, 2, 1}).contiguous().requires_grad_(true);
-  at::Tensor out = masked_attention_reference(q, k, v, in.q_pos, in.k_pos, key_keep, c.sw, c.rw);
+  at::Tensor out = masked_attention_reference(q, k, v, in.q_pos, in.k_pos, key_keep, c.sw, c.rw, c.du);
   out.backward(in.dout.to(at::kDouble));
   Expected e;
   e.out = out.detach();
@@ -124,6 +125,7 @@ Expected reference(const Case& c, const Inputs& in) {
   if (c.sw > 0) allowed = allowed.logical_and(d < c.sw);
   at::Tensor always = d == 0;
   if (c.rw > 0) always = always.logical_or(d < c.rw);
+  if (c.du > 0) always = always.logical_or(in.q_pos.view({c.Tq, 1}) < c.du);
   at::Tensor keepv = in.keep.defined() ? in.keep.to(at::kDouble).view({c.B, c.Hkv, 1, 1, c.Tk})
                                        : at::ones({1, 1, 1, 1, c.Tk}, at::kDouble);
   at::Tensor M = at::where(allowed, at::where(always, at::ones({}, at::kDouble), keepv), at::zeros({}, at::kDouble));
@@ -169,7 +171,7 @@ void run_case(const Case& c, uint64_t seed) {
     return c.strided && x.dim() == 4 ? strided_copy(x) : x;
   };
   const at::Tensor keep = in.keep.defined() ? in.keep.to(cuda) : at::Tensor();
-  kernels::FlashArgs a{dev(in.q), dev(in.k), dev(in.v), in.q_pos.to(cuda), in.k_pos.to(cuda), keep, c.sw, c.rw};
+  kernels::FlashArgs a{dev(in.q), dev(in.k), dev(in.v), in.q_pos.to(cuda), in.k_pos.to(cuda), keep, c.sw, c.rw, c.du};
   if (c.strided && c.Tq > 1) {
     ASSERT_FALSE(a.q.is_contiguous()) << what;
   }
@@ -232,6 +234,7 @@ std::vector<Case> sweep() {
     c.shuffled = pick(0, 4) == 0;
     c.strided = pick(0, 4) == 0;
     c.q_gain = pick(0, 2) == 0 ? 3.0 : 1.0;
+    if (i % 5 == 3) c.du = c.start + c.Tk / 2;  // every fifth case: a split inside the keys
     cases.push_back(c);
   }
   return cases;

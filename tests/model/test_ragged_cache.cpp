@@ -140,7 +140,7 @@ TEST(RaggedCache, DecodeTimeGatingWithRealGatesEqualsTheGatedForward) {
     ModelConfig c = test::tiny_config(4, 2);
     LlamaModel m = LlamaModel::init_random(c, 31, at::kFloat);
     GateConfig g;
-    g.type = parse_gate_type(type);
+    g.type = kGateTypes.parse(type, "gate.type");
     g.heads = 2;
     g.head_dim = 8;
     g.init_bias = 0.0;  // a mix of kept and evicted tokens

@@ -8,12 +8,13 @@
 #include <nlohmann/json.hpp>
 
 #include "../test_util.h"
+#include "tiny_run.h"
 #include "agate/data/dataset.h"
-#include "agate/infer/gate_export.h"
 #include "agate/io/safetensors.h"
 #include "agate/model/llama.h"
 #include "agate/train/checkpoint.h"
 #include "agate/train/recipe.h"
+#include "agate/train/run_config.h"
 #include "agate/train/schedule.h"
 #include "agate/train/trainer.h"
 #include "agate/util/checksum.h"
@@ -22,48 +23,10 @@
 using namespace agate;
 using agate::test::error_of;
 using agate::test::TempDir;
+using agate::test::TinySetup;
 namespace fs = std::filesystem;
 
 namespace {
-
-// A tiny model and a synthetic dataset with learnable structure (repeating patterns).
-struct TinySetup {
-  TempDir dir;
-  std::string model, train, val;
-  TinySetup(bool sft = false) {
-    ModelConfig c;
-    c.vocab_size = 64;
-    c.hidden_size = 32;
-    c.intermediate_size = 48;
-    c.num_hidden_layers = 2;
-    c.num_attention_heads = 4;
-    c.num_key_value_heads = 2;
-    c.head_dim = 8;
-    c.initializer_range = 0.1;
-    model = dir.file("model");
-    LlamaModel::init_random(c, 1, at::kFloat).save(model);
-    train = dir.file("data/train");
-    val = dir.file("data/val");
-    for (const auto& [path, seed] : {std::pair<std::string, int>{train, 1}, {val, 2}}) {
-      DatasetWriter w(path, sft ? "sft" : "cpt", "train", TokenSpace{64, 2, 1, 77}, 1 << 20);
-      for (int d = 0; d < 40; ++d) {
-        std::vector<uint32_t> t;
-        std::vector<uint8_t> m;
-        for (int i = 0; i < 30; ++i) {
-          t.push_back(static_cast<uint32_t>(3 + (d * seed + i * 7) % 13));
-          m.push_back(i >= 20);
-        }
-        w.add(t, sft ? m : std::vector<uint8_t>{});
-      }
-      w.finish();
-    }
-  }
-  std::string recipe(const std::string& extra = "") const {
-    return "run:\n  dir: " + dir.file("run") + "\nmodel:\n  path: " + model + "\ndata:\n  train: " + train +
-           "\n  val: " + val + "\n  seq_len: 16\ntrain:\n  steps: 6\n  global_batch: 4\n  log_every: 2\n"
-           "eval:\n  every: 3\n  batches: 2\ngate:\n  heads: 2\n  head_dim: 8\n" + extra;
-  }
-};
 
 std::string read_all(const std::string& p) { return test::read_bytes(p); }
 
@@ -101,6 +64,54 @@ TEST(Recipe, BadRecipesAreRefusedWithFileLineAndHint) {
   EXPECT_NE(msg(base, {"train.nope=1"}).find("override 'train.nope=1': unknown key"), std::string::npos);
   EXPECT_NE(msg(base + "run:\n  dir: ${run.nope}\n").find("refers to unknown key 'run.nope'"), std::string::npos);
   EXPECT_NE(msg("model: [1, 2\n").find("invalid YAML"), std::string::npos);
+}
+
+// The recipe as typed sections: fixed choices become enums from the same name tables the
+// schema lists, and derived values (micro_batch 0 = the global batch) are resolved once.
+TEST(Recipe, TypedSectionsHoldEnumsAndResolvedValues) {
+  const std::string yaml =
+      "model:\n  path: m\ndata:\n  train: d\n  sft_mode: pack\ntrain:\n  global_batch: 6\n  micro_batch: 0\n"
+      "loss:\n  sparsity: hinge\n  target_keep: 0.25\noptim:\n  schedule: wsd\n  lr: 0.011\n  weight_decay: 0.012\n"
+      "  beta1: 0.013\n  beta2: 0.014\n  eps: 0.015\n  grad_clip: 0.016\n  warmup_steps: 17\n  min_lr_ratio: 0.018\n"
+      "  decay_fraction: 0.019\ngate:\n  type: mlp\n  estimator: soft\n  heads: 3\n  head_dim: 6\n  mlp_hidden: 7\n"
+      "  threshold: 0.31\n  sink_tokens: 2\n  recent_window: 9\n  init_bias: 1.5\n"
+      "dist:\n  backend: gloo\n  store: file\nlora:\n  rank: 4\n  targets: [k_proj]\n";
+  const RunConfig c = RunConfig::from(Recipe::parse(yaml, "r.yaml"));
+  EXPECT_EQ(c.data.sft_mode, SftMode::Pack);
+  EXPECT_EQ(c.train.mode, TrainMode::Gates);
+  EXPECT_EQ(c.train.micro_batch, 6);
+  EXPECT_EQ(c.loss.sparsity, SparsityForm::Hinge);
+  EXPECT_EQ(c.loss.target_keep, 0.25);
+  EXPECT_EQ(c.optim.schedule, ScheduleKind::Wsd);
+  EXPECT_EQ(c.optim.schedule_for(10).kind, ScheduleKind::Wsd);
+  // Every field where the recipe put it (the sections are filled in declaration order).
+  const OptimSection& o = c.optim;
+  EXPECT_EQ(std::vector<double>({o.lr, o.weight_decay, o.beta1, o.beta2, o.eps, o.grad_clip, o.min_lr_ratio, o.decay_fraction}),
+            std::vector<double>({0.011, 0.012, 0.013, 0.014, 0.015, 0.016, 0.018, 0.019}));
+  EXPECT_EQ(o.warmup_steps, 17);
+  const GateConfig& g = c.gate;
+  EXPECT_EQ(std::vector<int64_t>({g.heads, g.head_dim, g.mlp_hidden, g.sink_tokens, g.recent_window}),
+            std::vector<int64_t>({3, 6, 7, 2, 9}));
+  EXPECT_EQ(g.threshold, 0.31);
+  EXPECT_EQ(g.init_bias, 1.5);
+  EXPECT_EQ(c.gate.type, GateType::Mlp);
+  EXPECT_EQ(c.gate.estimator, Estimator::Soft);
+  EXPECT_EQ(c.dist.backend, DistBackend::Gloo);
+  EXPECT_EQ(c.dist.store, StoreKind::File);
+  EXPECT_EQ(c.lora.rank, 4);
+  EXPECT_EQ(c.lora.targets, std::vector<std::string>{"k_proj"});
+  EXPECT_TRUE(c.has_gates());
+  EXPECT_FALSE(RunConfig::from(Recipe::parse(yaml, "r.yaml", {"train.mode=pretrain"})).has_gates());
+  // Every choice the schema lists parses into its enum (the lists are the tables).
+  for (const RecipeKey& k : recipe_schema()) {
+    for (const std::string& choice : k.choices) {
+      if (k.path == "model.dtype") continue;  // a torch dtype, not an enum
+      EXPECT_NO_THROW(RunConfig::from(Recipe::parse(yaml, "r.yaml", {k.path + "=" + choice}))) << k.path << "=" << choice;
+    }
+  }
+  // A name outside a table is refused with the choices and a hint.
+  const std::string m = error_of([] { (void)kSparsityForms.parse("l3", "loss.sparsity"); });
+  EXPECT_EQ(m, "loss.sparsity 'l3' is not one of l2_target, hinge, l1 (hint: use l2_target, hinge or l1)");
 }
 
 TEST(Recipe, TrainerRefusesBadValuesBeforeAnyWork) {
@@ -164,17 +175,43 @@ TEST(Recipe, DataFromAnotherTokenizerThanTheModelsIsRefused) {
 }
 
 TEST(Schedule, WarmupCosineConstantWsd) {
-  Schedule s{"cosine", 1.0, 10, 110, 0.1, 0.2};
+  Schedule s{ScheduleKind::Cosine, 1.0, 10, 110, 0.1, 0.2};
   EXPECT_DOUBLE_EQ(s.at(0), 0.1);
   EXPECT_DOUBLE_EQ(s.at(9), 1.0);
   EXPECT_NEAR(s.at(10), 1.0, 1e-12);
   EXPECT_NEAR(s.at(60), 0.55, 1e-12);
   EXPECT_NEAR(s.at(110), 0.1, 1e-12);
-  s.kind = "wsd";
+  s.kind = ScheduleKind::Wsd;
   EXPECT_DOUBLE_EQ(s.at(50), 1.0);
   EXPECT_NEAR(s.at(100), 0.55, 1e-12);
-  s.kind = "constant";
+  s.kind = ScheduleKind::Constant;
   EXPECT_DOUBLE_EQ(s.at(100), 1.0);
+}
+
+// The per-step draws: functions of (seed, step) alone, inside their ranges, and spread over them.
+TEST(Schedule, PerStepSplitsAndTargetsAreDeterministicAndInRange) {
+  EXPECT_EQ(context_at(0.0, 0.0, 512, 1, 5), 0) << "off";
+  int64_t lo = 512, hi = 0;
+  double tlo = 1, thi = 0;
+  for (int64_t step = 0; step < 400; ++step) {
+    const int64_t c = context_at(0.25, 0.75, 512, 3, step);
+    EXPECT_EQ(c, context_at(0.25, 0.75, 512, 3, step));
+    lo = std::min(lo, c), hi = std::max(hi, c);
+    const double t = random_target_at(0.2, 0.6, 3, step);
+    EXPECT_DOUBLE_EQ(t, random_target_at(0.2, 0.6, 3, step));
+    tlo = std::min(tlo, t), thi = std::max(thi, t);
+  }
+  EXPECT_GE(lo, 128);
+  EXPECT_LE(hi, 384);
+  EXPECT_LT(lo, 140);
+  EXPECT_GT(hi, 372);
+  EXPECT_GE(tlo, 0.2);
+  EXPECT_LT(thi, 0.6);
+  EXPECT_LT(tlo, 0.21);
+  EXPECT_GT(thi, 0.59);
+  EXPECT_NE(context_at(0.25, 0.75, 512, 3, 7), context_at(0.25, 0.75, 512, 4, 7)) << "the seed matters";
+  EXPECT_EQ(context_at(0.0, 0.999, 2, 1, 0), 1) << "clamped to [1, T - 1]";
+  EXPECT_DOUBLE_EQ(random_target_at(0.5, 0.0, 1, 1), 0.5) << "off";
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -278,6 +315,9 @@ TEST_P(ExactResume, KilledRunResumesToTheSameParametersAndMetrics) {
                                  "train.log_every=1", "data.seq_len=" + std::string(sft ? "32" : "16")};
   if (GetParam() == "pretrain") ov.push_back("train.mode=pretrain");
   if (sft) ov.push_back("lora.rank=2");
+  if (GetParam() == "split") {  // per-step draws (context split, randomised targets) replay after a resume
+    ov.insert(ov.end(), {"train.context_min=0.3", "train.context_max=0.8", "loss.target_keep_max=0.9"});
+  }
   // Uninterrupted.
   auto a = ov;
   a.push_back("run.dir=" + s.dir.file("a"));
@@ -306,7 +346,7 @@ TEST_P(ExactResume, KilledRunResumesToTheSameParametersAndMetrics) {
             metric_lines_without_timing(s.dir.file("b/metrics.jsonl"), 3));
 }
 
-INSTANTIATE_TEST_SUITE_P(Modes, ExactResume, ::testing::Values("gates", "sft", "pretrain"));
+INSTANTIATE_TEST_SUITE_P(Modes, ExactResume, ::testing::Values("gates", "sft", "pretrain", "split"));
 
 TEST(Resume, BreakingChangesAreRefusedNamingThemAndHarmlessOnesAllowed) {
   TinySetup s;
@@ -443,88 +483,3 @@ TEST(Checkpoint, InterruptedWritesAreNeverLoadedAndPruningKeepsTheNewest) {
   }
   fs::permissions(e.file("checkpoints"), fs::perms::owner_all);
 }
-
-// ---------------------------------------------------------------------------------------------
-// Gate export: round trip, and a mismatched base model refused.
-TEST(Export, RoundTripsAndRefusesAnotherBaseModel) {
-  TinySetup s;
-  test::write_bytes(s.dir.file("r.yaml"), s.recipe());
-  Trainer(Recipe::load(s.dir.file("r.yaml"))).run();
-  ExportOptions o;
-  o.run_dir = s.dir.file("run");
-  o.out = s.dir.file("export");
-  const double keep = export_gates(o);
-  EXPECT_GT(keep, 0.0);
-  EXPECT_LE(keep, 1.0);
-  for (const char* f : {"gates.safetensors", "kvgate_config.json", "head_keep_ratio.tsv", "README.md"})
-    EXPECT_TRUE(fs::exists(s.dir.file(std::string("export/") + f))) << f;
-  LlamaModel base = LlamaModel::load(s.model, at::kFloat);
-  auto gates = load_gate_export(s.dir.file("export"), base, s.model);
-  SafetensorsFile trained = SafetensorsFile::open(s.dir.file("run/trainable.safetensors"));
-  for (const auto& [name, t] : gates->parameters()) EXPECT_TRUE(at::equal(t, trained.tensor(name))) << name;
-  // Same shape, other weights: refused by fingerprint. Other shape: refused naming the key.
-  LlamaModel other = LlamaModel::init_random(base.config(), 99, at::kFloat);
-  other.save(s.dir.file("other"));
-  EXPECT_NE(error_of([&] { load_gate_export(s.dir.file("export"), other, s.dir.file("other")); }).find("other weights"),
-            std::string::npos);
-  ModelConfig c = base.config();
-  c.num_key_value_heads = 4;
-  LlamaModel wide = LlamaModel::init_random(c, 1, at::kFloat);
-  wide.save(s.dir.file("wide"));
-  EXPECT_NE(error_of([&] { load_gate_export(s.dir.file("export"), wide, s.dir.file("wide")); }).find("num_key_value_heads = 2, this one has 4"),
-            std::string::npos);
-}
-
-// Issue 16's export class: the run's relative model.path and data paths are resolved against the
-// folder it trained in, not the current one, and the base weights must be the checkpoint's; --out
-// must be new, empty or an export (else --force) and is written whole or not at all; an export
-// with LoRA is loaded whole (gates and LoRA) or refused.
-TEST(Export, ResolvesTheRunsPathsChecksTheWeightsAndWritesOnlyWhatItOwns) {
-  TinySetup s;
-  const fs::path cwd = fs::current_path();
-  fs::current_path(s.dir.path());  // train with relative paths, as a user in the project folder would
-  test::write_bytes("r.yaml", "run:\n  dir: runs/a\nmodel:\n  path: model\ndata:\n  train: data/train\n  val: data/val\n"
-                              "  seq_len: 16\ntrain:\n  steps: 3\n  global_batch: 4\n  log_every: 1\neval:\n  every: 3\n  batches: 1\n"
-                              "gate:\n  heads: 2\n  head_dim: 8\nlora:\n  rank: 4\noptim:\n  lr: 0.05\n");
-  Trainer(Recipe::load("r.yaml")).run();
-  fs::create_directories("elsewhere");
-  fs::current_path("elsewhere");
-  ExportOptions o;
-  o.run_dir = "../runs/a";
-  o.out = s.dir.file("export");
-  o.batches = 1;
-  std::string m = error_of([&] { export_gates(o); });
-  EXPECT_EQ(m, "") << "model.path and data.* are relative to where the run trained";
-  // A model with other weights is refused, naming the checkpoint's fingerprint, writing nothing.
-  LlamaModel::init_random(LlamaModel::load(s.model, at::kFloat).config(), 5, at::kFloat).save("model");
-  o.model = "model";
-  o.out = s.dir.file("export2");
-  m = error_of([&] { export_gates(o); });
-  EXPECT_NE(m.find("model: no base model with the weights the checkpoint"), std::string::npos) << m;
-  EXPECT_NE(m.find("hint: pass the base model the run trained on with --model DIR"), std::string::npos) << m;
-  EXPECT_FALSE(fs::exists(s.dir.file("export2"))) << "nothing written";
-  o.model = s.model;
-  o.batches = 1;
-  EXPECT_EQ(error_of([&] { export_gates(o); }), "");
-  fs::current_path(cwd);
-  const std::string cfg = test::read_bytes(s.dir.file("export/kvgate_config.json"));
-  EXPECT_NE(cfg.find("\"path\": \"" + s.model + "\""), std::string::npos) << "the absolute base path is recorded";
-  // --out: a model folder (not an export) is refused without --force and left untouched.
-  o.run_dir = s.dir.file("runs/a");
-  o.model = "";
-  o.out = s.model;
-  const std::string card = "# my model\n";
-  test::write_bytes(s.model + "/README.md", card);
-  m = error_of([&] { export_gates(o); });
-  EXPECT_NE(m.find("is not empty and holds no gate export"), std::string::npos) << m;
-  EXPECT_EQ(test::read_bytes(s.model + "/README.md"), card);
-  EXPECT_FALSE(fs::exists(s.model + "/kvgate_config.json"));
-  // An export is loaded whole: gates and LoRA; without its LoRA file it is refused.
-  LlamaModel base = LlamaModel::load(s.model, at::kFloat);
-  const LoadedExport e = load_export(s.dir.file("export"), base, s.model);
-  EXPECT_TRUE(e.gates && e.lora);
-  fs::remove(s.dir.file("export/lora.safetensors"));
-  m = error_of([&] { load_export(s.dir.file("export"), base, s.model); });
-  EXPECT_NE(m.find("has no lora.safetensors although kvgate_config.json lists a LoRA"), std::string::npos) << m;
-}
-

@@ -72,7 +72,7 @@ struct StepRig {
     g.heads = 2;
     g.head_dim = 8;
     g.init_bias = 0.0;  // about half the tokens evicted: the masked path
-    g.estimator = parse_estimator(estimator);
+    g.estimator = kEstimators.parse(estimator, "gate.estimator");
     g.sink_tokens = 1;
     gates = Gates::create(g, model.config(), 3, d);
     LoraConfig lc;
@@ -92,7 +92,7 @@ struct StepRig {
     so.recompute = recompute;
     so.distill = 0.5;
     so.grad_clip = 1.0;
-    step = std::make_unique<TrainStep>([this](const at::Tensor& in, const at::Tensor& real, Pass pass, bool rc) { return (*forward)(in, real, pass, rc); },
+    step = std::make_unique<TrainStep>([this](const ForwardCall& call) { return (*forward)(call); },
                                        trainable, *opt, *pg, so, d);
     auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
     tokens = at::randint(0, model.config().vocab_size, {4, 17}, gen, at::kLong);
@@ -100,6 +100,34 @@ struct StepRig {
     mask[3].slice(0, 10).zero_();  // padding in one sequence
   }
 };
+
+// A context/continuation split: the step's LM loss is the gated model's, with the context's
+// queries attending fully (dense_until), over the continuation's targets only.
+TEST(TrainStep, ContextSplitLossCountsOnlyTheContinuation) {
+  StepRig rig(c10::Device(c10::kCPU), "ste", false);
+  const int64_t T = rig.tokens.size(1) - 1, context = 9;
+  at::Tensor want, no_split;
+  {
+    c10::NoGradGuard no_grad;
+    auto lm_with = [&](int64_t dense, int64_t from) {
+      ForwardOptions fo;
+      fo.visibility = rig.gates.get();
+      fo.adapter = rig.lora.get();
+      fo.train = true;
+      fo.dense_until = dense;
+      const at::Tensor logits = rig.model.forward(rig.tokens.slice(1, 0, T), fo);
+      at::Tensor w = rig.mask.slice(1, 1).clone();
+      w.slice(1, 0, from).zero_();
+      return lm_loss(logits, rig.tokens.slice(1, 1), w);
+    };
+    want = lm_with(context, context);
+    no_split = lm_with(0, context);
+  }
+  const StepStats s = rig.step->run(rig.tokens, rig.mask, 1e-3, 0.1, 0.5, {}, context);
+  EXPECT_NEAR(s.lm.item<double>(), want.item<double>(), 1e-5);
+  EXPECT_GT(std::abs(no_split.item<double>() - want.item<double>()), 1e-4)
+      << "the continuation's loss depends on whether the context attended fully";
+}
 
 // The meta device has shapes but no data: any .item(), accessor or copy to the host inside the
 // step throws, and so does any tensor created on the CPU that meets the model's (a 0-dim CPU
@@ -174,14 +202,19 @@ TEST(AdamWMasked, AFalseFlagLeavesTheWholeStateUntouchedAndATrueFlagEqualsAPlain
 // Defect fixed: the recomputed forward runs without gradients, and the gates used to choose
 // hard vs soft by grad mode, so soft gates trained on hard flags forward and soft
 // probabilities backward. The training state is now explicit: recomputation changes nothing.
+// Also with SFT padding (the keep statistic's real tokens) and a context/continuation split:
+// the recomputed layer must read both, as the stored forward did (it used to drop them).
 TEST(TrainStepDefects, RecomputationTrainsExactlyLikeTheStoredForwardForSoftAndSteGates) {
   for (const char* estimator : {"soft", "ste"}) {
-    SCOPED_TRACE(estimator);
+   for (bool split : {false, true}) {
+    SCOPED_TRACE(std::string(estimator) + (split ? " + padding + split" : ""));
     StepRig plain(c10::kCPU, estimator, false), recomputed(c10::kCPU, estimator, true);
     const double lr = 1e-3;
+    const at::Tensor real = split ? plain.mask : at::Tensor();
+    const int64_t context = split ? 7 : 0;
     for (int i = 0; i < 3; ++i) {
-      const StepStats a = plain.step->run(plain.tokens, plain.mask, lr, 0.5, 0.5);
-      const StepStats b = recomputed.step->run(recomputed.tokens, recomputed.mask, lr, 0.5, 0.5);
+      const StepStats a = plain.step->run(plain.tokens, plain.mask, lr, 0.5, 0.5, real, context);
+      const StepStats b = recomputed.step->run(recomputed.tokens, recomputed.mask, lr, 0.5, 0.5, real, context);
       EXPECT_NEAR(a.loss.item<double>(), b.loss.item<double>(), 1e-5) << "step " << i;
       EXPECT_NEAR(a.keep.item<double>(), b.keep.item<double>(), 1e-9) << "step " << i;
       EXPECT_NEAR(a.grad_norm.item<double>(), b.grad_norm.item<double>(), 1e-4 * a.grad_norm.item<double>()) << "step " << i;
@@ -192,6 +225,7 @@ TEST(TrainStepDefects, RecomputationTrainsExactlyLikeTheStoredForwardForSoftAndS
       EXPECT_LE((plain.trainable[i].second - recomputed.trainable[i].second).abs().max().item<double>(), 2 * 3 * lr)
           << plain.trainable[i].first;
     }
+   }
   }
 }
 
@@ -206,8 +240,8 @@ TEST(TrainStepDefects, TheDistillationTeacherIsTheFrozenBaseWithoutLoRA) {
   c10::NoGradGuard no_grad;
   const at::Tensor inputs = rig.tokens.slice(1, 0, 16);
   const at::Tensor base = rig.model.forward(inputs);
-  EXPECT_TRUE(at::equal((*rig.forward)(inputs, {}, Pass::base, false).logits, base));
-  EXPECT_FALSE(at::allclose((*rig.forward)(inputs, {}, Pass::validate, false).logits, base, 1e-3, 1e-3));
+  EXPECT_TRUE(at::equal((*rig.forward)({inputs, {}, Pass::base}).logits, base));
+  EXPECT_FALSE(at::allclose((*rig.forward)({inputs, {}, Pass::validate}).logits, base, 1e-3, 1e-3));
 }
 
 // The same step on the GPU gives the CPU's numbers (float32; TF32 off for the comparison).

@@ -31,6 +31,7 @@ s = inline(src)
 s = s.replace('#pragma once\n', '')
 s = re.sub(r'#include <(ATen/cuda|ATen/ops|c10/cuda)/[^>]*>\n', '', s)
 s = re.sub(r'#include <(mma\.h|cuda_bf16\.h|cuda_pipeline\.h)>\n', '', s)
+s = s.replace('#include "../dispatch.h"', f'#include "{root}/src/model/dispatch.h"')
 s = s.replace('#include "../flash_attention.h"',
               f'#include "{root}/src/model/flash_attention.h"\n#include "{tool}/prelude.h"')
 s = s.replace('namespace agate::kernels {', 'namespace emu {\nusing namespace agate::kernels;')

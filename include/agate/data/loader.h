@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include "agate/util/choices.h"
+
 namespace agate {
 
 class Dataset;
@@ -31,12 +33,16 @@ struct LoaderCursor {
   bool operator==(const LoaderCursor& o) const { return seed == o.seed && epoch == o.epoch && sample == o.sample; }
 };
 
+// SFT datasets: one document per sample, padded (pad), or documents packed into windows (pack).
+enum class SftMode { Pad, Pack };
+inline constexpr Choices<SftMode, 2> kSftModes{{"pad", "pack"}};
+
 struct LoaderOptions {
   int64_t seq_len = 256;
   int64_t global_batch = 8;  // samples per optimizer step, over all ranks
   int rank = 0;
   int world = 1;
-  std::string sft_mode = "pad";  // pad | pack (sft only)
+  SftMode sft_mode = SftMode::Pad;  // sft datasets only
   int prefetch = 4;              // batches prepared ahead (0 = synchronous)
 };
 

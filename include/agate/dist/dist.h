@@ -10,6 +10,8 @@
 #include <memory>
 #include <string>
 
+#include "agate/util/choices.h"
+
 namespace agate {
 
 struct LaunchEnv {
@@ -27,8 +29,13 @@ struct LaunchEnv {
 // script). Inconsistent values are refused with a hint.
 LaunchEnv detect_launch_env();
 
+enum class DistBackend { Auto, Gloo, Nccl };  // auto: nccl on CUDA, gloo on CPU
+inline constexpr Choices<DistBackend, 3> kDistBackends{{"auto", "gloo", "nccl"}};
+enum class StoreKind { Tcp, File };  // rendezvous: a TCPStore at MASTER_ADDR:MASTER_PORT | a shared file
+inline constexpr Choices<StoreKind, 2> kStoreKinds{{"tcp", "file"}};
+
 struct DistOptions {
-  std::string backend = "auto";       // auto (nccl on CUDA, gloo on CPU) | gloo | nccl
+  DistBackend backend = DistBackend::Auto;
   c10::Device device = c10::kCPU;     // where the tensors to reduce live (the rank's device)
   std::chrono::seconds timeout{300};  // every collective and the rendezvous
   std::string file_store;             // a FileStore path instead of the TCPStore (tests, shared FS)

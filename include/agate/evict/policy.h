@@ -54,6 +54,7 @@
 #include <vector>
 
 #include "agate/model/ragged_kv_cache.h"
+#include "agate/util/choices.h"
 
 namespace agate {
 
@@ -64,11 +65,16 @@ class KeyVisibility;
 
 namespace evict {
 
+enum class Pooling { Max, Avg };  // 1-D pooling of the SnapKV-family scores over positions
+inline constexpr Choices<Pooling, 2> kPoolings{{"max", "avg"}};
+enum class GqaReduce { Mean, Max };  // a KV head's score from its query group
+inline constexpr Choices<GqaReduce, 2> kGqaReduces{{"mean", "max"}};
+
 struct PolicyOptions {
   int64_t window = 32;         // SnapKV-family observation window (always kept)
   int64_t kernel = 7;          // 1-D pooling kernel over the scores (odd)
-  std::string pooling = "max"; // max | avg
-  std::string gqa = "mean";    // how a KV head's query group is reduced: mean | max
+  Pooling pooling = Pooling::Max;
+  GqaReduce gqa = GqaReduce::Mean;
   int64_t sinks = 4;           // StreamingLLM's attention sinks
   double alpha = 0.2;          // Ada-KV's safeguard: every head gets at least alpha x the mean
   int64_t beta = 20;           // PyramidKV: the top layer gets about mean / beta

@@ -7,16 +7,15 @@
 #include <cstdint>
 #include <string>
 
+#include "agate/util/choices.h"
+
 namespace agate {
 
 enum class GateType { Attention, Mlp, None };  // "attention" | "mlp" | "none"
 enum class Estimator { Ste, Soft };            // "ste" (hard flags, straight-through) | "soft" (probabilities)
 
-const char* gate_type_name(GateType type);
-const char* estimator_name(Estimator estimator);
-// Refuse anything else with one line naming `what` (a key or flag) and the choices.
-GateType parse_gate_type(const std::string& name, const std::string& what = "gate.type");
-Estimator parse_estimator(const std::string& name, const std::string& what = "gate.estimator");
+inline constexpr Choices<GateType, 3> kGateTypes{{"attention", "mlp", "none"}};
+inline constexpr Choices<Estimator, 2> kEstimators{{"ste", "soft"}};
 
 struct GateConfig {
   GateType type = GateType::Attention;

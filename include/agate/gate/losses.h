@@ -6,6 +6,8 @@
 
 #include <string>
 
+#include "agate/util/choices.h"
+
 namespace agate {
 
 // logits: [B, T, V]; targets: [B, T] int64; weights: [B, T] float (1 = counted).
@@ -13,11 +15,15 @@ namespace agate {
 at::Tensor lm_loss(const at::Tensor& logits, const at::Tensor& targets, const at::Tensor& weights,
                    double* count = nullptr);
 
-// keep: [L] per-layer mean keep (differentiable). Forms:
+// The sparsity regulariser's forms (recipe key loss.sparsity), on the per-layer keep ratios:
 //   l2_target: mean_l (keep_l - target)^2
 //   hinge:     mean_l max(0, keep_l - target)^2   (only keeping more than the target costs)
 //   l1:        mean_l keep_l                       (push every layer down; target unused)
-at::Tensor sparsity_loss(const at::Tensor& keep, const std::string& form, double target_keep);
+enum class SparsityForm { L2Target, Hinge, L1 };
+inline constexpr Choices<SparsityForm, 3> kSparsityForms{{"l2_target", "hinge", "l1"}};
+
+// keep: [L] per-layer mean keep (differentiable) -> the form's value (float32 scalar).
+at::Tensor sparsity_loss(const at::Tensor& keep, SparsityForm form, double target_keep);
 
 // KL(teacher || student) per target position, weighted mean: teacher_logits are the frozen
 // base's (no gates, no grad). Both [B, T, V]; weights [B, T].

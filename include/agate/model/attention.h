@@ -16,7 +16,8 @@ namespace agate {
 // Visibility M[i, j] at KV head g: 0 unless k_pos[j] <= q_pos[i] (causal) and, with a window,
 //   q_pos[i] - k_pos[j] < sliding_window; then 1 if k_pos[j] == q_pos[i] (a token always sees
 //   itself) or q_pos[i] - k_pos[j] < recent_window (an evicted token stays visible until it
-//   leaves the recent window), else key_keep[j, g].
+//   leaves the recent window) or q_pos[i] < dense_until (the context queries of a
+//   context/continuation split see every earlier key, whatever its flag), else key_keep[j, g].
 // Attention: A_ij = e_ij M_ij / sum_k e_ik M_ik with e = exp(min(score - max over visible
 //   keys, 0)), score = q.k / sqrt(hd), computed in float32 (float64 stays float64). With 0/1
 //   flags the forward equals a hard mask and the gradient reaches key_keep through M, as
@@ -31,11 +32,11 @@ namespace agate {
 at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const at::Tensor& q_pos, const at::Tensor& k_pos,
                             const at::Tensor& key_keep, int64_t sliding_window = 0,
-                            int64_t recent_window = 0);
+                            int64_t recent_window = 0, int64_t dense_until = 0);
 at::Tensor masked_attention_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                       const at::Tensor& q_pos, const at::Tensor& k_pos,
                                       const at::Tensor& key_keep, int64_t sliding_window = 0,
-                                      int64_t recent_window = 0);
+                                      int64_t recent_window = 0, int64_t dense_until = 0);
 // Which implementation masked_attention uses (process-wide; the others stay for tests and
 // benchmarks):
 //   Flash     (default) blocked kernels, memory linear in T (src/model/flash_attention.h):

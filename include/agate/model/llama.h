@@ -76,6 +76,10 @@ struct ForwardOptions {
   at::Tensor token_weight;  // [B, T] float 0/1 on the device (optional): the real tokens; the
                             // keep_mean statistic averages over them only (SFT padding is not
                             // counted). Undefined: every position counts.
+  int64_t dense_until = 0;  // a context/continuation split (training): queries at positions below
+                            // it attend to every earlier key whatever the flags (the context's
+                            // full prefill); later queries see the flagged keys. 0 = none; not
+                            // with a cache.
 };
 
 // What one decoder layer's visibility decided (all undefined without a visibility).

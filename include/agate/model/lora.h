@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <c10/core/Device.h>
+#include <nlohmann/json_fwd.hpp>
 
 #include <map>
 #include <string>
@@ -24,6 +25,11 @@ struct LoraConfig {
   std::vector<std::string> targets = {"q_proj", "v_proj"};
 };
 
+// The export's "lora" object: {"rank", "alpha", "targets"}. from_json throws
+// nlohmann::json::exception on a missing or mistyped field.
+void to_json(nlohmann::json& j, const LoraConfig& c);
+void from_json(const nlohmann::json& j, LoraConfig& c);
+
 class LoraAdapters : public ProjectionAdapter {
  public:
   // Parameters are float32 on `device`, drawn on the CPU from `seed` (the same on every device).
@@ -31,6 +37,9 @@ class LoraAdapters : public ProjectionAdapter {
 
   at::Tensor delta(int64_t layer, Projection which, const at::Tensor& x) override;
   const NamedTensors& parameters() const { return params_; }
+  // Copies values into the parameters: exactly the same names and shapes, or refused naming
+  // `source` (another rank or targets) with a hint.
+  void load(const NamedTensors& values, const std::string& source);
 
  private:
   LoraConfig config_;

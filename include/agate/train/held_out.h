@@ -8,6 +8,7 @@
 #include <string>
 
 #include "agate/data/dataset.h"
+#include "agate/data/loader.h"
 #include "agate/model/llama.h"
 
 namespace agate {
@@ -18,7 +19,7 @@ struct HeldOutOptions {
   int64_t seq_len = 0;
   int64_t batch = 1;       // sequences per forward
   int64_t batches = 1;     // at most this many (fewer if the dataset has fewer)
-  std::string sft_mode = "none";
+  SftMode sft_mode = SftMode::Pad;  // sft datasets
 };
 
 struct HeldOut {

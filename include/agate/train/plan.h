@@ -7,10 +7,9 @@
 
 #include "agate/model/config.h"
 #include "agate/train/recipe.h"
+#include "agate/train/run_config.h"
 
 namespace agate {
-
-struct GateConfig;
 
 struct TrainPlan {
   int64_t parameters = 0;           // base model
@@ -24,16 +23,16 @@ struct TrainPlan {
   std::string describe() const;     // a human-readable table
 };
 
-// What plan_run needs besides the recipe and the config: counted from the built run.
+// What plan_run needs besides the run's and the model's config: counted from the built run.
 struct PlanCounts {
   int64_t trainable = 0;
   int64_t gate_parameters = 0;
   int64_t train_samples = 0;
 };
 
-// The plan of a run from its recipe, the model's config and the counts; `device` names the
+// The plan of a run from its config, the model's config and the counts; `device` names the
 // device the estimate is for.
-TrainPlan plan_run(const Recipe& recipe, const ModelConfig& config, const PlanCounts& counts, const std::string& device);
+TrainPlan plan_run(const RunConfig& run, const ModelConfig& model, const PlanCounts& counts, const std::string& device);
 
 // The plan of a recipe without its weights (a config-only model folder is enough, e.g. a 7B
 // model's config.json): the recipe's checks, its datasets against the config, and the

@@ -9,6 +9,7 @@
 #include "agate/io/named_tensors.h"
 #include "agate/train/checkpoint.h"
 #include "agate/train/recipe.h"
+#include "agate/train/run_config.h"
 #include "agate/train/resume_guard.h"
 #include "agate/train/run_checks.h"
 #include "agate/train/train_state.h"
@@ -25,7 +26,7 @@ struct ResumePoint {
 // none. Refuses a state that does not belong to its folder or to this run: a step past
 // train.steps, breaking recipe changes (the guard), a data cursor or token count that is not
 // its step's (`train`: the run's training data).
-std::optional<ResumePoint> find_resume_point(const Recipe& recipe, const std::string& run_dir, const ResumeOptions& resume,
+std::optional<ResumePoint> find_resume_point(const RunConfig& config, const std::string& run_dir, const ResumeOptions& resume,
                                              const ResumeGuard& guard, const Dataset& train);
 
 // A checkpoint state with what identifies the run filled in (schedule, fingerprints, the

@@ -9,6 +9,7 @@
 #include "agate/data/loader.h"
 #include "agate/model/config.h"
 #include "agate/train/recipe.h"
+#include "agate/train/run_config.h"
 
 namespace agate {
 
@@ -18,7 +19,8 @@ struct ResumeOptions {
   bool force = false;        // start over in a run folder whose checkpoints are all incomplete
 };
 
-// What relates keys to each other, and the folders (model, data, run.dir writable); the
+// What relates keys to each other (a run that trains nothing, micro_batch dividing the
+// global batch, ...), and the folders (model, data, run.dir writable); the
 // single keys' ranges are the schema's. Throws with the key's file:line and a hint.
 void check_recipe(const Recipe& recipe);
 
@@ -37,6 +39,6 @@ RunData open_run_data(const Recipe& recipe, const ModelConfig& model);
 
 // The training data's loader options from the recipe (data.seq_len, train.global_batch,
 // data.sft_mode), one rank of one; prefetch 0 for loaders that only count or position.
-LoaderOptions train_loader_options(const Recipe& recipe, int prefetch = 0);
+LoaderOptions train_loader_options(const RunConfig& config, int prefetch = 0);
 
 }  // namespace agate

@@ -6,13 +6,13 @@
 
 #include "agate/io/named_tensors.h"
 #include "agate/model/llama.h"
-#include "agate/train/recipe.h"
+#include "agate/train/run_config.h"
 #include "agate/train/trainer.h"
 
 namespace agate {
 
 // pretrained: the model to save in pretrain mode (else null: `trainable` is saved).
-void save_run_outputs(const std::string& run_dir, const Recipe& recipe, const LlamaModel* pretrained,
+void save_run_outputs(const std::string& run_dir, const RunConfig& config, const LlamaModel* pretrained,
                       const NamedTensors& trainable, const TrainSummary& summary);
 
 // The summary of a run that had already finished, as on disk: summary.json, or rebuilt from

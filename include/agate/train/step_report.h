@@ -6,7 +6,7 @@
 #include <cstdint>
 
 #include "agate/train/metrics_log.h"
-#include "agate/train/recipe.h"
+#include "agate/train/run_config.h"
 #include "agate/train/train_step.h"
 #include "agate/train/trainer.h"
 
@@ -16,7 +16,7 @@ class StepReporter {
  public:
   // start: the first step this process runs; window_tokens: the tokens of the window restored
   // from a checkpoint (0 for a fresh run).
-  StepReporter(const Recipe& recipe, MetricsLog& metrics, int64_t start, int64_t window_tokens);
+  StepReporter(const RunConfig& config, MetricsLog& metrics, int64_t start, int64_t window_tokens);
 
   // After step `step` (0-based) ran: counts its tokens, and when a report is due reads the
   // window, logs, records and updates `summary`. Throws when the run is stuck on skipped steps.

@@ -18,11 +18,11 @@ class TrainForward {
   // may be null.
   TrainForward(const LlamaModel& model, Gates* gates, ProjectionAdapter* adapter);
 
-  // inputs: [b, T] int64 on the model's device; real: [b, T] float 0/1 there (the samples' own
-  // tokens; undefined = all): the keep statistics count only those. pass: which model (see
-  // Pass; train asks the gates for the keep training differentiates); recompute: per-layer
-  // activation recomputation.
-  StepForward operator()(const at::Tensor& inputs, const at::Tensor& real, Pass pass, bool recompute);
+  // call.inputs: [b, T] int64 on the model's device; call.real: [b, T] float 0/1 there (the
+  // samples' own tokens; undefined = all): the keep statistics count only those. call.pass:
+  // which model (see Pass; train asks the gates for the keep training differentiates);
+  // call.recompute: per-layer activation recomputation; call.context: ForwardOptions::dense_until.
+  StepForward operator()(const ForwardCall& call);
 
  private:
   const LlamaModel& model_;

@@ -12,6 +12,7 @@
 #include <functional>
 #include <string>
 
+#include "agate/gate/losses.h"
 #include "agate/io/named_tensors.h"
 
 namespace agate {
@@ -24,7 +25,7 @@ struct TrainStepOptions {
   int64_t global_batch = 1;           // sequences per step over all ranks
   bool gates = false;                 // the model has gates: add the sparsity term
   bool recompute = false;             // per-layer recomputation (passed to the forward)
-  std::string sparsity = "l2_target"; // see sparsity_loss
+  SparsityForm sparsity = SparsityForm::L2Target;  // see sparsity_loss
   double distill = 0.0;               // weight of KL(full-cache model || gated model)
   double grad_clip = 0.0;             // global L2 norm bound (0 = none)
 };
@@ -50,11 +51,19 @@ struct StepForward {
   at::Tensor kept;    // [] mean hard keep flag of this forward's real tokens; undefined without gates
 };
 
+// One forward of a micro-batch: what it reads and how it runs.
+struct ForwardCall {
+  at::Tensor inputs;      // [b, T] int64 on the device
+  at::Tensor real;        // [b, T] float 0/1 on the device: the samples' own tokens (undefined = all)
+  Pass pass = Pass::train;
+  bool recompute = false; // per-layer activation recomputation
+  int64_t context = 0;    // a context/continuation split: queries before it attend fully
+                          // (ForwardOptions::dense_until); 0 = none
+};
+
 class TrainStep {
  public:
-  // forward(inputs [b, T] int64 on the device, real [b, T] float 0/1 on the device (the
-  // sample's own tokens; undefined = all), pass, recompute)
-  using Forward = std::function<StepForward(const at::Tensor&, const at::Tensor&, Pass, bool)>;
+  using Forward = std::function<StepForward(const ForwardCall&)>;
 
   TrainStep(Forward forward, NamedTensors trainable, AdamW& optimizer, ProcessGroup& pg, TrainStepOptions options,
             c10::Device device);
@@ -64,8 +73,12 @@ class TrainStep {
   // lr, lambda, target_keep: this step's learning rate, sparsity weight and keep target.
   // real: [local, T + 1] float on the host, 1 for the samples' own tokens, 0 for padding (the
   // keep surrogate and the kept ratio count real tokens only); undefined = every token.
+  // context > 0: a context/continuation split (train what compression after a full prefill
+  // evaluates): the first `context` positions attend fully, the continuation sees the flagged
+  // keys, and only the continuation's predictions (targets of positions >= context) count in
+  // the LM and distillation losses.
   StepStats run(const at::Tensor& tokens, const at::Tensor& mask, double lr, double lambda, double target_keep,
-                const at::Tensor& real = {});
+                const at::Tensor& real = {}, int64_t context = 0);
 
  private:
   Forward forward_;

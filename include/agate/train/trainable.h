@@ -9,7 +9,7 @@
 
 #include "agate/gate/gates.h"
 #include "agate/model/lora.h"
-#include "agate/train/recipe.h"
+#include "agate/train/run_config.h"
 
 namespace agate {
 
@@ -20,8 +20,8 @@ struct TrainableParts {
 };
 
 // Gates from `seed`, LoRA from seed + 1, parameters on `device` (the meta device counts them
-// without memory). Refuses a recipe that trains nothing.
-TrainableParts make_trainable_parts(const Recipe& recipe, const ModelConfig& model, uint64_t seed, c10::Device device);
+// without memory). A run that trains nothing is check_recipe's to refuse.
+TrainableParts make_trainable_parts(const RunConfig& config, const ModelConfig& model, uint64_t seed, c10::Device device);
 
 int64_t numel(const NamedTensors& tensors);
 

@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "../dispatch.h"
 #include "../flash_attention.h"
 #include "flash_common.cuh"
 #include "flash_fma.cuh"
@@ -78,6 +79,7 @@ Inputs prepare(const FlashArgs& a) {
   p.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(p.hd)));
   p.sw = a.sliding_window;
   p.rw = a.recent_window;
+  p.du = a.dense_until;
   in.q = a.q.contiguous();
   in.k = a.k.contiguous();
   in.v = a.v.contiguous();
@@ -124,14 +126,6 @@ void with_tc_head_dim(int64_t hd, F&& f) {
   else if (hd <= 96) f(std::integral_constant<int, 96>{});
   else if (hd <= 128) f(std::integral_constant<int, 128>{});
   else TORCH_CHECK(false, "flash attention (CUDA): head dim ", hd, " is above the tensor-core kernels' ", kTcMaxHeadDim);
-}
-
-// Calls f(T{}) with T = float or c10::BFloat16.
-template <typename F>
-void with_dtype(at::ScalarType st, F&& f) {
-  if (st == at::kFloat) f(float{});
-  else if (st == at::kBFloat16) f(c10::BFloat16{});
-  else TORCH_CHECK(false, "flash attention (CUDA): dtype ", st, " is not supported (float32 or bfloat16)");
 }
 
 // Opts the kernel into `bytes` of dynamic shared memory (beyond the default 48 KiB), after
@@ -184,8 +178,8 @@ FlashForward flash_forward_cuda(const FlashArgs& a) {
   const dim3 grid(grid_dim(p.R), static_cast<unsigned>(p.Hkv), static_cast<unsigned>(p.B));
   with_head_dim(p.hd, [&](auto dc) {
     constexpr int D = decltype(dc)::value;
-    with_dtype(in.q.scalar_type(), [&](auto tc) {
-      using T = decltype(tc);
+    AGATE_DISPATCH_FLOAT_BF16(in.q.scalar_type(), "flash attention (CUDA)", [&] {
+      using T = scalar_t;
       auto kernel = flash_forward_kernel<D, T>;
       set_shared_memory(kernel, kSmemForward<D>, p.hd);
       kernel<<<grid, kThreads, kSmemForward<D>, stream>>>(p, ptr<T>(in.q), ptr<T>(in.k), ptr<T>(in.v),
@@ -226,8 +220,8 @@ FlashGrads flash_backward_cuda(const FlashArgs& a, const FlashForward& f, const 
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int64_t rows = p.B * p.H * p.Tq;
   at::Tensor dd = at::empty({rows}, in.q.options().dtype(at::kFloat));
-  with_dtype(st, [&](auto tc) {
-    using T = decltype(tc);
+  AGATE_DISPATCH_FLOAT_BF16(st, "flash attention backward (CUDA)", [&] {
+    using T = scalar_t;
     if (rows > 0) {
       const int64_t warps = kRowDotThreads / 32;
       const int64_t blocks = (rows + warps - 1) / warps;

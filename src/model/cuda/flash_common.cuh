@@ -15,7 +15,7 @@ constexpr int kRowDotThreads = 256;  // row_dot_kernel: one warp per row
 struct Params {
   int64_t B, H, Hkv, G, Tq, Tk, hd, R;  // R = G * Tq rows per (b, KV head)
   float scale;
-  int64_t sw, rw;
+  int64_t sw, rw, du;  // sliding window, recent window, dense_until
   const int64_t* qp;  // [Tq]
   const int64_t* kp;  // [Tk]
   const float* keep;  // [B, Hkv, Tk] or nullptr (every key kept)
@@ -27,7 +27,7 @@ struct Params {
 __device__ __forceinline__ float mask_value(int64_t qp, int64_t kp, float keepv, const Params& p, bool& flagged) {
   const int64_t d = qp - kp;
   const bool allowed = d >= 0 && (p.sw <= 0 || d < p.sw);
-  const bool always = d == 0 || (p.rw > 0 && d < p.rw);
+  const bool always = d == 0 || (p.rw > 0 && d < p.rw) || qp < p.du;
   flagged = allowed && !always;
   return !allowed ? 0.0f : (always ? 1.0f : keepv);
 }
