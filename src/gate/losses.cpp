@@ -36,6 +36,12 @@ at::Tensor distill_loss(const at::Tensor& student, const at::Tensor& teacher, co
   return (kl * w).sum() / w.sum().clamp_min(1.0);
 }
 
+double window_counted_target(double target, int64_t n, int64_t window) {
+  if (window <= 0 || n <= window) return target;
+  const double t = (target * static_cast<double>(n) - static_cast<double>(window)) / static_cast<double>(n - window);
+  return std::clamp(t, 0.0, 1.0);
+}
+
 double sparsity_lambda(double lambda, int64_t warmup_steps, int64_t step) {
   if (warmup_steps <= 0) return lambda;
   return lambda * std::min(1.0, static_cast<double>(step) / static_cast<double>(warmup_steps));

@@ -3,6 +3,7 @@
 #include "agate/io/safetensors.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <filesystem>
 #include <map>
@@ -249,6 +250,22 @@ at::Tensor LlamaModel::layer_forward(int64_t i, const at::Tensor& h, const Posit
                         ? options.cache->attend(i, q, k, v, keep, config_.sliding_window, recent)
                         : masked_attention(q, k, v, pos.ids, pos.ids, keep, config_.sliding_window, recent,
                                            options.dense_until);
+  if (options.reconstruct && keep.defined()) {
+    at::Tensor full;  // [B, H, T, hd]: the same layer with every key visible
+    {
+      c10::NoGradGuard no_grad;
+      full = masked_attention(q, k, v, pos.ids, pos.ids, {}, config_.sliding_window);
+    }
+    const at::Tensor err = (attn.to(at::kFloat) - full.to(at::kFloat)).pow(2).sum(at::IntArrayRef{1, 3});  // [B, T]
+    at::Tensor norm = full.to(at::kFloat).pow(2).sum(at::IntArrayRef{1, 3});                               // [B, T]
+    at::Tensor e = err, n = norm;
+    if (options.token_weight.defined()) {
+      const at::Tensor w = options.token_weight.to(at::kFloat);
+      e = e * w, n = n * w;
+    }
+    if (stats) stats->recon_error = e.sum() / n.sum().clamp_min(1e-12);
+    attn = full;  // the residual stream stays the base model's
+  }
   attn = attn.transpose(1, 2).reshape({B, T, H * hd});                        // [B, T, H*hd]
   at::Tensor out = h + proj(attn, L.o_proj, L.o_bias, Projection::O);
 
@@ -271,6 +288,9 @@ ModelOutput LlamaModel::run_embeds(const at::Tensor& embeds, const ForwardOption
   }
   if (options.recompute && options.cache) throw_internal("activation recomputation is for training, not with a KV cache");
   if (options.dense_until > 0 && options.cache) throw_internal("a context/continuation split is for training, not with a KV cache");
+  if (options.reconstruct && (options.cache || options.recompute)) {
+    throw_internal("per-layer reconstruction is for training, not with a KV cache or recomputation");
+  }
   const int64_t T = embeds.size(1);
   const int64_t start = options.cache ? options.cache->length() : 0;
   const Positions pos = positions(start, T);
@@ -309,6 +329,7 @@ at::Tensor stack_defined(const std::vector<LayerStats>& layers, at::Tensor Layer
 
 at::Tensor ModelOutput::keep_means() const { return stack_defined(layers, &LayerStats::keep_mean); }
 at::Tensor ModelOutput::flag_means() const { return stack_defined(layers, &LayerStats::flag_mean); }
+at::Tensor ModelOutput::recon_errors() const { return stack_defined(layers, &LayerStats::recon_error); }
 
 at::Tensor ModelOutput::flag_means(const at::Tensor& token_weight) const {
   if (!token_weight.defined()) return flag_means();

@@ -59,6 +59,8 @@ const std::vector<RecipeKey>& recipe_schema() {
       {"optim.decay_fraction", "float", "0.2", "wsd: share of the steps spent decaying at the end", {}, false, "[0, 1]"},
       // loss
       {"loss.sparsity", "string", "l2_target", "sparsity regulariser on per-layer keep ratios", kSparsityForms.list()},
+      {"loss.objective", "string", "lm", "lm: the gated model's next-token loss through the whole frozen model; reconstruction: each layer's gated attention output against its full-cache output, on the base model's residual stream (no gradient across layers)", kObjectives.list()},
+      {"loss.count_window", "bool", "false", "count gate.recent_window's protected entries in the keep target, as gate-rank does at inference: the flags aim at (target x n - window) / (n - window), n the context length"},
       {"loss.target_keep", "float", "0.5", "target keep ratio in (0, 1] (1 - eviction ratio)", {}, false, "(0, 1]"},
       {"loss.lambda", "float", "1.0", "weight of the sparsity term", {}, false, "[0, )"},
       {"loss.lambda_warmup_steps", "int", "0", "ramp lambda linearly from 0 over this many steps", {}, false, "[0, )"},

@@ -31,6 +31,18 @@ void check_recipe(const Recipe& r) {
     r.fail("loss.target_keep_max", "loss.target_keep_max (" + r.str("loss.target_keep_max") + ") is below loss.target_keep (" +
                                         r.str("loss.target_keep") + ")", "targets are drawn from [target_keep, target_keep_max]; 0 turns it off");
   }
+  if (r.str("loss.objective") == "reconstruction") {
+    if (r.str("train.mode") != "gates" || r.str("gate.type") == "none") {
+      r.fail("loss.objective", "loss.objective reconstruction trains gates: it needs train.mode gates and a gate.type");
+    }
+    if (r.number("loss.distill") > 0) {
+      r.fail("loss.distill", "loss.distill applies to the lm objective, not to reconstruction", "set loss.distill: 0, or loss.objective: lm");
+    }
+    if (r.boolean("train.recompute")) {
+      r.fail("train.recompute", "train.recompute does not combine with loss.objective reconstruction",
+             "drop it: reconstruction back-propagates through one layer at a time already");
+    }
+  }
   if (r.integer("model.init_seed") >= 0 && r.str("train.mode") != "pretrain") {
     r.fail("model.init_seed", "model.init_seed (random weights) only makes sense with train.mode: pretrain");
   }

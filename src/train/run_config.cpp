@@ -34,6 +34,8 @@ RunConfig RunConfig::from(const Recipe& r) {
 
   LossSection& l = c.loss;
   l.sparsity = kSparsityForms.parse(r.str("loss.sparsity"), "loss.sparsity");
+  l.objective = kObjectives.parse(r.str("loss.objective"), "loss.objective");
+  l.count_window = r.boolean("loss.count_window");
   l.target_keep = r.number("loss.target_keep");
   l.lambda = r.number("loss.lambda");
   l.target_keep_max = r.number("loss.target_keep_max");

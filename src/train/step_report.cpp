@@ -30,6 +30,7 @@ StepReporter::StepReporter(const RunConfig& c, MetricsLog& metrics, int64_t star
       log_every_(c.train.log_every),
       max_bad_(c.train.max_bad_steps),
       tokens_per_step_(c.train.global_batch * c.data.seq_len),
+      recon_(c.loss.objective == Objective::Reconstruction),
       window_tokens_(window_tokens),
       t_start_(now_seconds()),
       t_window_(t_start_) {}
@@ -58,9 +59,9 @@ void StepReporter::after_step(int64_t step, double lr, double lambda, StepWindow
     const double n = static_cast<double>(w.good);
     const double now = now_seconds(), tps = window_tokens_ / std::max(now - t_window_, 1e-9);
     const double eta = (now - t_start_) / static_cast<double>(step + 1 - start_) * static_cast<double>(steps_ - step - 1);
-    log::info("step {}/{} | loss {:.4f} (lm {:.4f} + sparsity {:.4f}) | keep {:.3f} | lr {:.2e} | {:.0f} tok/s | ETA {}",
-              step + 1, steps_, w.loss / n, w.lm / n, w.sparsity / n, w.keep / n, lr, tps, eta_text(eta));
-    metrics_.record({{"step", step + 1}, {"loss", w.loss / n}, {"lm_loss", w.lm / n}, {"sparsity", w.sparsity / n},
+    log::info("step {}/{} | loss {:.4f} ({} {:.4f} + sparsity {:.4f}) | keep {:.3f} | lr {:.2e} | {:.0f} tok/s | ETA {}",
+              step + 1, steps_, w.loss / n, recon_ ? "recon" : "lm", w.lm / n, w.sparsity / n, w.keep / n, lr, tps, eta_text(eta));
+    metrics_.record({{"step", step + 1}, {"loss", w.loss / n}, {recon_ ? "recon_error" : "lm_loss", w.lm / n}, {"sparsity", w.sparsity / n},
                      {"keep", w.keep / n}, {"lr", lr}, {"lambda", lambda}, {"grad_norm", w.grad_norm},
                      {"tokens_per_s", tps}, {"tokens", tokens_seen}});
     summary.train_loss = w.loss / n;

@@ -17,12 +17,14 @@ StepForward TrainForward::operator()(const ForwardCall& call) {
   opts.recompute = call.recompute;
   opts.token_weight = call.real;
   opts.dense_until = opts.visibility ? call.context : 0;
+  opts.reconstruct = call.reconstruct && opts.visibility;
   ModelOutput o = model_.run(call.inputs, opts);
   StepForward out;
   out.logits = o.logits;
   if (opts.visibility) {
     out.keep = o.keep_means();
     out.kept = o.flag_means(call.real).mean();
+    if (opts.reconstruct) out.recon = o.recon_errors();
   }
   return out;
 }

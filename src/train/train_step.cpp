@@ -9,6 +9,7 @@
 #include "agate/dist/dist.h"
 #include "agate/gate/losses.h"
 #include "agate/train/adamw.h"
+#include "agate/util/error.h"
 
 namespace agate {
 
@@ -88,12 +89,16 @@ StepStats TrainStep::run(const at::Tensor& tokens_host, const at::Tensor& mask_h
     at::Tensor w = weights.slice(0, m0, m1);
     const double count = w_host.slice(0, m0, m1).sum().item<double>();  // host
     const at::Tensor real_in = real.defined() ? real.slice(0, m0, m1).slice(1, 0, T) : at::Tensor();
-    StepForward fw = forward_({inputs, real_in, Pass::train, o_.recompute, context});
+    const bool recon = o_.objective == Objective::Reconstruction;
+    StepForward fw = forward_({inputs, real_in, Pass::train, o_.recompute, context, recon});
     const at::Tensor &logits = fw.logits, &keep = fw.keep;
-    at::Tensor lm = lm_loss(logits, targets, w);
+    if (recon && !fw.recon.defined()) throw_internal("the reconstruction objective's forward recorded no layer error");
+    // The main term: the LM loss over the targets, or the mean per-layer reconstruction error.
+    at::Tensor lm = recon ? fw.recon.mean() : lm_loss(logits, targets, w);
     // Per-rank terms are scaled so that the SUM of the ranks' gradients is the global one.
     const double share = static_cast<double>(m1 - m0) / static_cast<double>(o_.global_batch);
-    const at::Tensor lm_share = count / total;  // [] float64: this micro-batch's share of the global targets
+    // [] float64: this micro-batch's share of the global targets (of the sequences, for reconstruction)
+    const at::Tensor lm_share = recon ? at::full({}, share, f64) : count / total;
     at::Tensor loss = lm * lm_share.to(at::kFloat);
     if (o_.gates) {
       at::Tensor sp = sparsity_loss(keep, o_.sparsity, target_keep);

@@ -221,6 +221,7 @@ struct Trainer::Impl {
     so.micro_batch = micro_batch, so.global_batch = global_batch, so.gates = has_gates;
     so.recompute = c.train.recompute;
     so.sparsity = c.loss.sparsity;
+    so.objective = c.loss.objective;
     so.distill = c.loss.distill, so.grad_clip = oc.grad_clip;
     TrainStep train_step([this](const ForwardCall& call) { return forward(call); },
                          parts.trainable, optimizer, *pg, so, device);
@@ -232,9 +233,10 @@ struct Trainer::Impl {
       pg->heartbeat(step);
       // The whole step runs on the device; its statistics are read when a report is due.
       const uint64_t seed = static_cast<uint64_t>(c.run.seed);
-      const double target = random_target_at(target_keep_at(c.loss.target_keep, c.loss.target_ramp_steps, step),
+      double target = random_target_at(target_keep_at(c.loss.target_keep, c.loss.target_ramp_steps, step),
                                              c.loss.target_keep_max, seed, step);
       const int64_t context = context_at(c.train.context_min, c.train.context_max, seq_len, seed, step);
+      if (c.loss.count_window) target = window_counted_target(target, context > 0 ? context : seq_len, c.gate.recent_window);
       window.add(train_step.run(batch.tokens, batch.mask, lr, lambda, target, batch.real, context));
       st.tokens += global_batch * seq_len;
       report.after_step(step, lr, lambda, window, st.tokens, summary);

@@ -149,6 +149,49 @@ TEST(Gates, GradientsReachOnlyGateParameters) {
   }
 }
 
+// The per-layer reconstruction objective: the residual stream stays the base model's (the
+// logits are the base model's), each gated layer records its attention error against full
+// attention (0 when every flag keeps, or every query is dense), and a layer's error moves only
+// that layer's gate.
+TEST(Gates, ReconstructionKeepsTheBaseStreamAndMeasuresEachLayersAttentionError) {
+  LlamaModel m = LlamaModel::init_random(tiny(), 3, at::kFloat);
+  GateConfig g = gate_config("attention");
+  g.init_bias = 0.0, g.init_std = 0.5;  // kept and evicted tokens
+  auto gates = Gates::create(g, m.config(), 7);
+  const at::Tensor t = tokens(2, 14);
+  ForwardOptions o;
+  o.visibility = gates.get();
+  o.train = true;
+  o.reconstruct = true;
+  const ModelOutput out = m.run(t, o);
+  EXPECT_TRUE(at::allclose(out.logits, m.forward(t), 1e-5, 1e-5)) << "the stream is the base model's";
+  const at::Tensor err = out.recon_errors();
+  ASSERT_EQ(err.sizes(), (at::IntArrayRef{2}));
+  EXPECT_GT(err.min().item<float>(), 0.0f);
+  err[0].backward();
+  for (const auto& [name, p] : m.parameters()) EXPECT_FALSE(p.grad().defined()) << name;
+  for (const auto& [name, p] : gates->parameters()) {
+    const bool layer0 = name.find("layers.0.") != std::string::npos;
+    const double moved = p.grad().defined() ? p.grad().abs().sum().item<double>() : 0.0;
+    if (layer0) EXPECT_GT(moved, 0.0) << name;
+    else EXPECT_EQ(moved, 0.0) << name << ": layer 0's error reached another layer's gate";
+  }
+  c10::NoGradGuard no_grad;
+  o.dense_until = 14;  // every query attends fully
+  EXPECT_LT(m.run(t, o).recon_errors().max().item<float>(), 1e-10f);
+  o.dense_until = 0;
+  gates->force_flags(1);
+  EXPECT_LT(m.run(t, o).recon_errors().max().item<float>(), 1e-10f);
+  gates->force_flags(-1);
+}
+
+TEST(Losses, TheProtectedWindowCountsInTheTarget) {
+  EXPECT_DOUBLE_EQ(window_counted_target(0.25, 512, 0), 0.25);
+  EXPECT_DOUBLE_EQ(window_counted_target(0.25, 512, 32), (128.0 - 32.0) / 480.0);
+  EXPECT_DOUBLE_EQ(window_counted_target(0.05, 512, 32), 0.0) << "the window alone is over budget";
+  EXPECT_DOUBLE_EQ(window_counted_target(0.25, 16, 32), 0.25) << "no context beyond the window";
+}
+
 // Issue 15's defect: an SFT batch pads its samples (with EOS, loss weight 0), and the padding
 // used to count in the keep surrogate (so in the sparsity term) and the kept ratio. With the
 // real-token weight, a padded sample gives exactly the unpadded sample's statistics (the gates

@@ -125,6 +125,8 @@ TEST(Recipe, TrainerRefusesBadValuesBeforeAnyWork) {
   };
   refuse("loss:\n  target_keep: 1.5\n", "r.yaml:20: key 'loss.target_keep' is 1.5, expected a value in (0, 1]");
   refuse("loss:\n  target_keep: 0\n", "key 'loss.target_keep' is 0, expected a value in (0, 1]");
+  refuse("loss:\n  objective: reconstruction\n  distill: 1.0\n", "loss.distill applies to the lm objective, not to reconstruction");
+  refuse("loss:\n  target_keep: 0.5\n  target_keep_max: 0.3\n", "loss.target_keep_max (0.3) is below loss.target_keep (0.5)");
   // Sizes and ranges (the hostile-input probe's first class): refused from the schema when the
   // recipe is loaded, one line naming file:line, key and the allowed range. Each of these used
   // to pass --dry-run and crash (SIGFPE), fail inside torch, train a zero-width gate, or hang.
@@ -135,6 +137,17 @@ TEST(Recipe, TrainerRefusesBadValuesBeforeAnyWork) {
     EXPECT_NE(m.find(expect), std::string::npos) << "want '" << expect << "' in: " << m;
     EXPECT_FALSE(fs::exists(s.dir.file("run"))) << "nothing written before validation";
   };
+  {
+    const std::string path = s.dir.file("r.yaml");
+    test::write_bytes(path, s.recipe("loss:\n  objective: reconstruction\n"));
+    EXPECT_NE(error_of([&] { Trainer t(Recipe::load(path, {"train.recompute=true"})); }).find("does not combine with loss.objective reconstruction"),
+              std::string::npos);
+    test::write_bytes(path, s.recipe());
+    EXPECT_NE(error_of([&] { Trainer t(Recipe::load(path, {"train.context_min=0.6", "train.context_max=0.4"})); })
+                  .find("train.context_min (0.6) is above train.context_max (0.4)"),
+              std::string::npos);
+    EXPECT_FALSE(fs::exists(s.dir.file("run")));
+  }
   refuse_override("gate.heads=0", "override 'gate.heads=0': key 'gate.heads' is 0, expected a value in [1, 256]");
   refuse_override("gate.heads=-2", "key 'gate.heads' is -2, expected a value in [1, 256]");
   refuse_override("gate.head_dim=0", "key 'gate.head_dim' is 0, expected a value in [2, 1024]");
@@ -315,6 +328,10 @@ TEST_P(ExactResume, KilledRunResumesToTheSameParametersAndMetrics) {
                                  "train.log_every=1", "data.seq_len=" + std::string(sft ? "32" : "16")};
   if (GetParam() == "pretrain") ov.push_back("train.mode=pretrain");
   if (sft) ov.push_back("lora.rank=2");
+  if (GetParam() == "recon") {  // the reconstruction objective, the window counted in the target
+    ov.insert(ov.end(), {"loss.objective=reconstruction", "loss.count_window=true", "gate.recent_window=3",
+                         "train.context_min=0.5", "train.context_max=0.7"});
+  }
   if (GetParam() == "split") {  // per-step draws (context split, randomised targets) replay after a resume
     ov.insert(ov.end(), {"train.context_min=0.3", "train.context_max=0.8", "loss.target_keep_max=0.9"});
   }
@@ -346,7 +363,7 @@ TEST_P(ExactResume, KilledRunResumesToTheSameParametersAndMetrics) {
             metric_lines_without_timing(s.dir.file("b/metrics.jsonl"), 3));
 }
 
-INSTANTIATE_TEST_SUITE_P(Modes, ExactResume, ::testing::Values("gates", "sft", "pretrain", "split"));
+INSTANTIATE_TEST_SUITE_P(Modes, ExactResume, ::testing::Values("gates", "sft", "pretrain", "split", "recon"));
 
 TEST(Resume, BreakingChangesAreRefusedNamingThemAndHarmlessOnesAllowed) {
   TinySetup s;

@@ -22,6 +22,15 @@ at::Tensor lm_loss(const at::Tensor& logits, const at::Tensor& targets, const at
 enum class SparsityForm { L2Target, Hinge, L1 };
 inline constexpr Choices<SparsityForm, 3> kSparsityForms{{"l2_target", "hinge", "l1"}};
 
+// What the gates are trained to preserve (recipe key loss.objective):
+//   lm:             the gated model's next-token loss (+ distillation), back-propagated through
+//                   the whole frozen model;
+//   reconstruction: each layer's gated attention output against its full-cache output
+//                   (ForwardOptions::reconstruct), on the base model's own residual stream: no
+//                   gradient crosses layers, so a step costs about a forward.
+enum class Objective { Lm, Reconstruction };
+inline constexpr Choices<Objective, 2> kObjectives{{"lm", "reconstruction"}};
+
 // keep: [L] per-layer mean keep (differentiable) -> the form's value (float32 scalar).
 at::Tensor sparsity_loss(const at::Tensor& keep, SparsityForm form, double target_keep);
 
@@ -31,6 +40,12 @@ at::Tensor distill_loss(const at::Tensor& student_logits, const at::Tensor& teac
 
 // lambda at `step`: ramps linearly from 0 to `lambda` over `warmup_steps` (0 = constant).
 double sparsity_lambda(double lambda, int64_t warmup_steps, int64_t step);
+
+// The keep target of the flags when a protected window of `window` recent entries is counted
+// in a budget of target * n entries (n: the context length), as gate-rank counts it at
+// inference: the flags outside the window may keep (target * n - window) of the other n - window
+// entries. Clamped to [0, 1]; `target` when window is 0 or n <= window.
+double window_counted_target(double target, int64_t n, int64_t window);
 
 // The keep target at `step`: ramps linearly from 1 (keep everything) down to `target` over
 // `ramp_steps` (0 = `target` from the start), as DMS ramps its compression ratio.

@@ -80,6 +80,12 @@ struct ForwardOptions {
                             // it attend to every earlier key whatever the flags (the context's
                             // full prefill); later queries see the flagged keys. 0 = none; not
                             // with a cache.
+  bool reconstruct = false;  // per-layer reconstruction (training): a layer with keep decisions
+                             // computes its full-cache attention output too, records how far
+                             // the gated output is from it (LayerStats::recon_error), and
+                             // continues the residual stream with the full one, so every
+                             // layer sees the base model's own inputs and no gradient crosses
+                             // layers. Not with a cache or recomputation.
 };
 
 // What one decoder layer's visibility decided (all undefined without a visibility).
@@ -88,6 +94,9 @@ struct LayerStats {
                          // sparsity loss's input), also under recomputation
   at::Tensor flags;      // [B, T, Hkv] float 0/1, detached
   at::Tensor flag_mean;  // [Hkv] float32, detached
+  at::Tensor recon_error;  // [] float32 (ForwardOptions::reconstruct): sum over the real tokens of
+                           // |gated - full|^2 of the attention output / sum of |full|^2;
+                           // differentiable w.r.t. the keep
 };
 
 struct ModelOutput {
@@ -97,6 +106,8 @@ struct ModelOutput {
   // undefined without a visibility.
   at::Tensor keep_means() const;
   at::Tensor flag_means() const;
+  // [L'] recon_error of the layers that recorded one (ForwardOptions::reconstruct); undefined if none.
+  at::Tensor recon_errors() const;
   // [L, Hkv] flag means over the positions where token_weight [B, T] is 1 (undefined: all).
   at::Tensor flag_means(const at::Tensor& token_weight) const;
 };

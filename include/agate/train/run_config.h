@@ -63,6 +63,8 @@ struct OptimSection {
 
 struct LossSection {
   SparsityForm sparsity = SparsityForm::L2Target;
+  Objective objective = Objective::Lm;
+  bool count_window = false;  // the protected window counts in the keep target (window_counted_target)
   double target_keep = 0.5, lambda = 1;
   double target_keep_max = 0;  // randomised targets in [target_keep, target_keep_max] (0 = off)
   int64_t lambda_warmup_steps = 0, target_ramp_steps = 0;

@@ -27,6 +27,7 @@ class StepReporter {
  private:
   MetricsLog& metrics_;
   int64_t steps_, start_, log_every_, max_bad_, tokens_per_step_;
+  bool recon_;  // the objective's main term is the reconstruction error (labelled so)
   int64_t window_tokens_;
   double t_start_, t_window_;
 };

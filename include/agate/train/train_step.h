@@ -26,13 +26,16 @@ struct TrainStepOptions {
   bool gates = false;                 // the model has gates: add the sparsity term
   bool recompute = false;             // per-layer recomputation (passed to the forward)
   SparsityForm sparsity = SparsityForm::L2Target;  // see sparsity_loss
+  Objective objective = Objective::Lm;              // see Objective (agate/gate/losses.h)
   double distill = 0.0;               // weight of KL(full-cache model || gated model)
   double grad_clip = 0.0;             // global L2 norm bound (0 = none)
 };
 
 // Device scalars (0-dim), summed over ranks. float64 except `ok`.
 struct StepStats {
-  at::Tensor loss, lm, sparsity, keep;  // keep: mean hard-flag keep ratio (1 without gates)
+  at::Tensor loss, lm, sparsity, keep;  // keep: mean hard-flag keep ratio (1 without gates); lm: the
+                                        // objective's main term (the LM loss, or the mean per-layer
+                                        // reconstruction error)
   at::Tensor grad_norm;                 // global gradient norm before clipping
   at::Tensor ok;                        // bool: the loss and gradient were finite on every rank (update applied)
 };
@@ -49,6 +52,7 @@ struct StepForward {
   at::Tensor logits;  // [b, T, V]
   at::Tensor keep;    // [L] per-layer keep surrogate (differentiable); undefined without gates
   at::Tensor kept;    // [] mean hard keep flag of this forward's real tokens; undefined without gates
+  at::Tensor recon;   // [L] per-layer reconstruction errors (differentiable); only when asked for
 };
 
 // One forward of a micro-batch: what it reads and how it runs.
@@ -59,6 +63,7 @@ struct ForwardCall {
   bool recompute = false; // per-layer activation recomputation
   int64_t context = 0;    // a context/continuation split: queries before it attend fully
                           // (ForwardOptions::dense_until); 0 = none
+  bool reconstruct = false;  // per-layer reconstruction (ForwardOptions::reconstruct)
 };
 
 class TrainStep {
