@@ -50,4 +50,14 @@ RunConfig RunConfig::from(const Recipe& r) {
   return c;
 }
 
+StepTargets RunConfig::targets_at(int64_t step) const {
+  StepTargets t;
+  const auto seed = static_cast<uint64_t>(run.seed);
+  t.lambda = sparsity_lambda(loss.lambda, loss.lambda_warmup_steps, step);
+  t.context = context_at(train.context_min, train.context_max, data.seq_len, seed, step);
+  t.target = random_target_at(target_keep_at(loss.target_keep, loss.target_ramp_steps, step), loss.target_keep_max, seed, step);
+  if (loss.count_window) t.target = window_counted_target(t.target, t.context > 0 ? t.context : data.seq_len, gate.recent_window);
+  return t;
+}
+
 }  // namespace agate

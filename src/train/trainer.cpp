@@ -228,18 +228,13 @@ struct Trainer::Impl {
 
     for (int64_t step = st.step; step < steps; ++step) {
       const double lr = sched.at(step);
-      const double lambda = sparsity_lambda(c.loss.lambda, c.loss.lambda_warmup_steps, step);
+      const StepTargets to = c.targets_at(step);
       Batch batch = loader.next();
       pg->heartbeat(step);
       // The whole step runs on the device; its statistics are read when a report is due.
-      const uint64_t seed = static_cast<uint64_t>(c.run.seed);
-      double target = random_target_at(target_keep_at(c.loss.target_keep, c.loss.target_ramp_steps, step),
-                                             c.loss.target_keep_max, seed, step);
-      const int64_t context = context_at(c.train.context_min, c.train.context_max, seq_len, seed, step);
-      if (c.loss.count_window) target = window_counted_target(target, context > 0 ? context : seq_len, c.gate.recent_window);
-      window.add(train_step.run(batch.tokens, batch.mask, lr, lambda, target, batch.real, context));
+      window.add(train_step.run(batch.tokens, batch.mask, lr, to.lambda, to.target, batch.real, to.context));
       st.tokens += global_batch * seq_len;
-      report.after_step(step, lr, lambda, window, st.tokens, summary);
+      report.after_step(step, lr, to.lambda, window, st.tokens, summary);
       const bool last = step + 1 == steps;
       const int64_t every = c.eval.every;
       if (data.val && ((every > 0 && (step + 1) % every == 0) || last)) {

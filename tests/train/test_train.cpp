@@ -102,6 +102,12 @@ TEST(Recipe, TypedSectionsHoldEnumsAndResolvedValues) {
   EXPECT_EQ(c.lora.targets, std::vector<std::string>{"k_proj"});
   EXPECT_TRUE(c.has_gates());
   EXPECT_FALSE(RunConfig::from(Recipe::parse(yaml, "r.yaml", {"train.mode=pretrain"})).has_gates());
+  // A step's targets: the lambda warm-up, and the protected window counted in the keep target.
+  const RunConfig w = RunConfig::from(Recipe::parse(yaml, "r.yaml", {"loss.count_window=true", "loss.lambda_warmup_steps=10"}));
+  EXPECT_DOUBLE_EQ(w.targets_at(5).lambda, 0.5);
+  EXPECT_DOUBLE_EQ(w.targets_at(5).target, (0.25 * 256 - 9) / (256 - 9));
+  EXPECT_EQ(w.targets_at(5).context, 0);
+  EXPECT_DOUBLE_EQ(c.targets_at(5).target, 0.25);
   // Every choice the schema lists parses into its enum (the lists are the tables).
   for (const RecipeKey& k : recipe_schema()) {
     for (const std::string& choice : k.choices) {

@@ -86,6 +86,13 @@ struct EvalSection {
   int64_t every = 50, batches = 8;
 };
 
+// What one step trains toward (besides its learning rate, OptimSection::schedule_for).
+struct StepTargets {
+  double lambda = 0;    // the sparsity weight (loss.lambda after its warm-up)
+  double target = 1;    // the keep target: ramped, randomised, the window counted (loss.*)
+  int64_t context = 0;  // the context of the step's split (0 = none; train.context_*)
+};
+
 struct RunConfig {
   RunSection run;
   ModelSection model;
@@ -101,6 +108,9 @@ struct RunConfig {
 
   // Every section from a loaded (hence validated) recipe.
   static RunConfig from(const Recipe& recipe);
+  // Step `step`'s targets; depend on (run.seed, step) alone, so every rank and a resumed run
+  // compute the same.
+  StepTargets targets_at(int64_t step) const;
   // Gates are trained: gates mode and a gate type other than none.
   bool has_gates() const { return train.mode == TrainMode::Gates && gate.type != GateType::None; }
 };
