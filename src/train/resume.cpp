@@ -74,6 +74,14 @@ TrainState run_state(const Recipe& r, const ResumeGuard& guard, int world_size) 
   return s;
 }
 
+TrainSummary resumed_summary(const TrainState& st) {
+  TrainSummary s;
+  s.steps = s.resumed_from = st.step;
+  s.skipped_steps = st.skipped_steps;
+  s.val_base_loss = st.val_base_loss, s.val_loss = st.val_loss, s.keep = st.keep;
+  return s;
+}
+
 void restore_trainable(const NamedTensors& trainable, const ResumePoint& point) {
   c10::NoGradGuard no_grad;
   std::map<std::string, at::Tensor> saved(point.data.trainable.begin(), point.data.trainable.end());

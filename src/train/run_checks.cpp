@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <system_error>
 
+#include "agate/io/safetensors.h"
 #include "agate/model/inspect.h"
 #include "agate/train/checkpoint.h"
 #include "agate/util/error.h"
@@ -82,6 +83,20 @@ void check_run_folder(const std::string& run_dir, const ResumeOptions& resume) {
   if (!resume.resume_from.empty() && !fs::exists(fs::path(resume.resume_from) / "DONE")) {
     throw_input(resume.resume_from, "is not a complete checkpoint (no DONE marker)", "pick a folder under RUN_DIR/checkpoints/");
   }
+}
+
+// The base model: its weights, or random ones (model.init_seed, pretraining).
+LlamaModel load_run_model(const ModelSection& m, c10::Device device) {
+  const std::string& dir = m.path;
+  const auto dtype = parse_compute_dtype(m.dtype);
+  if (m.init_seed >= 0) {
+    return LlamaModel::init_random(load_model_config((fs::path(dir) / "config.json").string()),
+                                   static_cast<uint64_t>(m.init_seed), dtype, device);
+  }
+  if (!WeightFolder::present(dir)) {
+    throw_input(dir, "holds only config.json, no weights", "--dry-run plans with it; training needs the model's safetensors");
+  }
+  return LlamaModel::load(dir, dtype, device);
 }
 
 RunData open_run_data(const Recipe& r, const ModelConfig& mc) {

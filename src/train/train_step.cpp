@@ -9,6 +9,7 @@
 #include "agate/dist/dist.h"
 #include "agate/gate/losses.h"
 #include "agate/train/adamw.h"
+#include "agate/train/run_config.h"
 #include "agate/util/error.h"
 
 namespace agate {
@@ -60,6 +61,15 @@ TrainStep::TrainStep(Forward forward, NamedTensors trainable, AdamW& optimizer, 
       pg_(pg),
       o_(std::move(options)),
       device_(device) {}
+
+TrainStepOptions train_step_options(const RunConfig& c, bool gates) {
+  TrainStepOptions o;
+  o.micro_batch = c.train.micro_batch, o.global_batch = c.train.global_batch, o.gates = gates;
+  o.recompute = c.train.recompute;
+  o.sparsity = c.loss.sparsity, o.objective = c.loss.objective;
+  o.distill = c.loss.distill, o.grad_clip = c.optim.grad_clip;
+  return o;
+}
 
 StepStats TrainStep::run(const at::Tensor& tokens_host, const at::Tensor& mask_host, double lr, double lambda,
                          double target_keep, const at::Tensor& real_host, int64_t context) {

@@ -57,20 +57,6 @@ c10::Device run_device(const Recipe& r, const RunConfig& c, const LaunchEnv& env
   return device;
 }
 
-// The base model: its weights, or random ones (model.init_seed, pretraining).
-LlamaModel load_base(const ModelSection& m, c10::Device device) {
-  const std::string& dir = m.path;
-  const auto dtype = parse_compute_dtype(m.dtype);
-  if (m.init_seed >= 0) {
-    return LlamaModel::init_random(load_model_config((fs::path(dir) / "config.json").string()),
-                                   static_cast<uint64_t>(m.init_seed), dtype, device);
-  }
-  if (!WeightFolder::present(dir)) {
-    throw_input(dir, "holds only config.json, no weights", "--dry-run plans with it; training needs the model's safetensors");
-  }
-  return LlamaModel::load(dir, dtype, device);
-}
-
 }  // namespace
 
 struct Trainer::Impl {
@@ -95,7 +81,7 @@ struct Trainer::Impl {
         run_dir(c.run.dir),
         pretrain(c.train.mode == TrainMode::Pretrain),
         device(run_device(r, c, env)),
-        model(load_base(c.model, device)),
+        model(load_run_model(c.model, device)),
         data(open_run_data(r, model.config())),
         parts(make_parts()),
         seq_len(c.data.seq_len),
@@ -173,9 +159,7 @@ struct Trainer::Impl {
       optimizer.load_state(from->data.optimizer, from->state.optimizer_steps, from->from);
       st = from->state;
       window.restore(st.window);
-      summary.steps = summary.resumed_from = st.step;
-      summary.skipped_steps = st.skipped_steps;
-      summary.val_base_loss = st.val_base_loss, summary.val_loss = st.val_loss, summary.keep = st.keep;
+      summary = resumed_summary(st);
       log::info("resuming from {} (step {}, {} tokens seen, data epoch {} sample {})", from->from, st.step, st.tokens,
                 st.cursor.epoch, st.cursor.sample);
       if (st.step >= steps) return finished(summary, lead);
@@ -217,14 +201,8 @@ struct Trainer::Impl {
       pg->barrier();  // nobody moves on (or exits) before the checkpoint is complete
     };
 
-    TrainStepOptions so;
-    so.micro_batch = micro_batch, so.global_batch = global_batch, so.gates = has_gates;
-    so.recompute = c.train.recompute;
-    so.sparsity = c.loss.sparsity;
-    so.objective = c.loss.objective;
-    so.distill = c.loss.distill, so.grad_clip = oc.grad_clip;
-    TrainStep train_step([this](const ForwardCall& call) { return forward(call); },
-                         parts.trainable, optimizer, *pg, so, device);
+    TrainStep train_step([this](const ForwardCall& call) { return forward(call); }, parts.trainable, optimizer, *pg,
+                         train_step_options(c, has_gates), device);
 
     for (int64_t step = st.step; step < steps; ++step) {
       const double lr = sched.at(step);

@@ -13,6 +13,7 @@
 #include "agate/train/resume_guard.h"
 #include "agate/train/run_checks.h"
 #include "agate/train/train_state.h"
+#include "agate/train/trainer.h"
 
 namespace agate {
 
@@ -35,6 +36,9 @@ TrainState run_state(const Recipe& recipe, const ResumeGuard& guard, int world_s
 
 // Copies the checkpoint's trainable tensors into `trainable` (no_grad); refuses a missing,
 // mis-shaped or non-finite one, naming it.
+// The run summary as a resumed state left it (steps, skipped steps, losses, keep).
+TrainSummary resumed_summary(const TrainState& state);
+
 void restore_trainable(const NamedTensors& trainable, const ResumePoint& point);
 
 }  // namespace agate

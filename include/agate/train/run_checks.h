@@ -28,6 +28,10 @@ void check_recipe(const Recipe& recipe);
 // a folder with only incomplete checkpoints needs --force.
 void check_run_folder(const std::string& run_dir, const ResumeOptions& resume);
 
+// The run's base model on `device` in model.dtype: its weights, or random ones
+// (model.init_seed, pretraining). Refuses a config-only folder (a dry run plans with it).
+LlamaModel load_run_model(const ModelSection& model, c10::Device device);
+
 struct RunData {
   Dataset train;
   std::optional<Dataset> val;

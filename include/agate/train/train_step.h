@@ -20,6 +20,8 @@ namespace agate {
 class AdamW;
 class ProcessGroup;
 
+struct RunConfig;
+
 struct TrainStepOptions {
   int64_t micro_batch = 1;            // sequences per forward/backward
   int64_t global_batch = 1;           // sequences per step over all ranks
@@ -30,6 +32,9 @@ struct TrainStepOptions {
   double distill = 0.0;               // weight of KL(full-cache model || gated model)
   double grad_clip = 0.0;             // global L2 norm bound (0 = none)
 };
+
+// A run's step options (train.*, loss.*, optim.grad_clip); `gates`: the run trains gates.
+TrainStepOptions train_step_options(const RunConfig& config, bool gates);
 
 // Device scalars (0-dim), summed over ranks. float64 except `ok`.
 struct StepStats {
