@@ -81,7 +81,7 @@ except (OSError, ValueError):
     rows = []
 wins = {}
 for r in rows:
-    if "diff" not in r:
+    if "diff" not in r or "against" in r:  # wins against the best baseline only
         continue
     better = r["diff"] > 0 if r["higher_is_better"] else r["diff"] < 0
     wins.setdefault(r["variant"], 0)

@@ -37,7 +37,7 @@ else
 fi
 
 # --- ablation_table -----------------------------------------------------------------------
-mkdir -p "$tmp/abl/eval/baselines" "$tmp/abl/eval/good" "$tmp/abl/eval/other" "$tmp/abl/eval/partial" "$tmp/abl/runs/good"
+mkdir -p "$tmp/abl/eval/baselines" "$tmp/abl/eval/base" "$tmp/abl/eval/good" "$tmp/abl/eval/other" "$tmp/abl/eval/partial" "$tmp/abl/runs/good"
 python3 - "$tmp/abl" <<'EOF'
 import json, os, sys
 out = sys.argv[1]
@@ -55,6 +55,7 @@ write("good", [full, row("gate-rank", "keep 0.25", [1] * 15 + [0]), row("ada-gat
                row("gate", "learned", [1] * 14 + [0] * 2, keep=0.3)])
 write("other", [row("full", "-", [1] * 15 + [0]), row("gate-rank", "keep 0.25", [1] * 16)])
 write("partial", [full, row("gate-rank", "keep 0.25", [0] * 16)])
+write("base", [full, row("gate-rank", "keep 0.25", [1] * 4 + [0] * 12), row("ada-gate", "keep 0.25", [1] * 4 + [0] * 12)])
 json.dump({"train_loss": 3.5, "val_loss": 3.4, "val_base_loss": 3.45, "keep": 0.27, "tokens_per_s": 1000},
           open(os.path.join(out, "runs", "good", "summary.json"), "w"))
 EOF
@@ -68,6 +69,8 @@ check "a variant evaluated on other samples is flagged" "grep -q 'other | (its f
 check "a task a variant lacks is listed as not evaluated" "grep -q '| good | (not evaluated) |' $tmp/abl/a.md"
 check "its own flags: metric at the measured keep" "grep -q 'gate 87.5% at keep 0.300' $tmp/abl/a.md"
 check "training facts per variant" "grep -q '| good | 3.5000 | 3.4000 (base 3.4500) | 0.270 | 1000 |' $tmp/abl/a.md"
+check "against base: each variant's change, paired (good +68.8 with gate-rank)" \
+  "grep -q 'passkey-after against .base.' $tmp/abl/a.md && grep -q '| good / gate-rank | +68.8 \[.*\]\* |' $tmp/abl/a.md && grep -q '| partial / gate-rank | -25.0 \[.*\]\* |' $tmp/abl/a.md"
 check "JSON rows carry the interval" "python3 -c \"
 import json; d = json.load(open('$tmp/abl/a.json'))
 r = [r for r in d['rows'] if r['variant'] == 'good' and r['policy'] == 'gate-rank'][0]

@@ -5,9 +5,12 @@ at each budget (OUT/eval/baselines/TASK.json) against every variant's gate deplo
 difference (2000 resamples, fixed seed; a sample's metric parts are summed as agate eval does:
 perplexity = exp(sum NLL / sum tokens), accuracy = correct / total). Stdlib only.
 
-    ablation_table.py OUT [--steps N] [--json FILE] > OUT/ablation.md
+    ablation_table.py OUT [--steps N] [--json FILE] [--against VARIANT] > OUT/ablation.md
 
-Every variant and every budget is printed, winners and losers alike. A variant whose
+--against VARIANT (default: base, when it was evaluated) adds, per task, every other variant's
+ranked deployments against that variant's same deployment at the same budget, with the paired
+interval: what the ablation's one changed factor did. Every variant and every budget is
+printed, winners and losers alike. A variant whose
 evaluation is missing a task is listed as missing, not dropped.
 """
 import argparse
@@ -76,6 +79,7 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--steps", type=int, default=0)
     ap.add_argument("--json")
+    ap.add_argument("--against", default="base")
     args = ap.parse_args()
     ev = os.path.join(args.out, "eval")
     if not os.path.isdir(os.path.join(ev, "baselines")):
@@ -152,10 +156,46 @@ def main():
                                     "keep": r["keep"], "metric": r["metric"], "full": full["metric"],
                                     "higher_is_better": higher})
         lines.append("")
+        lines += against_reference(ev, task, variants, args.against, budgets, full, higher, records)
     print("\n".join(lines))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"steps": args.steps, "variants": variants, "tasks": tasks, "rows": records}, f, indent=1)
+
+
+def against_reference(ev, task, variants, ref, budgets, full, higher, records):
+    """Each variant's ranked deployments minus the reference variant's, paired per sample."""
+    ref_path = os.path.join(ev, ref, task + ".json")
+    if ref not in variants or not os.path.exists(ref_path):
+        return []
+    rd = load(ref_path)
+    if abs(rd["rows"][0]["metric"] - full["metric"]) > 1e-6 * max(1.0, abs(full["metric"])):
+        return []
+    lines = [f"{task} against `{ref}` (the same deployment and budget; paired bootstrap 95% interval):\n",
+             "| variant / policy | " + " | ".join(budgets) + " |", "|---|" + "---|" * len(budgets)]
+    for v in variants:
+        path = os.path.join(ev, v, task + ".json")
+        if v == ref or not os.path.exists(path):
+            continue
+        d = load(path)
+        if abs(d["rows"][0]["metric"] - full["metric"]) > 1e-6 * max(1.0, abs(full["metric"])):
+            continue
+        for pol in GATE_RANKED:
+            cells = []
+            for b in budgets:
+                r = next((r for r in d["rows"] if r["policy"] == pol and r["budget"] == b), None)
+                q = next((r for r in rd["rows"] if r["policy"] == pol and r["budget"] == b), None)
+                if r is None or q is None:
+                    cells.append("")
+                    continue
+                lo, hi = paired_bootstrap(r["per_sample"], q["per_sample"])
+                diff = r["metric"] - q["metric"]
+                cells.append(fmt_diff(diff, lo, hi, higher))
+                records.append({"task": task, "variant": v, "policy": pol, "budget": b, "metric": r["metric"],
+                                "against": ref, "against_metric": q["metric"], "diff": diff, "ci95": [lo, hi],
+                                "higher_is_better": higher})
+            lines.append(f"| {v} / {pol} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 if __name__ == "__main__":
