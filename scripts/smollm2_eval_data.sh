@@ -5,6 +5,11 @@
 #                                     tokenizer: perplexity windows
 #   DIR/passkey.jsonl                 N passkey samples in held-out Austen haystacks: (N+1)/2 of
 #                                     250-350 words (seed 11), N/2 of 550-650 words (seed 12)
+#   DIR/passkey-long.jsonl            N passkey samples in held-out Austen haystacks of 1,300-1,500
+#                                     words (seed 14; about 1,900 tokens, 3-6x the above)
+#   DIR/cloze.jsonl                   N multiple-choice questions (tools/make_cloze.py): which of 4
+#                                     sentences follows a 300-word passage of held-out Austen, KJV
+#                                     or Shakespeare (seed 13; distractors from other held-out docs)
 #   scripts/smollm2_eval_data.sh DIR N
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,4 +29,14 @@ if [[ ! -f $DIR/passkey.jsonl ]]; then
     python3 tools/make_passkey.py --out - --n $(( N / 2 )) --seed 12 --split val --filler data/corpus/raw/austen.txt \
       --min-words 550 --max-words 650 --answer key; } >"$DIR/passkey.jsonl.tmp"
   mv "$DIR/passkey.jsonl.tmp" "$DIR/passkey.jsonl"
+fi
+if [[ ! -f $DIR/passkey-long.jsonl ]]; then
+  python3 tools/make_passkey.py --out "$DIR/passkey-long.jsonl.tmp" --n "$N" --seed 14 --split val \
+    --filler data/corpus/raw/austen.txt --min-words 1300 --max-words 1500 --answer key
+  mv "$DIR/passkey-long.jsonl.tmp" "$DIR/passkey-long.jsonl"
+fi
+if [[ ! -f $DIR/cloze.jsonl ]]; then
+  python3 tools/make_cloze.py --text data/corpus/raw/austen.txt,data/corpus/raw/kjv.txt,data/corpus/raw/shakespeare.txt \
+    --split val --words 300 --n "$N" --seed 13 --out "$DIR/cloze.jsonl.tmp"
+  mv "$DIR/cloze.jsonl.tmp" "$DIR/cloze.jsonl"
 fi

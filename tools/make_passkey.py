@@ -91,20 +91,26 @@ def is_val(paragraph, fraction):
     return zlib.crc32(paragraph.encode("utf-8")) % 1000000 < int(fraction * 1000000.0)
 
 
-def sentences_from(path, split="all", val_fraction=0.03):
-    paragraphs, cur = [], []
+def paragraphs(path, split="all", val_fraction=0.03):
+    """The documents of a plain-text file as agate tokenize reads them (blank-line blocks, lines
+    joined by \\n), only those of one split unless split == "all"."""
+    out, cur = [], []
     for line in open(path, encoding="utf-8").read().split("\n"):
         line = line.rstrip("\r")
         if line.strip(" \t"):
             cur.append(line)
         elif cur:
-            paragraphs.append("\n".join(cur))
+            out.append("\n".join(cur))
             cur = []
     if cur:
-        paragraphs.append("\n".join(cur))
+        out.append("\n".join(cur))
     if split != "all":
-        paragraphs = [p for p in paragraphs if is_val(p, val_fraction) == (split == "val")]
-    text = " ".join(p.replace("\n", " ") for p in paragraphs)
+        out = [p for p in out if is_val(p, val_fraction) == (split == "val")]
+    return out
+
+
+def sentences_from(path, split="all", val_fraction=0.03):
+    text = " ".join(p.replace("\n", " ") for p in paragraphs(path, split, val_fraction))
     out = [s.strip() for s in text.split(". ") if 20 <= len(s.strip()) <= 200]
     if not out:
         sys.exit("error: %s: no usable sentences" % path)

@@ -49,6 +49,25 @@ import json
 for l in open('$tmp/val.jsonl'):
     j = json.loads(l); assert j['prompt'].endswith(' ' + j['question']), j
 \""
+# The multiple-choice task of the held-out evaluation: passages, answers and distractors all from
+# val documents (documents need 8+ sentences, so a second file of long val documents is added).
+for i in $(seq 1 40); do
+  for k in $(seq 1 9); do printf 'Sentence %d of the long document number %d goes on for a while here. ' "$k" "$i"; done
+  echo; echo
+done >"$tmp/long.txt"
+python3 "$SRC/tools/make_cloze.py" --text "$tmp/corpus.txt,$tmp/long.txt" --split val --val-fraction 0.2 --words 20 \
+  --n 12 --out "$tmp/cloze.jsonl"
+check "cloze questions use val documents only" "python3 -c \"
+import json, re, sys; sys.path.insert(0, '$SRC/tools'); import make_passkey as m
+val = {re.search(r'document number (\\d+)', p).group(1) for p in m.paragraphs('$tmp/long.txt', 'val', 0.2)}
+lines = [json.loads(l) for l in open('$tmp/cloze.jsonl')]
+assert len(lines) == 12 and val
+for j in lines:
+    used = set(re.findall(r'document number (\\d+)', j['context'] + ' '.join(j['choices'])))
+    assert used and used <= val, (used - val)
+\""
+python3 "$SRC/tools/make_cloze.py" --text "$tmp/corpus.txt" --split val --val-fraction 0.2 --out "$tmp/x.jsonl" >"$tmp/o" 2>&1
+check "cloze with too few long documents in the split is refused with a hint" "[[ $? == 1 ]] && grep -q 'in the val split (hint' $tmp/o"
 $MP --split val --out "$tmp/x.jsonl" >"$tmp/o" 2>&1
 check "--split without --filler is refused" "[[ $? == 2 ]] && grep -q 'needs --filler' $tmp/o"
 $MP --format text --kinds passkey,nope --out "$tmp/x.txt" >"$tmp/o" 2>&1
