@@ -36,13 +36,7 @@ evict::PolicyOptions policy_tuning(const Args& args) {
   o.sinks = int_or("sinks", o.sinks);
   o.alpha = args.has("alpha") ? args.get_double("alpha") : o.alpha;
   o.beta = int_or("beta", o.beta);
-  if (o.window < 1 || o.sinks < 0 || o.beta < 1) throw_usage("need --window >= 1, --sinks >= 0, --beta >= 1");
-  if (o.kernel < 1 || o.kernel % 2 == 0) throw_usage("--kernel must be odd and >= 1, got " + std::to_string(o.kernel));
-  if (o.alpha < 0 || o.alpha > 1) throw_usage("--alpha must be in [0, 1], got " + std::to_string(o.alpha));
-  if (o.kvpress && (o.pooling != evict::Pooling::Avg || o.gqa != evict::GqaReduce::Mean)) {
-    throw_usage("--kvpress-compat: kvpress's SnapKV pools by avg and reduces GQA by mean",
-                "drop --pooling/--gqa, or drop --kvpress-compat");
-  }
+  evict::check_policy_options(o);
   return o;
 }
 

@@ -430,6 +430,17 @@ const std::vector<std::string>& baseline_names() {
   return names;
 }
 
+void check_policy_options(const PolicyOptions& o) {
+  if (o.window < 1 || o.sinks < 0 || o.beta < 1) throw_usage("need --window >= 1, --sinks >= 0, --beta >= 1");
+  if (o.kernel < 1 || o.kernel % 2 == 0) throw_usage("--kernel must be odd and >= 1, got " + std::to_string(o.kernel));
+  if (o.alpha < 0 || o.alpha > 1) throw_usage("--alpha must be in [0, 1], got " + std::to_string(o.alpha));
+  if (o.kvpress && (o.pooling != Pooling::Avg || o.gqa != GqaReduce::Mean)) {
+    throw_usage(std::string("--kvpress-compat: kvpress's SnapKV pools by avg and reduces GQA by mean (got pooling ") +
+                    kPoolings.name(o.pooling) + ", gqa " + kGqaReduces.name(o.gqa) + ")",
+                "drop --pooling/--gqa, or drop --kvpress-compat");
+  }
+}
+
 std::unique_ptr<ScoredPolicy> make_policy(const std::string& name, const PolicyOptions& o, Gates* gates) {
   if (ranks_by_gates(name)) {
     if (!gates) throw_usage("policy " + name + " ranks by the gates", "pass --gates EXPORT (agate export)");

@@ -35,17 +35,12 @@ at::Tensor grouped(const at::Tensor& q, int64_t Hkv) {  // [H, T, hd] -> [Hkv, G
 
 at::Tensor snapkv_scores(const at::Tensor& q, const at::Tensor& k, const PolicyOptions& o) {
   const int64_t T = k.size(1), Hkv = k.size(0), w = o.window;
-  if (w < 1 || w >= T) throw_usage("the SnapKV window must be in [1, context length)");
-  if (o.kernel < 1 || o.kernel % 2 == 0) throw_usage("the pooling kernel must be odd and >= 1");
+  check_policy_options(o);
+  if (w >= T) throw_usage("the SnapKV window must be shorter than the context (" + std::to_string(T) + " tokens)");
   at::Tensor qw = grouped(q, Hkv).slice(2, T - w, T);                         // [Hkv, G, w, hd]
   at::Tensor a = causal_probs(qw, k.to(at::kFloat), T - w).slice(3, 0, T - w); // [Hkv, G, w, T-w]
   const int64_t pad = o.kernel / 2;
   if (o.kvpress) {  // SnapKVPress.score: mean over the window, avg-pooled per query head, then the GQA mean
-    if (o.pooling != Pooling::Avg || o.gqa != GqaReduce::Mean) {
-      throw_usage(std::string("kvpress's SnapKV pools by avg and reduces GQA by mean (got pooling ") + kPoolings.name(o.pooling) +
-                      ", gqa " + kGqaReduces.name(o.gqa) + ")",
-                  "drop --pooling/--gqa with --kvpress-compat");
-    }
     const int64_t G = a.size(1), n = T - w;
     at::Tensor m = a.mean(2).reshape({1, Hkv * G, n});
     return at::avg_pool1d(m, {o.kernel}, {1}, {pad})[0].view({Hkv, G, n}).mean(1);

@@ -3,8 +3,6 @@
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 
-#include <map>
-
 #include "agate/gate/keep_step.h"
 #include "agate/util/error.h"
 #include "gate_types.h"

@@ -81,6 +81,10 @@ struct PolicyOptions {
   bool kvpress = false;        // kvpress 0.5.5's definitions (see the top of this file)
 };
 
+// Refuses out-of-range options with a usage error naming the CLI flag (the SnapKV scorer calls
+// it; the CLI calls it before loading a model).
+void check_policy_options(const PolicyOptions& o);
+
 // A context's full-attention prefill, per layer (post-RoPE, batch 1).
 struct PrefillRecord {
   std::vector<at::Tensor> q;       // [H, T, hd] float32
