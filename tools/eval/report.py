@@ -119,8 +119,9 @@ def plot(out_dir: str, tasks: Dict[str, dict], policies, keeps) -> None:
     base = [p for p in policies if p.family == "kvpress"]
     cmap = plt.get_cmap("tab10")
     colors = {p.name: cmap(i % 10) for i, p in enumerate(base)}
-    for p, c in zip([p for p in policies if p.family == "agate"], ("black", "dimgray", "darkred")):
-        colors[p.name] = c
+    dark = ("black", "dimgray", "darkred", "darkgreen", "navy", "saddlebrown")
+    for i, p in enumerate([p for p in policies if p.family == "agate"]):
+        colors[p.name] = dark[i % len(dark)]
     for ax, (name, t) in zip(axes.flat, tasks.items()):
         rows = t["rows"]
         for p in policies:
