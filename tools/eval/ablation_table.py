@@ -57,6 +57,11 @@ def load(path):
         return json.load(f)
 
 
+def same_samples(d, full):
+    """Whether an evaluation's full-cache row (its first) matches the baselines': the same samples."""
+    return abs(d["rows"][0]["metric"] - full["metric"]) <= 1e-6 * max(1.0, abs(full["metric"]))
+
+
 def fmt(v, higher):
     return f"{100 * v:.1f}%" if higher else f"{v:.2f}"
 
@@ -126,9 +131,8 @@ def main():
                 lines.append(f"| {v} | (not evaluated) |" + " |" * (len(budgets) - 1))
                 continue
             d = load(path)
-            vfull = d["rows"][0]
-            if abs(vfull["metric"] - full["metric"]) > 1e-6 * max(1.0, abs(full["metric"])):
-                lines.append(f"| {v} | (its full cache {fmt(vfull['metric'], higher)} differs from the baselines' "
+            if not same_samples(d, full):
+                lines.append(f"| {v} | (its full cache {fmt(d['rows'][0]['metric'], higher)} differs from the baselines' "
                              f"{fmt(full['metric'], higher)}: not the same samples) |" + " |" * (len(budgets) - 1))
                 continue
             for pol in GATE_RANKED:
@@ -169,7 +173,7 @@ def against_reference(ev, task, variants, ref, budgets, full, higher, records):
     if ref not in variants or not os.path.exists(ref_path):
         return []
     rd = load(ref_path)
-    if abs(rd["rows"][0]["metric"] - full["metric"]) > 1e-6 * max(1.0, abs(full["metric"])):
+    if not same_samples(rd, full):
         return []
     lines = [f"{task} against `{ref}` (the same deployment and budget; paired bootstrap 95% interval):\n",
              "| variant / policy | " + " | ".join(budgets) + " |", "|---|" + "---|" * len(budgets)]
@@ -178,7 +182,7 @@ def against_reference(ev, task, variants, ref, budgets, full, higher, records):
         if v == ref or not os.path.exists(path):
             continue
         d = load(path)
-        if abs(d["rows"][0]["metric"] - full["metric"]) > 1e-6 * max(1.0, abs(full["metric"])):
+        if not same_samples(d, full):
             continue
         for pol in GATE_RANKED:
             cells = []
