@@ -66,7 +66,7 @@ const std::vector<RecipeKey>& recipe_schema() {
       {"loss.lambda_warmup_steps", "int", "0", "ramp lambda linearly from 0 over this many steps", {}, false, "[0, )"},
       {"loss.target_keep_max", "float", "0.0", "randomised targets: each step's keep target is drawn from [target_keep, target_keep_max] (0 = off)", {}, false, "[0, 1]"},
       {"loss.target_ramp_steps", "int", "0", "ramp the keep target linearly from 1 down to loss.target_keep over this many steps (0 = off)", {}, false, "[0, )"},
-      {"loss.distill", "float", "0.0", "weight of KL(base || gated) on target tokens (0 = off)", {}, false, "[0, )"},
+      {"loss.distill", "float", "0.0", "weight of KL(base ‖ gated) on target tokens (0 = off)", {}, false, "[0, )"},
       // checkpoint
       {"checkpoint.every_steps", "int", "0", "steps between checkpoints (0 = only the final one)", {}, false, "[0, )"},
       {"checkpoint.keep_last", "int", "2", "complete checkpoints kept (>= 2; older ones are pruned after a new one is complete)", {}, false, "[2, )"},

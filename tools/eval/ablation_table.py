@@ -22,7 +22,8 @@ import sys
 
 GATE_RANKED = ("gate-rank", "ada-gate")
 LEARNED = ("gate", "gate-post")
-TASK_ORDER = ("ppl-512", "ppl-1024", "passkey-inside", "passkey-after")
+TASK_ORDER = ("ppl-512", "ppl-1024", "ppl-2048", "passkey-inside", "passkey-after", "passkey-long-inside",
+              "passkey-long-after", "choice")
 
 
 def metric(parts, idx):
