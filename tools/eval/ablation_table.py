@@ -200,7 +200,7 @@ def against_reference(ev, task, variants, ref, budgets, full, higher, records):
                                 "against": ref, "against_metric": q["metric"], "diff": diff, "ci95": [lo, hi],
                                 "higher_is_better": higher})
             lines.append(f"| {v} / {pol} | " + " | ".join(cells) + " |")
-    return lines + [""]
+    return lines + [""] if len(lines) > 3 else []
 
 
 if __name__ == "__main__":
