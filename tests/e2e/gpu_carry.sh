@@ -56,6 +56,7 @@ write("good", [full, row("gate-rank", "keep 0.25", [1] * 15 + [0]), row("ada-gat
 write("other", [row("full", "-", [1] * 15 + [0]), row("gate-rank", "keep 0.25", [1] * 16)])
 write("partial", [full, row("gate-rank", "keep 0.25", [0] * 16)])
 write("base", [full, row("gate-rank", "keep 0.25", [1] * 4 + [0] * 12), row("ada-gate", "keep 0.25", [1] * 4 + [0] * 12)])
+write("base", [full, row("gate-rank", "keep 0.25", [1] * 8 + [0] * 8)], task="ppl-512")  # no other variant has it
 json.dump({"train_loss": 3.5, "val_loss": 3.4, "val_base_loss": 3.45, "keep": 0.27, "tokens_per_s": 1000},
           open(os.path.join(out, "runs", "good", "summary.json"), "w"))
 EOF
@@ -71,6 +72,7 @@ check "its own flags: metric at the measured keep" "grep -q 'gate 87.5% at keep 
 check "training facts per variant" "grep -q '| good | 3.5000 | 3.4000 (base 3.4500) | 0.270 | 1000 |' $tmp/abl/a.md"
 check "against base: each variant's change, paired (good +68.8 with gate-rank)" \
   "grep -q 'passkey-after against .base.' $tmp/abl/a.md && grep -q '| good / gate-rank | +68.8 \[.*\]\* |' $tmp/abl/a.md && grep -q '| partial / gate-rank | -25.0 \[.*\]\* |' $tmp/abl/a.md"
+check "no empty 'against base' table for a task only base was evaluated on" "! grep -q 'ppl-512 against' $tmp/abl/a.md"
 check "JSON rows carry the interval" "python3 -c \"
 import json; d = json.load(open('$tmp/abl/a.json'))
 r = [r for r in d['rows'] if r['variant'] == 'good' and r['policy'] == 'gate-rank'][0]
