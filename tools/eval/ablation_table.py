@@ -176,8 +176,9 @@ def against_reference(ev, task, variants, ref, budgets, full, higher, records):
     rd = load(ref_path)
     if not same_samples(rd, full):
         return []
-    lines = [f"{task} against `{ref}` (the same deployment and budget; paired bootstrap 95% interval):\n",
-             "| variant / policy | " + " | ".join(budgets) + " |", "|---|" + "---|" * len(budgets)]
+    header = [f"{task} against `{ref}` (the same deployment and budget; paired bootstrap 95% interval):\n",
+              "| variant / policy | " + " | ".join(budgets) + " |", "|---|" + "---|" * len(budgets)]
+    lines = []
     for v in variants:
         path = os.path.join(ev, v, task + ".json")
         if v == ref or not os.path.exists(path):
@@ -200,7 +201,7 @@ def against_reference(ev, task, variants, ref, budgets, full, higher, records):
                                 "against": ref, "against_metric": q["metric"], "diff": diff, "ci95": [lo, hi],
                                 "higher_is_better": higher})
             lines.append(f"| {v} / {pol} | " + " | ".join(cells) + " |")
-    return lines + [""] if len(lines) > 3 else []
+    return header + lines + [""] if lines else []
 
 
 if __name__ == "__main__":
