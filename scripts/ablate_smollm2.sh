@@ -89,10 +89,14 @@ eval_one() {  # name: gates policies of one variant, or the baselines
     { echo "ablate: evaluating $name failed; the end of $OUT/eval/$name.log:" >&2; tail -5 "$OUT/eval/$name.log" >&2; return 1; }
 }
 
-# The baselines need no training: they run beside it.
+# The baselines need no training: on a GPU they run beside it; on a CPU after it (two
+# multi-threaded processes on the same cores spin against each other: measured 62 tokens/s of
+# training beside them on the 2-core machine, against ~300 alone).
 log "${#names[@]} variants (${names[*]}), $JOBS at once, batch $BATCH, device $DEVICE, $SAMPLES samples per task"
-eval_one baselines &
-baseline_pid=$!
+if [[ $on_gpu == 1 ]]; then
+  eval_one baselines &
+  baseline_pid=$!
+fi
 
 if [[ -n ${TRAIN_SECONDS:-} && -z ${STEPS:-} ]]; then
   slowest=0
@@ -128,6 +132,7 @@ log "trained in $(( $(date +%s) - t0 )) s"
 export_one() { [[ -f $OUT/exports/$1/gates.safetensors ]] || "$AGATE" export "$OUT/runs/$1" --out "$OUT/exports/$1" >/dev/null; }
 for n in "${names[@]}"; do [[ -f $OUT/runs/$n/summary.json ]] && throttle export_one "$n"; done
 for p in $(jobs -rp | grep -vx "$baseline_pid"); do wait "$p" || true; done
+[[ $on_gpu == 1 ]] || throttle eval_one baselines
 for n in "${names[@]}"; do
   [[ -f $OUT/exports/$n/gates.safetensors ]] && throttle eval_one "$n"
 done
