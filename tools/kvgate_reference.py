@@ -73,6 +73,8 @@ class KVGates:
         self.type: str = g["type"]
         if self.type not in self.PARTS:
             raise ValueError(f"gate.type {self.type!r} not supported (attention or mlp)")
+        if g.get("rule_feature", "none") != "none":
+            raise ValueError(f"{export_dir}: gate.rule_feature {g['rule_feature']!r} is not supported by the reference yet")
         self.heads, self.head_dim = int(g["heads"]), int(g["head_dim"])
         self.threshold = float(g["threshold"])
         self.sink_tokens, self.recent_window = int(g["sink_tokens"]), int(g["recent_window"])

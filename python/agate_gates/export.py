@@ -114,6 +114,11 @@ def load_export(export_dir: str) -> GateExport:
     gtype = g.get("type")
     if gtype not in ("attention", "mlp"):
         raise GateExportError(cfg_path, f"gate.type {gtype!r} is not supported", "agate exports attention or mlp gates")
+    rule = g.get("rule_feature", "none")
+    if rule != "none":
+        raise GateExportError(cfg_path, f"gate.rule_feature {rule!r} is not supported by this package yet (the gates "
+                              "read the layer's attention statistics, which the press does not compute)",
+                              "use agate generate/eval, or export gates trained without gate.rule_feature")
     thr = g.get("threshold")
     if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not 0 < thr < 1:
         raise GateExportError(cfg_path, f"gate.threshold must be in (0, 1), found {thr!r}", "re-export the run with agate export")

@@ -213,7 +213,7 @@ class RandomKeep : public KeyVisibility {
     table_.select(1, 0).fill_(1.0);
     table_ = table_.to(device);
   }
-  LayerKeep key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions, bool) override {
+  LayerKeep key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions, bool, const KeyInputs&) override {
     return LayerKeep::hard(table_[layer].index_select(0, positions).unsqueeze(0).to(x.scalar_type()));
   }
 

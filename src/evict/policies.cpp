@@ -262,8 +262,9 @@ Compressed compress_recorded(Record record, Select select) {
 class FlagRecorder : public KeyVisibility {
  public:
   explicit FlagRecorder(Gates* gates) : gates_(gates) {}
-  LayerKeep key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions, bool) override {
-    const at::Tensor f = gates_->key_keep(layer, x, positions, false).flags;  // [1, T, Hkv]
+  LayerKeep key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions, bool,
+                     const KeyInputs& in) override {
+    const at::Tensor f = gates_->key_keep(layer, x, positions, false, in).flags;  // [1, T, Hkv]
     flags.push_back(f.defined() ? (f[0] > 0.5) : at::Tensor());
     return {};
   }
@@ -321,8 +322,9 @@ class GatePolicy : public GatesPolicy {
 class ProbabilityRecorder : public KeyVisibility {
  public:
   explicit ProbabilityRecorder(Gates* gates) : gates_(gates) {}
-  LayerKeep key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions, bool) override {
-    p.push_back(gates_->probabilities(layer, x, positions)[0]);  // [T, Hkv]
+  LayerKeep key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions, bool,
+                     const KeyInputs& in) override {
+    p.push_back(gates_->probabilities(layer, x, positions, in)[0]);  // [T, Hkv]
     return {};
   }
   std::vector<at::Tensor> p;

@@ -33,8 +33,8 @@ class AttentionGates : public Gates {
   }
 
   // x_in: [B, T, D] on the parameters' device; positions: [T] int64 (moved to x's device if
-  // elsewhere) -> p: [B, T, Hkv] float32.
-  at::Tensor probabilities(int64_t layer, const at::Tensor& x_in, const at::Tensor& positions_in) override {
+  // elsewhere) -> keep logits [B, T, Hkv] float32.
+  at::Tensor logits(int64_t layer, const at::Tensor& x_in, const at::Tensor& positions_in) override {
     const Layer& L = layers_[static_cast<size_t>(layer)];
     at::Tensor x = x_in.to(at::kFloat);
     const at::Tensor positions = positions_in.to(x.device());
@@ -55,7 +55,7 @@ class AttentionGates : public Gates {
     }
     at::Tensor z = masked_attention(q, k, v, positions, k_pos, at::Tensor());  // [B, H, T, d]
     z = z.transpose(1, 2).reshape({B, T, H * d});
-    return at::sigmoid(at::linear(z, L.ws, L.bs));  // [B, T, Hkv]
+    return at::linear(z, L.ws, L.bs);  // [B, T, Hkv] logits
   }
 
  private:

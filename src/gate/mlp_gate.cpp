@@ -24,10 +24,10 @@ class MlpGates : public Gates {
     }
   }
 
-  // x: [B, T, D] on the parameters' device -> p: [B, T, Hkv] float32.
-  at::Tensor probabilities(int64_t layer, const at::Tensor& x, const at::Tensor&) override {
+  // x: [B, T, D] on the parameters' device -> keep logits [B, T, Hkv] float32.
+  at::Tensor logits(int64_t layer, const at::Tensor& x, const at::Tensor&) override {
     const Layer& L = layers_[static_cast<size_t>(layer)];
-    return at::sigmoid(at::linear(at::gelu(at::linear(x.to(at::kFloat), L.w1, L.b1)), L.w2, L.b2));
+    return at::linear(at::gelu(at::linear(x.to(at::kFloat), L.w1, L.b1)), L.w2, L.b2);
   }
 
  private:

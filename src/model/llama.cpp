@@ -196,6 +196,7 @@ at::Tensor LlamaModel::embed(const at::Tensor& tokens) const {
 
 Positions LlamaModel::positions(int64_t start, int64_t T) const {
   Positions p;
+  p.start = start;
   p.ids = at::arange(start, start + T, at::TensorOptions().dtype(at::kLong).device(device_));
   std::tie(p.cos, p.sin) = rope_.cos_sin(p.ids, dtype_);
   return p;
@@ -217,10 +218,22 @@ at::Tensor LlamaModel::layer_forward(int64_t i, const at::Tensor& h, const Posit
   const int64_t H = config_.num_attention_heads, Hkv = config_.num_key_value_heads, hd = config_.head_dim;
 
   at::Tensor x = rms_norm(h, L.input_norm);                                   // [B, T, D]
+  const at::Tensor& cos = pos.cos;  // [T, hd]
+  const at::Tensor& sin = pos.sin;
+  at::Tensor q = Rope::apply(proj(x, L.q_proj, L.q_bias, Projection::Q).view({B, T, H, hd}), cos, sin);
+  at::Tensor k = Rope::apply(proj(x, L.k_proj, L.k_bias, Projection::K).view({B, T, Hkv, hd}), cos, sin);
+  at::Tensor v = proj(x, L.v_proj, L.v_bias, Projection::V).view({B, T, Hkv, hd});
+  // Head-major and contiguous: the batched matmuls (oneDNN in bf16) are much faster on dense
+  // operands than on strided views.
+  q = q.transpose(1, 2).contiguous();  // [B, H, T, hd]
+  k = k.transpose(1, 2).contiguous();  // [B, Hkv, T, hd]
+  v = v.transpose(1, 2).contiguous();
+
   at::Tensor keep;
   int64_t recent = 0;
   if (options.visibility) {
-    LayerKeep decided = options.visibility->key_keep(i, x, pos.ids, options.train);
+    const KeyInputs in{q, k, options.dense_until > 0 ? std::min(options.dense_until, T) : T, pos.start};
+    LayerKeep decided = options.visibility->key_keep(i, x, pos.ids, options.train, in);
     keep = decided.keep;  // [B, T, Hkv]
     recent = options.visibility->recent_window();
     if (stats && keep.defined()) {
@@ -235,16 +248,6 @@ at::Tensor LlamaModel::layer_forward(int64_t i, const at::Tensor& h, const Posit
     }
   }
 
-  const at::Tensor& cos = pos.cos;  // [T, hd]
-  const at::Tensor& sin = pos.sin;
-  at::Tensor q = Rope::apply(proj(x, L.q_proj, L.q_bias, Projection::Q).view({B, T, H, hd}), cos, sin);
-  at::Tensor k = Rope::apply(proj(x, L.k_proj, L.k_bias, Projection::K).view({B, T, Hkv, hd}), cos, sin);
-  at::Tensor v = proj(x, L.v_proj, L.v_bias, Projection::V).view({B, T, Hkv, hd});
-  // Head-major and contiguous: the batched matmuls (oneDNN in bf16) are much faster on dense
-  // operands than on strided views.
-  q = q.transpose(1, 2).contiguous();  // [B, H, T, hd]
-  k = k.transpose(1, 2).contiguous();  // [B, Hkv, T, hd]
-  v = v.transpose(1, 2).contiguous();
 
   at::Tensor attn = options.cache
                         ? options.cache->attend(i, q, k, v, keep, config_.sliding_window, recent)

@@ -18,7 +18,7 @@ ResumeGuard::ResumeGuard(const Recipe& recipe) : r_(recipe) {}
 
 const std::vector<std::string>& ResumeGuard::breaking_keys() {
   static const std::vector<std::string> k = {"model.init_seed", "gate.type", "gate.heads", "gate.head_dim",
-                                             "gate.mlp_hidden", "lora.rank", "lora.targets", "train.mode",
+                                             "gate.mlp_hidden", "gate.rule_feature", "lora.rank", "lora.targets", "train.mode",
                                              "data.seq_len", "data.sft_mode", "train.global_batch", "run.seed"};
   return k;
 }

@@ -28,6 +28,11 @@ void check_recipe(const Recipe& r) {
     r.fail("train.context_min", "train.context_min (" + r.str("train.context_min") + ") is above train.context_max (" +
                                     r.str("train.context_max") + ")", "the split's context share is drawn from [context_min, context_max]");
   }
+  if (r.str("gate.rule_feature") != "none" && r.number("train.context_min") <= 0) {
+    r.fail("gate.rule_feature", "gate.rule_feature " + r.str("gate.rule_feature") +
+                                    " needs a context/continuation split: without one the feature would read the attention of the tokens the loss predicts",
+           "set train.context_min and train.context_max (e.g. 0.5 and 0.9)");
+  }
   if (r.number("loss.target_keep_max") > 0 && r.number("loss.target_keep_max") < r.number("loss.target_keep")) {
     r.fail("loss.target_keep_max", "loss.target_keep_max (" + r.str("loss.target_keep_max") + ") is below loss.target_keep (" +
                                         r.str("loss.target_keep") + ")", "targets are drawn from [target_keep, target_keep_max]; 0 turns it off");

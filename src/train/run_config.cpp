@@ -12,6 +12,7 @@ RunConfig RunConfig::from(const Recipe& r) {
   c.gate = {kGateTypes.parse(r.str("gate.type"), "gate.type"), r.integer("gate.heads"), r.integer("gate.head_dim"),
             r.integer("gate.mlp_hidden"), r.number("gate.threshold"), kEstimators.parse(r.str("gate.estimator"), "gate.estimator"),
             r.integer("gate.sink_tokens"), r.integer("gate.recent_window"), r.number("gate.init_bias")};
+  c.gate.rule_feature = kRuleFeatures.parse(r.str("gate.rule_feature"), "gate.rule_feature");
 
   c.lora = {r.integer("lora.rank"), r.number("lora.alpha"), r.list("lora.targets")};
   c.data = {r.str("data.train"), r.str("data.val"), r.integer("data.seq_len"),

@@ -106,11 +106,14 @@ struct Trainer::Impl {
     return plan_run(c, model.config(), counts, device.str());
   }
 
-  // Mean LM loss and keep ratio over eval.batches fixed validation batches.
+  // Mean LM loss and keep ratio over eval.batches fixed validation batches. Gates with a rule
+  // feature read the context's attention, so they are validated as compression after a prefill
+  // of the first half (the second half's queries see the kept keys; the loss is over both).
   HeldOut validate(bool with_gates) const {
     ForwardOptions fo;
     fo.visibility = with_gates ? parts.gates.get() : nullptr;
     fo.adapter = with_gates ? parts.lora.get() : nullptr;
+    if (with_gates && parts.gates && parts.gates->config().rule_feature != RuleFeature::None) fo.dense_until = seq_len / 2;
     return measure_held_out(model, fo, *data.val, {seq_len, micro_batch, c.eval.batches, c.data.sft_mode},
                             pg.get());
   }

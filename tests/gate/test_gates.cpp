@@ -4,12 +4,15 @@
 #include <c10/core/GradMode.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "../test_util.h"
 #include "../tiny_model.h"
 #include "agate/gate/gates.h"
 #include "agate/gate/losses.h"
+#include "agate/gate/rule_feature.h"
 #include "agate/model/attention.h"
 #include "agate/model/llama.h"
 
@@ -86,7 +89,7 @@ TEST(Gates, SinkTokensAreAlwaysKept) {
   auto gates = Gates::create(g, m.config(), 7);
   at::Tensor x = at::randn({1, 8, 32});
   for (bool train : {false, true}) {
-    const LayerKeep k = gates->key_keep(0, x, at::arange(0, 8, at::kLong), train);
+    const LayerKeep k = gates->key_keep(0, x, at::arange(0, 8, at::kLong), train, {});
     EXPECT_EQ(k.keep.sizes(), (at::IntArrayRef{1, 8, 2}));
     EXPECT_TRUE(at::equal(k.keep.slice(1, 0, 2), at::ones({1, 2, 2}))) << train;
     EXPECT_TRUE(at::equal(k.flags.slice(1, 2), at::zeros({1, 6, 2}))) << train;
@@ -350,4 +353,99 @@ TEST(GateConfigJson, RoundTripsAndRefusesUnknownNames) {
   EXPECT_NE(agate::test::error_of([&] { (void)broken.get<GateConfig>(); }).find("gate.estimator 'hard' is not one of ste, soft"), std::string::npos);
   broken.erase("estimator");
   EXPECT_THROW((void)broken.get<GateConfig>(), nlohmann::json::exception);
+}
+
+// ---- the rule feature (gate.rule_feature: attention) ---------------------------------------
+
+TEST(RuleFeature, IsTheAttentionReceivedFromTheContextAsANaiveLoopComputesIt) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
+  const int64_t B = 2, H = 4, Hkv = 2, T = 7, hd = 8, ce = 5;
+  const at::Tensor q = at::randn({B, H, T, hd}, gen), k = at::randn({B, Hkv, T, hd}, gen);
+  const at::Tensor f = rule_features(q, k, ce);
+  ASSERT_EQ(f.sizes(), (at::IntArrayRef{B, T, Hkv, 2}));
+  auto qa = q.accessor<float, 4>();
+  auto ka = k.accessor<float, 4>();
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t g = 0; g < Hkv; ++g) {
+      std::vector<double> received(T, 0.0);
+      for (int64_t h = g * (H / Hkv); h < (g + 1) * (H / Hkv); ++h) {
+        for (int64_t i = 0; i < ce; ++i) {
+          std::vector<double> e(static_cast<size_t>(i + 1));
+          double z = 0;
+          for (int64_t j = 0; j <= i; ++j) {
+            double s = 0;
+            for (int64_t d = 0; d < hd; ++d) s += qa[b][h][i][d] * ka[b][g][j][d];
+            e[static_cast<size_t>(j)] = std::exp(s / std::sqrt(static_cast<double>(hd)));
+            z += e[static_cast<size_t>(j)];
+          }
+          for (int64_t j = 0; j <= i; ++j) received[static_cast<size_t>(j)] += e[static_cast<size_t>(j)] / z / (H / Hkv);
+        }
+      }
+      for (int64_t j = 0; j < T; ++j) {
+        EXPECT_NEAR(f[b][j][g][0].item<double>(), std::log(1e-6 + received[static_cast<size_t>(j)]), 1e-4) << b << g << j;
+        EXPECT_NEAR(f[b][j][g][1].item<double>(), std::log(std::max<double>(1.0, static_cast<double>(ce - j))), 1e-6);
+      }
+    }
+  }
+}
+
+TEST(RuleFeature, FreshWeightsAreZeroSoTheGatesStartAsWithoutTheFeature) {
+  c10::NoGradGuard no_grad;
+  LlamaModel m = LlamaModel::init_random(tiny(), 3, at::kFloat);
+  GateConfig plain = gate_config("attention"), rule = plain;
+  rule.rule_feature = RuleFeature::Attention;
+  plain.init_bias = rule.init_bias = 0.0;  // p near 0.5: some flags 0, some 1
+  auto a = Gates::create(plain, m.config(), 7), b = Gates::create(rule, m.config(), 7);
+  const NamedTensors &pa = a->parameters(), &pb = b->parameters();
+  ASSERT_EQ(pb.size(), pa.size() + static_cast<size_t>(m.config().num_hidden_layers)) << "one rule.weight per layer";
+  for (size_t i = 0; i < pa.size(); ++i) EXPECT_TRUE(at::equal(pa[i].second, pb[i].second)) << pa[i].first;
+  EXPECT_EQ(pb.back().first, "model.layers.1.self_attn.kv_gate.rule.weight");
+  EXPECT_TRUE(at::equal(pb.back().second, at::zeros({2, 2})));
+  const at::Tensor t = tokens(2, 16);
+  ForwardOptions oa, ob;
+  oa.visibility = a.get();
+  ob.visibility = b.get();
+  const ModelOutput ra = m.run(t, oa), rb = m.run(t, ob);
+  EXPECT_TRUE(at::equal(ra.logits, rb.logits));
+  EXPECT_TRUE(at::equal(ra.flag_means(), rb.flag_means()));
+  EXPECT_LT(ra.flag_means().min().item<float>(), 1.0f) << "the test needs some evicted entries";
+  // The config round-trips through the export's JSON; an export without the field reads as none.
+  nlohmann::json j = rule;
+  EXPECT_EQ(j.at("rule_feature"), "attention");
+  GateConfig back = j.get<GateConfig>();
+  EXPECT_EQ(back.rule_feature, RuleFeature::Attention);
+  j.erase("rule_feature");
+  EXPECT_EQ(j.get<GateConfig>().rule_feature, RuleFeature::None);
+}
+
+TEST(RuleFeature, TrainsItsWeightsKeepsTheContinuationAndRefusesDecodeGating) {
+  LlamaModel m = LlamaModel::init_random(tiny(), 3, at::kFloat);
+  GateConfig g = gate_config("mlp");
+  g.rule_feature = RuleFeature::Attention;
+  g.sink_tokens = 1;
+  g.init_bias = -0.5;
+  auto gates = Gates::create(g, m.config(), 7);
+  at::Tensor w = gates->parameters().back().second;  // the same tensor as the parameter
+  {
+    c10::NoGradGuard no_grad;
+    w.fill_(0.5);  // a non-zero weight: the flags now depend on the feature
+  }
+  ForwardOptions o;
+  o.visibility = gates.get();
+  o.train = true;
+  o.dense_until = 6;
+  const at::Tensor t = tokens(2, 10);
+  const ModelOutput out = m.run(t, o);
+  for (const auto& layer : out.layers) {
+    EXPECT_TRUE(at::equal(layer.flags.slice(1, 6), at::ones({2, 4, 2}))) << "the continuation's keys are kept";
+    EXPECT_LT(layer.flags.slice(1, 1, 6).min().item<float>(), 1.0f);
+  }
+  lm_loss(out.logits.slice(1, 6, 9), t.slice(1, 7, 10), at::ones({2, 3})).backward();
+  ASSERT_TRUE(w.grad().defined());
+  EXPECT_GT(w.grad().abs().sum().item<float>(), 0.0f) << "the rule weights get a gradient";
+  // A forward that starts after earlier tokens (a decode step) cannot see the context's attention.
+  c10::NoGradGuard no_grad;
+  const at::Tensor x = at::randn({1, 3, 32}), q = at::randn({1, 4, 3, 8}), k = at::randn({1, 2, 3, 8});
+  const std::string msg = test::error_of([&] { gates->key_keep(0, x, at::arange(5, 8, at::kLong), false, {q, k, 3, 5}); });
+  EXPECT_NE(msg.find("decide over a whole prefill"), std::string::npos) << msg;
 }

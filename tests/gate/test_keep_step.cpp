@@ -248,7 +248,7 @@ TEST(Gates, CudaGatesMatchCpuGates) {
       const at::Tensor x = at::randn({2, 12, mc.hidden_size}, gen), pos = at::arange(0, 12, at::kLong);
       at::Tensor loss_c = at::zeros({}), loss_g = at::zeros({}, at::TensorOptions().device(dev));
       for (int64_t layer = 0; layer < mc.num_hidden_layers; ++layer) {
-        const LayerKeep c = cpu->key_keep(layer, x, pos, true), d = gpu->key_keep(layer, x.to(dev), pos.to(dev), true);
+        const LayerKeep c = cpu->key_keep(layer, x, pos, true, {}), d = gpu->key_keep(layer, x.to(dev), pos.to(dev), true, {});
         const at::Tensor &kc = c.keep, &kg = d.keep;
         ASSERT_TRUE(kg.device() == dev) << what;
         EXPECT_TRUE(at::allclose(kg.cpu(), kc, 1e-5, 1e-5)) << what << " layer " << layer;

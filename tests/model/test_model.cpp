@@ -38,7 +38,7 @@ at::Tensor random_tokens(int64_t B, int64_t T, int64_t V, uint64_t seed) {
 class FixedKeep : public KeyVisibility {
  public:
   explicit FixedKeep(at::Tensor keep) : keep_(std::move(keep)) {}
-  LayerKeep key_keep(int64_t, const at::Tensor& x, const at::Tensor&, bool) override {
+  LayerKeep key_keep(int64_t, const at::Tensor& x, const at::Tensor&, bool, const KeyInputs&) override {
     return LayerKeep::hard(keep_.to(x.scalar_type()));
   }
 

@@ -19,7 +19,7 @@ namespace {
 class TableFlags : public KeyVisibility {
  public:
   TableFlags(at::Tensor table, int64_t recent) : table_(std::move(table)), recent_(recent) {}
-  LayerKeep key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions, bool) override {
+  LayerKeep key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions, bool, const KeyInputs&) override {
     return LayerKeep::hard(table_[layer].index_select(0, positions).unsqueeze(0).to(x.scalar_type()));  // [1, T, Hkv]
   }
   int64_t recent_window() const override { return recent_; }
@@ -33,7 +33,7 @@ class TableFlags : public KeyVisibility {
 class MetaFlags : public KeyVisibility {
  public:
   MetaFlags(int64_t kv, int64_t recent) : kv_(kv), recent_(recent) {}
-  LayerKeep key_keep(int64_t, const at::Tensor& x, const at::Tensor& positions, bool) override {
+  LayerKeep key_keep(int64_t, const at::Tensor& x, const at::Tensor& positions, bool, const KeyInputs&) override {
     return LayerKeep::hard(at::empty({1, positions.size(0), kv_}, x.options()));
   }
   int64_t recent_window() const override { return recent_; }

@@ -152,6 +152,9 @@ TEST(Recipe, TrainerRefusesBadValuesBeforeAnyWork) {
     EXPECT_NE(error_of([&] { Trainer t(Recipe::load(path, {"train.context_min=0.6", "train.context_max=0.4"})); })
                   .find("train.context_min (0.6) is above train.context_max (0.4)"),
               std::string::npos);
+    EXPECT_NE(error_of([&] { Trainer t(Recipe::load(path, {"gate.rule_feature=attention"})); })
+                  .find("gate.rule_feature attention needs a context/continuation split"),
+              std::string::npos);
     EXPECT_FALSE(fs::exists(s.dir.file("run")));
   }
   refuse_override("gate.heads=0", "override 'gate.heads=0': key 'gate.heads' is 0, expected a value in [1, 256]");
@@ -341,6 +344,9 @@ TEST_P(ExactResume, KilledRunResumesToTheSameParametersAndMetrics) {
   if (GetParam() == "split") {  // per-step draws (context split, randomised targets) replay after a resume
     ov.insert(ov.end(), {"train.context_min=0.3", "train.context_max=0.8", "loss.target_keep_max=0.9"});
   }
+  if (GetParam() == "rule") {  // the rule feature (trained weights, validation with a split)
+    ov.insert(ov.end(), {"gate.rule_feature=attention", "train.context_min=0.4", "train.context_max=0.8"});
+  }
   // Uninterrupted.
   auto a = ov;
   a.push_back("run.dir=" + s.dir.file("a"));
@@ -369,7 +375,7 @@ TEST_P(ExactResume, KilledRunResumesToTheSameParametersAndMetrics) {
             metric_lines_without_timing(s.dir.file("b/metrics.jsonl"), 3));
 }
 
-INSTANTIATE_TEST_SUITE_P(Modes, ExactResume, ::testing::Values("gates", "sft", "pretrain", "split", "recon"));
+INSTANTIATE_TEST_SUITE_P(Modes, ExactResume, ::testing::Values("gates", "sft", "pretrain", "split", "recon", "rule"));
 
 TEST(Resume, BreakingChangesAreRefusedNamingThemAndHarmlessOnesAllowed) {
   TinySetup s;

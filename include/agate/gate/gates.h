@@ -31,13 +31,19 @@ class Gates : public KeyVisibility {
   // x: [B, T, D]; positions: [T] int64 -> the layer's decision on x's device (see
   // KeyVisibility and LayerKeep): keep [B, T, Hkv] float32 is the estimator's when `train`
   // (STE: hard flags forward, d/dp backward; soft: p), else the hard flags; flags and their
-  // per-head means are the hard flags. Sinks are 1 either way. The elementwise step is
-  // keep_step() (agate/gate/keep_step.h). Reads nothing but its arguments and the parameters.
-  LayerKeep key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions, bool train) override;
+  // per-head means are the hard flags. Sinks are 1 either way; with a rule feature, so are the
+  // keys at or after in.context_end (a continuation's, as decoded tokens are kept). The
+  // elementwise step is keep_step() (agate/gate/keep_step.h). Reads nothing but its arguments and
+  // the parameters.
+  LayerKeep key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions, bool train,
+                     const KeyInputs& in) override;
   int64_t recent_window() const override { return config_.recent_window; }
 
-  // Keep probabilities p = sigmoid(logits) of one layer: x: [B, T, D] -> [B, T, Hkv] float32.
-  virtual at::Tensor probabilities(int64_t layer, const at::Tensor& x, const at::Tensor& positions) = 0;
+  // Keep probabilities of one layer: x: [B, T, D] -> [B, T, Hkv] float32,
+  //   p = sigmoid(logits(x) + sum_f rule_feature_f * rule.weight[h, f])
+  // where the rule term exists with gate.rule_feature (rule_features(): in.q and in.k needed, the
+  // whole context in this forward: in.start == 0, else a usage error).
+  at::Tensor probabilities(int64_t layer, const at::Tensor& x, const at::Tensor& positions, const KeyInputs& in);
 
   const NamedTensors& parameters() const { return params_; }
   // Copies values into the parameters (names and shapes must match exactly).
@@ -60,6 +66,11 @@ class Gates : public KeyVisibility {
  protected:
   Gates(GateConfig config, const ModelConfig& model, c10::Device device = c10::kCPU)
       : config_(std::move(config)), model_(model), device_(device) {}
+  // The gate type's keep logits of one layer: x: [B, T, D] -> [B, T, Hkv] float32.
+  virtual at::Tensor logits(int64_t layer, const at::Tensor& x, const at::Tensor& positions) = 0;
+  // Adds the rule feature's weights (per layer "rule.weight" [Hkv, 2], zero) when the config asks
+  // for them; Gates::create calls it after the gate type's own parameters.
+  void add_rule_weights();
   // A float32 parameter of `shape` on device_: N(0, std_or_const^2) drawn from `gen` (a CPU
   // generator, so the values do not depend on the device), or the constant std_or_const.
   at::Tensor param(const std::string& name, std::vector<int64_t> shape, double std_or_const, bool constant,
@@ -72,6 +83,7 @@ class Gates : public KeyVisibility {
   NamedTensors params_;
 
  private:
+  std::vector<at::Tensor> rule_weights_;  // per layer [Hkv, 2] (empty without a rule feature)
   int forced_ = -1;
 };
 

@@ -37,6 +37,17 @@ at::Tensor masked_attention_reference(const at::Tensor& q, const at::Tensor& k, 
                                       const at::Tensor& q_pos, const at::Tensor& k_pos,
                                       const at::Tensor& key_keep, int64_t sliding_window = 0,
                                       int64_t recent_window = 0, int64_t dense_until = 0);
+// Attention statistics the rules and the gates' rule feature read (src/model/attention_received.cpp),
+// from the full-cache causal softmax, in float32; `...` is any number of leading batch dims.
+// causal_attention_probs: queries at positions [first, first + Tq) over keys [0, T).
+//   q: [..., Hkv, G, Tq, hd], k: [..., Hkv, T, hd] -> [..., Hkv, G, Tq, T] (query head g of KV head h
+//   is model head h * G + g).
+at::Tensor causal_attention_probs(const at::Tensor& q, const at::Tensor& k, int64_t first);
+// The attention each key receives from the queries at positions [0, n_queries), summed over
+// those queries per query head (H2O's statistic): q: [..., Hkv, G, Tq >= n_queries, hd],
+// k: [..., Hkv, T, hd] -> [..., Hkv, G, T] float32. Blocks of 256 query rows bound the memory.
+at::Tensor attention_received(const at::Tensor& q, const at::Tensor& k, int64_t n_queries);
+
 // Which implementation masked_attention uses (process-wide; the others stay for tests and
 // benchmarks):
 //   Flash     (default) blocked kernels, memory linear in T (src/model/flash_attention.h):

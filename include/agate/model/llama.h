@@ -33,22 +33,33 @@ struct LayerKeep {
   static LayerKeep hard(const at::Tensor& flags);
 };
 
+// What a layer offers its KeyVisibility besides its input: the layer's own queries and keys
+// (after RoPE; what the rules score with) and where the context ends.
+struct KeyInputs {
+  at::Tensor q;             // [B, H, T, hd] in the model's dtype (undefined: not offered)
+  at::Tensor k;             // [B, Hkv, T, hd]
+  int64_t context_end = 0;  // queries at positions >= this are a continuation's (T when none)
+  int64_t start = 0;        // the position of the forward's first token (the cache's length)
+};
+
 // Decides, per layer, which keys stay visible to later queries at each KV head.
 class KeyVisibility {
  public:
   virtual ~KeyVisibility() = default;
   // x: [B, T, D] the normalised hidden states that feed layer `layer`'s q/k/v; positions: [T]
-  // int64. train: the keep that training differentiates (e.g. straight-through flags) instead
-  // of the hard flags. Returns the layer's decision (an empty LayerKeep keeps everything). Must
-  // give the same decision when called again with the same arguments (activation
-  // recomputation calls it twice).
-  virtual LayerKeep key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions, bool train) = 0;
+  // int64; in: the layer's queries and keys (see KeyInputs). train: the keep that training
+  // differentiates (e.g. straight-through flags) instead of the hard flags. Returns the layer's
+  // decision (an empty LayerKeep keeps everything). Must give the same decision when called
+  // again with the same arguments (activation recomputation calls it twice).
+  virtual LayerKeep key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& positions, bool train,
+                             const KeyInputs& in) = 0;
   // Evicted tokens stay visible to queries fewer than this many positions later (0 = none).
   virtual int64_t recent_window() const { return 0; }
 };
 
 // The positions of a forward's tokens and their RoPE tables, computed once per forward.
 struct Positions {
+  int64_t start = 0;    // ids[0], on the host
   at::Tensor ids;       // [T] int64
   at::Tensor cos, sin;  // [T, head_dim] in the model's dtype
 };
