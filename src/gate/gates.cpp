@@ -84,7 +84,8 @@ LayerKeep Gates::key_keep(int64_t layer, const at::Tensor& x, const at::Tensor& 
     const at::Tensor cont = (at::arange(T, p.options().dtype(at::kLong)) >= in.context_end).view({1, T, 1});
     k.keep = at::where(cont, at::ones_like(k.keep), k.keep);
     k.flags = at::where(cont, at::ones_like(k.flags), k.flags);
-    k.flag_mean = k.flags.sum(at::IntArrayRef{0, 1}).div(B * T);
+    k.flag_mean = k.flags.slice(1, 0, in.context_end).sum(at::IntArrayRef{0, 1}).div(B * in.context_end);
+    k.decided_end = in.context_end;  // the sparsity target and the keep statistics are the context's
   }
   return k;
 }

@@ -202,6 +202,14 @@ Positions LlamaModel::positions(int64_t start, int64_t T) const {
   return p;
 }
 
+at::Tensor decided_weight(const at::Tensor& token_weight, int64_t decided_end, int64_t B, int64_t T, c10::Device device) {
+  at::Tensor w = token_weight.defined() ? token_weight.to(at::kFloat) : at::Tensor();
+  if (decided_end < 0 || decided_end >= T) return w;
+  at::Tensor m = at::ones({B, T}, at::TensorOptions().dtype(at::kFloat).device(device));
+  m.slice(1, decided_end).zero_();
+  return w.defined() ? w * m : m;
+}
+
 at::Tensor LlamaModel::layer_forward(int64_t i, const at::Tensor& h, const Positions& pos,
                                      const ForwardOptions& options, LayerStats* stats) const {
   const LayerWeights& L = layers_[static_cast<size_t>(i)];
@@ -237,14 +245,16 @@ at::Tensor LlamaModel::layer_forward(int64_t i, const at::Tensor& h, const Posit
     keep = decided.keep;  // [B, T, Hkv]
     recent = options.visibility->recent_window();
     if (stats && keep.defined()) {
-      if (options.token_weight.defined()) {
-        const at::Tensor w = options.token_weight.to(at::kFloat).unsqueeze(-1);  // [B, T, 1]
-        stats->keep_mean = (keep.to(at::kFloat) * w).sum() / (w.sum() * keep.size(2)).clamp_min(1.0);
+      const at::Tensor w = decided_weight(options.token_weight, decided.decided_end, B, T, keep.device());
+      if (w.defined()) {
+        const at::Tensor w3 = w.unsqueeze(-1);  // [B, T, 1]
+        stats->keep_mean = (keep.to(at::kFloat) * w3).sum() / (w3.sum() * keep.size(2)).clamp_min(1.0);
       } else {
         stats->keep_mean = keep.to(at::kFloat).mean();
       }
       stats->flags = decided.flags;
       stats->flag_mean = decided.flag_mean;
+      stats->decided_end = decided.decided_end;
     }
   }
 
@@ -336,11 +346,13 @@ at::Tensor ModelOutput::recon_errors() const { return stack_defined(layers, &Lay
 
 at::Tensor ModelOutput::flag_means(const at::Tensor& token_weight) const {
   if (!token_weight.defined()) return flag_means();
-  const at::Tensor w = token_weight.to(at::kFloat).unsqueeze(-1);  // [B, T, 1]
-  const at::Tensor count = w.sum().clamp_min(1.0);
   std::vector<at::Tensor> parts;
-  for (const LayerStats& s : layers)
-    if (s.flags.defined()) parts.push_back((s.flags.to(at::kFloat) * w).sum(at::IntArrayRef{0, 1}) / count);
+  for (const LayerStats& s : layers) {
+    if (!s.flags.defined()) continue;
+    const at::Tensor w = decided_weight(token_weight, s.decided_end, s.flags.size(0), s.flags.size(1), s.flags.device())
+                             .unsqueeze(-1);  // [B, T, 1]
+    parts.push_back((s.flags.to(at::kFloat) * w).sum(at::IntArrayRef{0, 1}) / w.sum().clamp_min(1.0));
+  }
   return parts.empty() ? at::Tensor() : at::stack(parts);
 }
 

@@ -439,7 +439,12 @@ TEST(RuleFeature, TrainsItsWeightsKeepsTheContinuationAndRefusesDecodeGating) {
   for (const auto& layer : out.layers) {
     EXPECT_TRUE(at::equal(layer.flags.slice(1, 6), at::ones({2, 4, 2}))) << "the continuation's keys are kept";
     EXPECT_LT(layer.flags.slice(1, 1, 6).min().item<float>(), 1.0f);
+    // ... and left out of the keep statistics the sparsity target sees: they are the context's.
+    EXPECT_EQ(layer.decided_end, 6);
+    EXPECT_TRUE(at::allclose(layer.flag_mean, layer.flags.slice(1, 0, 6).mean(at::IntArrayRef{0, 1})));
+    EXPECT_NEAR(layer.keep_mean.item<float>(), layer.flags.slice(1, 0, 6).mean().item<float>(), 1e-6);
   }
+  EXPECT_TRUE(at::allclose(out.flag_means(at::ones({2, 10})), out.flag_means()));
   lm_loss(out.logits.slice(1, 6, 9), t.slice(1, 7, 10), at::ones({2, 3})).backward();
   ASSERT_TRUE(w.grad().defined());
   EXPECT_GT(w.grad().abs().sum().item<float>(), 0.0f) << "the rule weights get a gradient";

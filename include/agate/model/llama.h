@@ -27,7 +27,9 @@ struct LayerKeep {
   at::Tensor keep;       // [B, T, Hkv] float: what attention uses (see masked_attention); undefined = keep all
   at::Tensor flags;      // [B, T, Hkv] float 0/1, detached: the hard decisions (what a KV cache stores);
                          // undefined when keep is
-  at::Tensor flag_mean;  // [Hkv] float32: mean of flags per KV head (undefined when flags is)
+  at::Tensor flag_mean;  // [Hkv] float32: mean of flags per KV head over the decided keys (undefined when flags is)
+  int64_t decided_end = -1;  // the flags decide keys [0, decided_end) only; later ones are kept
+                             // whatever, and keep/flag means leave them out (-1: every key)
 
   // Hard 0/1 flags used as they are (keep = flags).
   static LayerKeep hard(const at::Tensor& flags);
@@ -105,10 +107,16 @@ struct LayerStats {
                          // sparsity loss's input), also under recomputation
   at::Tensor flags;      // [B, T, Hkv] float 0/1, detached
   at::Tensor flag_mean;  // [Hkv] float32, detached
+  int64_t decided_end = -1;  // LayerKeep::decided_end: keep_mean and flag_means count keys before it
   at::Tensor recon_error;  // [] float32 (ForwardOptions::reconstruct): sum over the real tokens of
                            // |gated - full|^2 of the attention output / sum of |full|^2;
                            // differentiable w.r.t. the keep
 };
+
+// The weight [B, T] float32 that keep and flag means count positions with: token_weight (or 1)
+// times [position < decided_end] (LayerKeep::decided_end; -1 or >= T: no restriction). Undefined
+// when neither restricts.
+at::Tensor decided_weight(const at::Tensor& token_weight, int64_t decided_end, int64_t B, int64_t T, c10::Device device);
 
 struct ModelOutput {
   at::Tensor logits;               // [B, T, V] in the model's dtype
