@@ -18,6 +18,7 @@ import torch
 from .fingerprint import weights_fingerprint
 
 CONFIG_FILE = "kvgate_config.json"
+RULE_FEATURES = ("none", "attention")
 GATES_FILE = "gates.safetensors"
 LORA_FILE = "lora.safetensors"
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -42,6 +43,7 @@ class GateConfig:
     sink_tokens: int       # the first sink_tokens positions are always kept
     recent_window: int     # an evicted entry stays visible to the next recent_window - 1 queries (gated prefill only)
     estimator: str = "ste"
+    rule_feature: str = "none"  # "attention": the logit also weighs the attention each key receives (gates.rule_features)
 
 
 @dataclasses.dataclass
@@ -71,10 +73,14 @@ def expected_shapes(gate: GateConfig, base: Dict[str, Any]) -> Dict[str, tuple]:
     D, Hkv = int(base["hidden_size"]), int(base["num_key_value_heads"])
     if gate.type == "attention":
         w = gate.heads * gate.head_dim
-        return {"q_proj.weight": (w, D), "k_proj.weight": (w, D), "v_proj.weight": (w, D),
-                "score.weight": (Hkv, w), "score.bias": (Hkv,)}
-    return {"fc1.weight": (gate.mlp_hidden, D), "fc1.bias": (gate.mlp_hidden,),
-            "fc2.weight": (Hkv, gate.mlp_hidden), "fc2.bias": (Hkv,)}
+        shapes = {"q_proj.weight": (w, D), "k_proj.weight": (w, D), "v_proj.weight": (w, D),
+                  "score.weight": (Hkv, w), "score.bias": (Hkv,)}
+    else:
+        shapes = {"fc1.weight": (gate.mlp_hidden, D), "fc1.bias": (gate.mlp_hidden,),
+                  "fc2.weight": (Hkv, gate.mlp_hidden), "fc2.bias": (Hkv,)}
+    if gate.rule_feature == "attention":
+        shapes["rule.weight"] = (Hkv, 2)
+    return shapes
 
 
 def _int(cfg_path: str, section: Dict[str, Any], name: str, key: str, minimum: int) -> int:
@@ -115,10 +121,9 @@ def load_export(export_dir: str) -> GateExport:
     if gtype not in ("attention", "mlp"):
         raise GateExportError(cfg_path, f"gate.type {gtype!r} is not supported", "agate exports attention or mlp gates")
     rule = g.get("rule_feature", "none")
-    if rule != "none":
-        raise GateExportError(cfg_path, f"gate.rule_feature {rule!r} is not supported by this package yet (the gates "
-                              "read the layer's attention statistics, which the press does not compute)",
-                              "use agate generate/eval, or export gates trained without gate.rule_feature")
+    if rule not in RULE_FEATURES:
+        raise GateExportError(cfg_path, f"gate.rule_feature {rule!r} is not supported",
+                              f"agate exports {' or '.join(RULE_FEATURES)}; re-export with a matching agate")
     thr = g.get("threshold")
     if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not 0 < thr < 1:
         raise GateExportError(cfg_path, f"gate.threshold must be in (0, 1), found {thr!r}", "re-export the run with agate export")
@@ -129,7 +134,7 @@ def load_export(export_dir: str) -> GateExport:
                       threshold=float(thr),
                       sink_tokens=_int(cfg_path, g, "gate", "sink_tokens", 0),
                       recent_window=_int(cfg_path, g, "gate", "recent_window", 0),
-                      estimator=str(g.get("estimator", "ste")))
+                      estimator=str(g.get("estimator", "ste")), rule_feature=rule)
     if gtype == "attention" and gate.head_dim % 2:
         raise GateExportError(cfg_path, f"gate.head_dim must be even (RoPE rotates pairs), found {gate.head_dim}",
                               "re-export the run with agate export")

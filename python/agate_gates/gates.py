@@ -7,6 +7,8 @@ Same computation as tools/kvgate_reference.py and agate's src/gate/ (float32 thr
   mlp        p = sigmoid(fc2(gelu(fc1(x))))   (exact erf GELU)
 x is the layer's input_layernorm output, i.e. what feeds q/k/v (the `hidden_states` that a
 transformers attention module, and so a kvpress press hook, receives).
+With gate.rule_feature "attention" the logit gets + sum_f rule_features(q, k)[..., f] * rule.weight[h, f]
+before the sigmoid (rule_features below; q, k the base layer's own, after RoPE).
 """
 
 from __future__ import annotations
@@ -56,6 +58,28 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
+def rule_features(q: torch.Tensor, k: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """The rule feature of agate's src/gate/rule_feature.cpp for a whole context: q [B, H, T, hd],
+    k [B, Hkv, T, hd] (the base layer's queries and keys after RoPE) -> [B, T, Hkv, 2] float32:
+    log(1e-6 + attention each key receives from the queries, summed over them in the layer's
+    causal softmax (scale 1/sqrt(hd)), averaged over the KV head's query group) and
+    log(max(1, T - j)). Query rows in blocks bound the memory."""
+    B, H, T, hd = q.shape
+    Hkv = k.shape[1]
+    qg = q.float().reshape(B, Hkv, H // Hkv, T, hd)
+    kf = k.float()[:, :, None]  # [B, Hkv, 1, T, hd]
+    received = torch.zeros(B, Hkv, H // Hkv, T, device=q.device)
+    kpos = torch.arange(T, device=q.device)
+    for s in range(0, T, block):
+        e = min(T, s + block)
+        scores = torch.matmul(qg[..., s:e, :], kf.transpose(-1, -2)) / math.sqrt(hd)  # [B, Hkv, G, e-s, T]
+        future = kpos[None, :] > torch.arange(s, e, device=q.device)[:, None]
+        received += torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1).sum(-2)
+    seen = (T - kpos).clamp(min=1).float().log()
+    f = torch.stack((torch.log(received.mean(2) + 1e-6), seen.expand(B, Hkv, T)), dim=-1)  # [B, Hkv, T, 2]
+    return f.transpose(1, 2)
+
+
 class GateModule(nn.Module):
     """One layer's gate: forward(x [B, T, D], positions [T] or None) -> keep probabilities
     [B, T, Hkv] float32. positions are the tokens' absolute positions (RoPE; default 0..T-1)."""
@@ -68,6 +92,9 @@ class GateModule(nn.Module):
         parts = {part: export.tensor(layer, part).clone() for part in
                  (("q_proj.weight", "k_proj.weight", "v_proj.weight", "score.weight", "score.bias")
                   if g.type == "attention" else ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"))}
+        if g.rule_feature == "attention":
+            parts["rule.weight"] = export.tensor(layer, "rule.weight").clone()
+        self.rule_feature = g.rule_feature
         for name, t in parts.items():
             self.register_buffer(name.replace(".", "_"), t)
         if g.type == "attention":
@@ -75,10 +102,19 @@ class GateModule(nn.Module):
                 raise ValueError("an attention gate needs the base model's RoPE (inv_freq)")
             self.register_buffer("inv_freq", inv_freq.to(torch.float32).clone())
 
-    def forward(self, x: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = x.to(torch.float32)
+    def forward(self, x: torch.Tensor, positions: Optional[torch.Tensor] = None,
+                rule: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """rule: rule_features(...) [B, T, Hkv, 2], required with a rule feature."""
+        z = self.logits(x.to(torch.float32), positions)
+        if self.rule_feature != "none":
+            if rule is None:
+                raise ValueError("these gates read a rule feature: pass rule=rule_features(q, k) of the base layer")
+            z = z + (rule.to(z.device) * self.rule_weight).sum(-1)
+        return torch.sigmoid(z)
+
+    def logits(self, x: torch.Tensor, positions: Optional[torch.Tensor]) -> torch.Tensor:
         if self.type == "mlp":
-            return torch.sigmoid(F.linear(F.gelu(F.linear(x, self.fc1_weight, self.fc1_bias)), self.fc2_weight, self.fc2_bias))
+            return F.linear(F.gelu(F.linear(x, self.fc1_weight, self.fc1_bias)), self.fc2_weight, self.fc2_bias)
         B, T, _ = x.shape
         H, d = self.heads, self.head_dim
         if positions is None:
@@ -95,7 +131,7 @@ class GateModule(nn.Module):
         future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
         attn = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
         z = torch.matmul(attn, v).transpose(1, 2).reshape(B, T, H * d)
-        return torch.sigmoid(F.linear(z, self.score_weight, self.score_bias))  # [B, T, Hkv]
+        return F.linear(z, self.score_weight, self.score_bias)  # [B, T, Hkv] logits
 
 
 class Gates(nn.Module):
@@ -116,8 +152,9 @@ class Gates(nn.Module):
             inv = rope_inv_freq(cfg, export.gate.head_dim)
         self.layers = nn.ModuleList(GateModule(export, l, inv) for l in range(export.num_layers))
 
-    def probabilities(self, layer: int, x: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.layers[layer](x, positions)
+    def probabilities(self, layer: int, x: torch.Tensor, positions: Optional[torch.Tensor] = None,
+                      rule: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.layers[layer](x, positions, rule)
 
     def flags(self, p: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
         """p [B, T, Hkv] -> keep flags [B, T, Hkv] bool."""
@@ -126,5 +163,6 @@ class Gates(nn.Module):
             positions = torch.arange(T, device=p.device)
         return (p > self.threshold) | (positions.to(p.device) < self.sink_tokens)[None, :, None]
 
-    def keep(self, layer: int, x: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.flags(self.probabilities(layer, x, positions), positions)
+    def keep(self, layer: int, x: torch.Tensor, positions: Optional[torch.Tensor] = None,
+             rule: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.flags(self.probabilities(layer, x, positions, rule), positions)

@@ -34,10 +34,11 @@ import torch
 from torch import nn
 
 from kvpress.presses.scorer_press import ScorerPress
-from kvpress.utils import compute_n_kept
+from kvpress.utils import compute_n_kept, get_prerope_query_states
+from transformers.models.llama.modeling_llama import rotate_half
 
 from .export import GateExport, GateExportError, check_model, load_export
-from .gates import Gates
+from .gates import Gates, rule_features
 
 SINK_SCORE = 2.0  # above any keep probability
 
@@ -95,7 +96,7 @@ class AgatePress(ScorerPress):
     @torch.no_grad()
     def score(self, module: nn.Module, hidden_states: torch.Tensor, keys, values, attentions, kwargs) -> torch.Tensor:
         """Keep probabilities [B, Hkv, T] (sink tokens and the protected window at 2.0)."""
-        p, positions = self._probabilities(module, hidden_states, kwargs)
+        p, positions = self._probabilities(module, hidden_states, kwargs, keys)
         protected = positions < self.export.gate.sink_tokens
         if self.window:
             protected = protected | (torch.arange(p.shape[-1], device=p.device) >= p.shape[-1] - self.window)
@@ -111,7 +112,7 @@ class AgatePress(ScorerPress):
                 raise GateExportError("AgatePress", "the flags mode (compression_ratio=None) masks evicted keys per "
                                       "KV head, which kvpress does not support with eager attention",
                                       "load the model with attn_implementation='sdpa'")
-            p, positions = self._probabilities(module, hidden_states, kwargs)
+            p, positions = self._probabilities(module, hidden_states, kwargs, keys)
             kept = self.gates.flags(p.transpose(1, 2), positions).transpose(1, 2)  # [B, Hkv, T]
             self.kept[layer] = kept
             evicted = (~kept).nonzero(as_tuple=True)
@@ -132,7 +133,20 @@ class AgatePress(ScorerPress):
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _probabilities(self, module, hidden_states, kwargs):
+    def _rule_features(self, module, hidden_states, kwargs, keys):
+        """The gates' rule feature from the layer's own queries (recomputed from hidden_states with
+        kvpress's helper and RoPE, as SnapKVPress does) and the cache's keys (after RoPE)."""
+        if self.export.gate.rule_feature == "none":
+            return None
+        if keys is None or keys.shape[2] != hidden_states.shape[1]:
+            raise GateExportError("AgatePress", "gates with a rule feature score a whole prefill at once",
+                                  "compress the context in one prefill (no chunked prefill or decoding press)")
+        cos, sin = kwargs["position_embeddings"]
+        q = get_prerope_query_states(module, hidden_states)  # [B, H, T, hd]
+        q = q * cos.unsqueeze(1) + rotate_half(q) * sin.unsqueeze(1)
+        return rule_features(q, keys)
+
+    def _probabilities(self, module, hidden_states, kwargs, keys=None):
         if self.gates is None:
             raise GateExportError("AgatePress", "used before post_init_from_model", "apply it with `with press(model):`")
         if next(self.gates.buffers()).device != hidden_states.device:  # the model moved since post_init
@@ -141,6 +155,7 @@ class AgatePress(ScorerPress):
         positions = kwargs.get("cache_position")
         if positions is None or positions.numel() != T:
             positions = torch.arange(T, device=hidden_states.device)
-        p = self.gates.probabilities(module.layer_idx, hidden_states, positions).transpose(1, 2)  # [B, Hkv, T]
+        rule = self._rule_features(module, hidden_states, kwargs, keys)
+        p = self.gates.probabilities(module.layer_idx, hidden_states, positions, rule).transpose(1, 2)  # [B, Hkv, T]
         self.probabilities[module.layer_idx] = p
         return p, positions

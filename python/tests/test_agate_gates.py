@@ -80,7 +80,8 @@ def hf_model(attn="sdpa"):
     return LlamaForCausalLM.from_pretrained(model_dir(), attn_implementation=attn, dtype=torch.float32).eval()
 
 
-def write_export(out: str, gate_type: str, seed: int, base_dir: str, sinks=2, recent=0, threshold=0.5) -> str:
+def write_export(out: str, gate_type: str, seed: int, base_dir: str, sinks=2, recent=0, threshold=0.5,
+                 rule="none") -> str:
     """A valid export with random gate weights, exactly as docs/formats.md and agate export lay it out."""
     with open(os.path.join(base_dir, "config.json")) as f:
         mc = json.load(f)
@@ -101,13 +102,15 @@ def write_export(out: str, gate_type: str, seed: int, base_dir: str, sinks=2, re
             t[p + "fc1.bias"] = rnd(mlp_hidden, s=0.1)
             t[p + "fc2.weight"] = rnd(Hkv, mlp_hidden, s=1.0)
             t[p + "fc2.bias"] = rnd(Hkv, s=0.3)
+        if rule == "attention":
+            t[p + "rule.weight"] = rnd(Hkv, 2, s=0.5)
     os.makedirs(out, exist_ok=True)
     fp = weights_fingerprint(base_dir)
     save_file(t, os.path.join(out, "gates.safetensors"),
               metadata={"format": "agate-kvgate", "gate_type": gate_type, "base_fingerprint": fp})
     cfg = {"format": "agate-kvgate", "version": 1,
            "gate": {"type": gate_type, "heads": heads, "head_dim": hd, "mlp_hidden": mlp_hidden, "threshold": threshold,
-                    "estimator": "ste", "sink_tokens": sinks, "recent_window": recent},
+                    "estimator": "ste", "sink_tokens": sinks, "recent_window": recent, "rule_feature": rule},
            "base_model": {"model_type": mc["model_type"], "hidden_size": D, "num_hidden_layers": L,
                           "num_attention_heads": mc["num_attention_heads"], "num_key_value_heads": Hkv,
                           "head_dim": mc["head_dim"], "vocab_size": mc["vocab_size"], "weights_fingerprint": fp,
@@ -122,6 +125,9 @@ def write_export(out: str, gate_type: str, seed: int, base_dir: str, sinks=2, re
 def export_dir(gate_type: str) -> str:
     if gate_type == "attention":
         return write_export(os.path.join(tmpdir(), "export-attention"), "attention", 11, model_dir(), sinks=2)
+    if gate_type == "attention-rule":  # the same gates reading the rule feature
+        return write_export(os.path.join(tmpdir(), "export-attention-rule"), "attention", 11, model_dir(), sinks=2,
+                            rule="attention")
     return write_export(os.path.join(tmpdir(), "export-mlp"), "mlp", 12, model_dir(), sinks=4, recent=4)
 
 
@@ -203,8 +209,11 @@ def test_refusals():
     edit_config(d, lambda c: c["gate"].update(type="linear"))
     refused(lambda: load_export(d), "gate.type 'linear' is not supported")
     d = mutated("rule")
+    edit_config(d, lambda c: c["gate"].update(rule_feature="h2o"))
+    refused(lambda: load_export(d), "gate.rule_feature 'h2o' is not supported")
+    d = mutated("rule-weights")  # a rule feature without its weights
     edit_config(d, lambda c: c["gate"].update(rule_feature="attention"))
-    refused(lambda: load_export(d), "gate.rule_feature 'attention' is not supported by this package yet")
+    refused(lambda: load_export(d), "lacks tensor model.layers.0.self_attn.kv_gate.rule.weight")
     d = mutated("threshold")
     edit_config(d, lambda c: c["gate"].update(threshold=1.5))
     refused(lambda: load_export(d), "gate.threshold must be in (0, 1)")
@@ -290,7 +299,7 @@ def test_gates_match_reference():
 def test_flags_mode_equals_agate_gate_post():
     from agate_gates import AgatePress
     summary = []
-    for gt in ("attention", "mlp"):
+    for gt in ("attention", "mlp", "attention-rule"):
         for ids in prompts():
             ctx = ids[:-6]
             press = AgatePress(export_dir(gt))
