@@ -278,7 +278,13 @@ class FlagRecorder : public KeyVisibility {
 // flag decoded tokens too.
 class GatesPolicy : public Policy {
  public:
-  GatesPolicy(Gates* gates, bool decode_gating) : gates_(gates), decode_gating_(decode_gating) {}
+  GatesPolicy(Gates* gates, bool decode_gating) : gates_(gates), decode_gating_(decode_gating) {
+    if (decode_gating && gates->config().rule_feature != RuleFeature::None) {  // refused before any work
+      throw_usage("--gate-decode: gates with gate.rule_feature " + std::string(kRuleFeatures.name(gates->config().rule_feature)) +
+                      " decide over a whole prefill and cannot gate decoded tokens",
+                  "drop --gate-decode (decoded tokens are then kept)");
+    }
+  }
   bool learned() const override { return true; }
   KeyVisibility* decode_visibility() const override { return decode_gating_ ? gates_ : nullptr; }
 

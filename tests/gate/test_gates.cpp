@@ -10,6 +10,7 @@
 
 #include "../test_util.h"
 #include "../tiny_model.h"
+#include "agate/evict/policy.h"
 #include "agate/gate/gates.h"
 #include "agate/gate/losses.h"
 #include "agate/gate/rule_feature.h"
@@ -453,4 +454,8 @@ TEST(RuleFeature, TrainsItsWeightsKeepsTheContinuationAndRefusesDecodeGating) {
   const at::Tensor x = at::randn({1, 3, 32}), q = at::randn({1, 4, 3, 8}), k = at::randn({1, 2, 3, 8});
   const std::string msg = test::error_of([&] { gates->key_keep(0, x, at::arange(5, 8, at::kLong), false, {q, k, 3, 5}); });
   EXPECT_NE(msg.find("decide over a whole prefill"), std::string::npos) << msg;
+  // ... and asking for decode-time gating is refused before any work.
+  const std::string early = test::error_of([&] { evict::gate_policy(gates.get(), true, true); });
+  EXPECT_NE(early.find("--gate-decode: gates with gate.rule_feature attention"), std::string::npos) << early;
+  EXPECT_NO_THROW(evict::gate_policy(gates.get(), true, false));
 }
