@@ -1,9 +1,6 @@
 // Attention statistics the training-free policies rank keys by (SnapKV, H2O).
 #include <ATen/ATen.h>
 
-#include <cmath>
-#include <limits>
-
 #include "agate/evict/policy.h"
 #include "agate/model/attention.h"
 #include "agate/util/error.h"

@@ -13,7 +13,7 @@ namespace agate {
 
 enum class GateType { Attention, Mlp, None };  // "attention" | "mlp" | "none"
 enum class Estimator { Ste, Soft };            // "ste" (hard flags, straight-through) | "soft" (probabilities)
-// What a rule knows, as a gate input (gate.rule_feature; DESIGN.md section 3):
+// What a rule knows, as a gate input (gate.rule_feature; README, "Training what is evaluated"):
 //   none:      the gate reads the hidden states only;
 //   attention: also the attention each key receives from the context's queries in the layer's
 //              own (frozen, full-cache) attention, the statistic H2O ranks by, as log(received)

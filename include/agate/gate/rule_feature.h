@@ -1,5 +1,5 @@
-// The gates' rule feature (gate.rule_feature: attention; DESIGN.md section 3): what H2O ranks
-// keys by, as an input the gates weight and correct.
+// The gates' rule feature (gate.rule_feature: attention; README, "Training what is evaluated"):
+// what H2O ranks keys by, as an input the gates weight and correct.
 #pragma once
 
 #include <ATen/core/Tensor.h>
