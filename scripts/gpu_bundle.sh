@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
 [[ -x $BUILD/agate && -x $BUILD/tests/agate_tests ]] || { echo "[bundle] error: build first (scripts/test.sh or cmake --build $BUILD)" >&2; exit 1; }
-"$BUILD/agate" --version | grep -q "CUDA kernels compiled" || {
+[[ $("$BUILD/agate" --version) == *"CUDA kernels compiled"* ]] || {  # (not grep -q: SIGPIPE under pipefail)
   echo "[bundle] error: $BUILD/agate has no CUDA kernels (configure with -DAGATE_USE_CUDA=ON on a machine with nvcc)" >&2; exit 1; }
 out=gpu-bundle
 rm -rf "$out.tmp" && mkdir -p "$out.tmp/bin" "$out.tmp/lib"

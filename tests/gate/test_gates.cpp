@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 #include <gtest/gtest.h>
+#include <torch/cuda.h>
 
 #include <cmath>
 #include <nlohmann/json.hpp>
@@ -417,6 +418,36 @@ TEST(RuleFeature, FreshWeightsAreZeroSoTheGatesStartAsWithoutTheFeature) {
   EXPECT_EQ(back.rule_feature, RuleFeature::Attention);
   j.erase("rule_feature");
   EXPECT_EQ(j.get<GateConfig>().rule_feature, RuleFeature::None);
+}
+
+// Rule-feature gates on a CUDA device (the feature's softmax and sums on the device): the
+// prefill's flags and logits equal the CPU's, for both gate types. Without a GPU the second
+// model lives on the CPU too (the test's logic runs here; scripts/test_gpu.sh runs it on a GPU).
+// The training step's device check is TrainStepDevice's.
+TEST(RuleFeature, CudaPrefillMatchesTheCpu) {
+  at::globalContext().setAllowTF32CuBLAS(false);
+  const c10::Device cuda = torch::cuda::is_available() ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
+  c10::NoGradGuard no_grad;
+  const LlamaModel mc = LlamaModel::init_random(tiny(), 3, at::kFloat), mg = LlamaModel::init_random(tiny(), 3, at::kFloat, cuda);
+  for (const char* type : {"attention", "mlp"}) {
+    GateConfig g = gate_config(type);
+    g.rule_feature = RuleFeature::Attention;
+    g.sink_tokens = 1;
+    g.init_bias = -0.5;
+    auto gc = Gates::create(g, mc.config(), 7), gg = Gates::create(g, mg.config(), 7, cuda);
+    gc->parameters().back().second.fill_(0.5);
+    gg->parameters().back().second.fill_(0.5);
+    ForwardOptions oc, og;
+    oc.visibility = gc.get();
+    og.visibility = gg.get();
+    const at::Tensor t = tokens(2, 24);
+    const ModelOutput a = mc.run(t, oc), b = mg.run(t.to(cuda), og);
+    EXPECT_TRUE(at::allclose(a.logits, b.logits.cpu(), 1e-4, 1e-4)) << type;
+    for (size_t l = 0; l < a.layers.size(); ++l) {
+      EXPECT_TRUE(at::equal(a.layers[l].flags, b.layers[l].flags.cpu())) << type << " layer " << l;
+    }
+    EXPECT_LT(a.flag_means().min().item<float>(), 1.0f) << "the test needs some evicted entries";
+  }
 }
 
 TEST(RuleFeature, TrainsItsWeightsKeepsTheContinuationAndRefusesDecodeGating) {

@@ -65,7 +65,10 @@ struct StepRig {
   std::unique_ptr<TrainStep> step;
   at::Tensor tokens, mask;  // host [4, 17]
 
-  StepRig(c10::Device d, const std::string& estimator, bool recompute)
+  // `rule`: gates with gate.rule_feature attention; `objective`: the step's main term
+  // (reconstruction trains without distillation, as the recipe check demands).
+  StepRig(c10::Device d, const std::string& estimator, bool recompute, RuleFeature rule = RuleFeature::None,
+          Objective objective = Objective::Lm)
       : device(d), model(LlamaModel::init_random(test::tiny_config(), 7, at::kFloat, d)) {
     model.set_requires_grad(false);
     GateConfig g;
@@ -74,7 +77,12 @@ struct StepRig {
     g.init_bias = 0.0;  // about half the tokens evicted: the masked path
     g.estimator = kEstimators.parse(estimator, "gate.estimator");
     g.sink_tokens = 1;
+    g.rule_feature = rule;
     gates = Gates::create(g, model.config(), 3, d);
+    if (rule != RuleFeature::None) {
+      c10::NoGradGuard no_grad;
+      gates->parameters().back().second.fill_(0.5);  // a non-zero rule weight: the flags read the feature
+    }
     LoraConfig lc;
     lc.rank = 2;
     lc.alpha = 4;
@@ -90,7 +98,8 @@ struct StepRig {
     so.global_batch = 4;
     so.gates = true;
     so.recompute = recompute;
-    so.distill = 0.5;
+    so.objective = objective;
+    so.distill = objective == Objective::Lm ? 0.5 : 0.0;
     so.grad_clip = 1.0;
     step = std::make_unique<TrainStep>([this](const ForwardCall& call) { return (*forward)(call); },
                                        trainable, *opt, *pg, so, d);
@@ -244,34 +253,50 @@ TEST(TrainStepDefects, TheDistillationTeacherIsTheFrozenBaseWithoutLoRA) {
   EXPECT_FALSE(at::allclose((*rig.forward)({inputs, {}, Pass::validate}).logits, base, 1e-3, 1e-3));
 }
 
-// The same step on the GPU gives the CPU's numbers (float32; TF32 off for the comparison).
+// The same step on the GPU gives the CPU's numbers (float32; TF32 off for the comparison): the
+// plain step, the context/continuation split with rule-feature gates (the attention each key
+// receives, computed on the device) and the per-layer reconstruction objective with the split.
+// Without a GPU the second rig lives on the CPU too, so the test's own logic still runs here.
 TEST(TrainStepDevice, CudaStepMatchesTheCpuStep) {
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device on this machine (runs in scripts/test_gpu.sh)";
+  const c10::Device dev = torch::cuda::is_available() ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
   at::globalContext().setAllowTF32CuBLAS(false);
-  StepRig cpu(c10::kCPU, "ste", false), gpu(c10::Device(c10::kCUDA, 0), "ste", false);
-  for (int i = 0; i < 3; ++i) {
-    const StepStats a = cpu.step->run(cpu.tokens, cpu.mask, 1e-2, 0.1, 0.5);
-    StepStats b;
+  struct Case {
+    const char* what;
+    RuleFeature rule;
+    Objective objective;
+    int64_t context;
+  };
+  for (const Case& c : {Case{"plain", RuleFeature::None, Objective::Lm, 0},
+                        Case{"rule feature + split", RuleFeature::Attention, Objective::Lm, 9},
+                        Case{"reconstruction + split", RuleFeature::None, Objective::Reconstruction, 9}}) {
+    SCOPED_TRACE(c.what);
+    StepRig cpu(c10::kCPU, "ste", false, c.rule, c.objective),
+        gpu(dev, "ste", false, c.rule, c.objective);
+    const at::Tensor real = c.context > 0 ? cpu.mask : at::Tensor();
+    for (int i = 0; i < 3; ++i) {
+      const StepStats a = cpu.step->run(cpu.tokens, cpu.mask, 1e-2, 0.1, 0.5, real, c.context);
+      StepStats b;
 #ifdef AGATE_USE_CUDA
-    // CUDA's own check: any synchronising call inside the step (a device-to-host copy, an
-    // .item(), a stream or device synchronize) throws while the mode is L_ERROR.
-    c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
-    try {
-      b = gpu.step->run(gpu.tokens, gpu.mask, 1e-2, 0.1, 0.5);
-    } catch (const std::exception& e) {
+      // CUDA's own check: any synchronising call inside the step (a device-to-host copy, an
+      // .item(), a stream or device synchronize) throws while the mode is L_ERROR.
+      c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
+      try {
+        b = gpu.step->run(gpu.tokens, gpu.mask, 1e-2, 0.1, 0.5, real, c.context);
+      } catch (const std::exception& e) {
+        c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+        FAIL() << "the CUDA step synchronised with the host: " << e.what();
+      }
       c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
-      FAIL() << "the CUDA step synchronised with the host: " << e.what();
-    }
-    c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
 #else
-    b = gpu.step->run(gpu.tokens, gpu.mask, 1e-2, 0.1, 0.5);
+      b = gpu.step->run(gpu.tokens, gpu.mask, 1e-2, 0.1, 0.5, real, c.context);
 #endif
-    EXPECT_NEAR(a.loss.item<double>(), b.loss.item<double>(), 1e-4);
-    EXPECT_NEAR(a.keep.item<double>(), b.keep.item<double>(), 1e-6);
-  }
-  for (size_t i = 0; i < cpu.trainable.size(); ++i) {
-    EXPECT_TRUE(at::allclose(cpu.trainable[i].second.detach(), gpu.trainable[i].second.detach().cpu(), 1e-4, 1e-4))
-        << cpu.trainable[i].first;
+      EXPECT_NEAR(a.loss.item<double>(), b.loss.item<double>(), 1e-4) << "step " << i;
+      EXPECT_NEAR(a.keep.item<double>(), b.keep.item<double>(), 1e-6) << "step " << i;
+    }
+    for (size_t i = 0; i < cpu.trainable.size(); ++i) {
+      EXPECT_TRUE(at::allclose(cpu.trainable[i].second.detach(), gpu.trainable[i].second.detach().cpu(), 1e-4, 1e-4))
+          << cpu.trainable[i].first;
+    }
   }
 }
 
