@@ -48,6 +48,12 @@ void check_recipe(const Recipe& r) {
       r.fail("train.recompute", "train.recompute does not combine with loss.objective reconstruction",
              "drop it: reconstruction back-propagates through one layer at a time already");
     }
+    // The full-cache target is computed from the same (adapted) q, k, v without a gradient, so
+    // an adapter would be trained against a target that moves with it.
+    if (r.integer("lora.rank") > 0) {
+      r.fail("lora.rank", "loss.objective reconstruction trains gates only, not LoRA adapters",
+             "set lora.rank: 0, or loss.objective: lm");
+    }
   }
   if (r.integer("model.init_seed") >= 0 && r.str("train.mode") != "pretrain") {
     r.fail("model.init_seed", "model.init_seed (random weights) only makes sense with train.mode: pretrain");

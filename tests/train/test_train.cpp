@@ -132,6 +132,7 @@ TEST(Recipe, TrainerRefusesBadValuesBeforeAnyWork) {
   refuse("loss:\n  target_keep: 1.5\n", "r.yaml:20: key 'loss.target_keep' is 1.5, expected a value in (0, 1]");
   refuse("loss:\n  target_keep: 0\n", "key 'loss.target_keep' is 0, expected a value in (0, 1]");
   refuse("loss:\n  objective: reconstruction\n  distill: 1.0\n", "loss.distill applies to the lm objective, not to reconstruction");
+  refuse("loss:\n  objective: reconstruction\nlora:\n  rank: 2\n", "loss.objective reconstruction trains gates only, not LoRA adapters");
   refuse("loss:\n  target_keep: 0.5\n  target_keep_max: 0.3\n", "loss.target_keep_max (0.3) is below loss.target_keep (0.5)");
   // Sizes and ranges (the hostile-input probe's first class): refused from the schema when the
   // recipe is loaded, one line naming file:line, key and the allowed range. Each of these used

@@ -66,7 +66,7 @@ struct StepRig {
   at::Tensor tokens, mask;  // host [4, 17]
 
   // `rule`: gates with gate.rule_feature attention; `objective`: the step's main term
-  // (reconstruction trains without distillation, as the recipe check demands).
+  // (reconstruction trains the gates alone, without distillation, as the recipe check demands).
   StepRig(c10::Device d, const std::string& estimator, bool recompute, RuleFeature rule = RuleFeature::None,
           Objective objective = Objective::Lm)
       : device(d), model(LlamaModel::init_random(test::tiny_config(), 7, at::kFloat, d)) {
@@ -87,9 +87,9 @@ struct StepRig {
     lc.rank = 2;
     lc.alpha = 4;
     lc.targets = {"q_proj", "v_proj"};
-    lora = std::make_unique<LoraAdapters>(lc, model.config(), 4, d);
+    if (objective == Objective::Lm) lora = std::make_unique<LoraAdapters>(lc, model.config(), 4, d);  // gates only else
     trainable = gates->parameters();
-    trainable.insert(trainable.end(), lora->parameters().begin(), lora->parameters().end());
+    if (lora) trainable.insert(trainable.end(), lora->parameters().begin(), lora->parameters().end());
     opt = std::make_unique<AdamW>(trainable, AdamWOptions{});
     pg = ProcessGroup::create(LaunchEnv{}, DistOptions{});
     forward = std::make_unique<TrainForward>(model, gates.get(), lora.get());
