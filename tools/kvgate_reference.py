@@ -24,6 +24,11 @@ Gates (tensors model.layers.{l}.self_attn.kv_gate.*, float32):
              p = sigmoid(z Ws^T + bs)
   mlp        fc1.weight [mlp_hidden, D], fc1.bias, fc2.weight [Hkv, mlp_hidden], fc2.bias:
              p = sigmoid(fc2(gelu(fc1(x))))   (exact, erf-based GELU)
+  rule feature (gate.rule_feature attention; rule.weight [Hkv, 2]): the logit before the
+             sigmoid gets + f0 * w[g, 0] + f1 * w[g, 1], per key j and KV head g, with
+             f0 = log(1e-6 + r), r the attention key j receives in layer l's own causal softmax
+             over the prompt (the base model's q and k after RoPE, scale 1/sqrt(head_dim)),
+             summed over the queries and averaged over g's query heads, and f1 = log(max(1, T - j))
 
 CLI:
   .venv/bin/python tools/kvgate_reference.py --model MODEL_DIR --gates EXPORT_DIR \\
@@ -73,15 +78,16 @@ class KVGates:
         self.type: str = g["type"]
         if self.type not in self.PARTS:
             raise ValueError(f"gate.type {self.type!r} not supported (attention or mlp)")
-        if g.get("rule_feature", "none") != "none":
-            raise ValueError(f"{export_dir}: gate.rule_feature {g['rule_feature']!r} is not supported by the reference yet")
+        self.rule = g.get("rule_feature", "none")
+        if self.rule not in ("none", "attention"):
+            raise ValueError(f"{export_dir}: gate.rule_feature {self.rule!r} not supported (none or attention)")
         self.heads, self.head_dim = int(g["heads"]), int(g["head_dim"])
         self.threshold = float(g["threshold"])
         self.sink_tokens, self.recent_window = int(g["sink_tokens"]), int(g["recent_window"])
         tensors, _ = ref.read_safetensors(os.path.join(export_dir, "gates.safetensors"))
         self.w: Dict[str, torch.Tensor] = {}
         for l in range(cfg.num_hidden_layers):
-            for part in self.PARTS[self.type]:
+            for part in self.PARTS[self.type] + (("rule.weight",) if self.rule == "attention" else ()):
                 name = f"model.layers.{l}.self_attn.kv_gate.{part}"
                 if name not in tensors:
                     raise KeyError(f"gates.safetensors lacks {name!r} (gate type {self.type})")
@@ -94,13 +100,20 @@ class KVGates:
     def _w(self, layer: int, part: str) -> torch.Tensor:
         return self.w[f"model.layers.{layer}.self_attn.kv_gate.{part}"]
 
-    def probabilities(self, layer: int, x: torch.Tensor) -> torch.Tensor:
-        """x: [T, D] (the normed hidden state feeding q/k/v) -> keep probabilities [T, Hkv]."""
-        x = x.float()
+    def probabilities(self, layer: int, x: torch.Tensor, rule: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: [T, D] (the normed hidden state feeding q/k/v), rule: rule_features(q, k) [T, Hkv, 2]
+        (gates with a rule feature only) -> keep probabilities [T, Hkv]."""
+        z = self._logits(layer, x.float())
+        if self.rule == "attention":
+            if rule is None:
+                raise ValueError("these gates read a rule feature: pass rule=rule_features(q, k)")
+            z = z + (rule.float() * self._w(layer, "rule.weight")).sum(-1)
+        return torch.sigmoid(z)
+
+    def _logits(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         w = lambda part: self._w(layer, part)  # noqa: E731
         if self.type == "mlp":
-            return torch.sigmoid(F.linear(F.gelu(F.linear(x, w("fc1.weight"), w("fc1.bias"))),
-                                          w("fc2.weight"), w("fc2.bias")))
+            return F.linear(F.gelu(F.linear(x, w("fc1.weight"), w("fc1.bias"))), w("fc2.weight"), w("fc2.bias"))
         T, H, d = x.shape[0], self.heads, self.head_dim
         freqs = torch.arange(T).float()[:, None] * self.inv_freq[None, :]  # [T, d/2]
         emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [T, 1, d]
@@ -114,13 +127,38 @@ class KVGates:
         future = torch.ones(T, T, dtype=torch.bool).triu(1)
         attn = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
         z = torch.matmul(attn, v).transpose(0, 1).reshape(T, H * d)  # [T, H*d]
-        return torch.sigmoid(F.linear(z, w("score.weight"), w("score.bias")))  # [T, Hkv]
+        return F.linear(z, w("score.weight"), w("score.bias"))  # [T, Hkv]
 
-    def keep(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+    def keep(self, layer: int, x: torch.Tensor, rule: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: [T, D] -> keep flags [T, Hkv] bool (p > threshold; sink tokens always kept)."""
-        kept = self.probabilities(layer, x) > self.threshold
+        kept = self.probabilities(layer, x, rule) > self.threshold
         kept[: self.sink_tokens] = True
         return kept
+
+
+def rule_features(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """q [H, T, hd], k [Hkv, T, hd] (a layer's queries and keys after RoPE) -> [T, Hkv, 2]: per
+    key j, log(1e-6 + the attention j receives from every query in the causal softmax, averaged
+    over the KV head's query heads) and log(max(1, T - j)). Written out with the whole [H, T, T]
+    map (agate and agate_gates compute it in query blocks)."""
+    H, T, hd = q.shape
+    G = k.shape[0]
+    kk = k.float().repeat_interleave(H // G, dim=0)  # [H, T, hd]: query head h reads KV head h // (H/G)
+    scores = torch.matmul(q.float(), kk.transpose(1, 2)) / hd ** 0.5  # [H, T, T]
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)
+    received = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1).sum(1)  # [H, T]
+    f0 = torch.log(received.view(G, H // G, T).mean(1) + 1e-6).t()  # [T, G]
+    f1 = torch.log((T - torch.arange(T)).clamp(min=1).float())[:, None].expand(T, G)
+    return torch.stack((f0, f1), dim=-1)
+
+
+def layer_qk(model: ref.CausalLM, x: torch.Tensor, layer: int, cos: torch.Tensor, sin: torch.Tensor):
+    """x [1, T, D] (normed) -> the base layer's q [H, T, hd] and k [Hkv, T, hd] after RoPE."""
+    T, hd = x.shape[1], model.cfg.head_dim
+    p = f"model.layers.{layer}.self_attn."
+    q = model._linear(x, p + "q_proj").view(1, T, -1, hd).transpose(1, 2)[0]
+    k = model._linear(x, p + "k_proj").view(1, T, -1, hd).transpose(1, 2)[0]
+    return q * cos + ref.rotate_half(q) * sin, k * cos + ref.rotate_half(k) * sin
 
 
 def visibility_mask(kept: torch.Tensor, n_rep: int, recent_window: int, window: Optional[int],
@@ -153,7 +191,8 @@ def gated_keep_flags(model: ref.CausalLM, gates: KVGates, tokens: List[int]) -> 
     for l in range(cfg.num_hidden_layers):
         p = f"model.layers.{l}."
         x = ref.rms_norm(h, model.w[p + "input_layernorm.weight"], cfg.rms_norm_eps, model.acc)
-        kept = gates.keep(l, x[0])  # [T, Hkv]
+        rule = rule_features(*layer_qk(model, x, l, cos, sin)) if gates.rule == "attention" else None
+        kept = gates.keep(l, x[0], rule)  # [T, Hkv]
         flags.append(kept.t())
         mask = visibility_mask(kept, model.n_rep, gates.recent_window, cfg.layer_windows[l], model.dtype)
         h = h + model.attention(x, l, cos, sin, mask)

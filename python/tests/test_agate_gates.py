@@ -284,14 +284,21 @@ def test_gates_match_reference():
     import kvgate_reference as kref
     import llama_reference as ref
     cfg = ref.load_model(model_dir(), torch.float32).cfg
-    for gt in ("attention", "mlp"):
+    from agate_gates.gates import rule_features
+    gen = torch.Generator().manual_seed(3)
+    for gt in ("attention", "mlp", "attention-rule"):
         ours = Gates(load_export(export_dir(gt)), hf_model().config)
         theirs = kref.KVGates(export_dir(gt), cfg)
-        x = torch.randn(1, 37, 64, generator=torch.Generator().manual_seed(3))
+        x = torch.randn(1, 37, 64, generator=gen)
+        rule_a = rule_b = None
+        if gt == "attention-rule":  # the feature from a layer's queries [1, H, T, hd] and keys [1, Hkv, T, hd]
+            q, k = torch.randn(1, 4, 37, 16, generator=gen), torch.randn(1, 2, 37, 16, generator=gen)
+            rule_a, rule_b = rule_features(q, k), kref.rule_features(q[0], k[0])
+            assert torch.allclose(rule_a[0], rule_b, atol=1e-5, rtol=0), f"rule features: {(rule_a[0] - rule_b).abs().max()}"
         for l in range(4):
-            a, b = ours.probabilities(l, x)[0], theirs.probabilities(l, x[0])
+            a, b = ours.probabilities(l, x, rule=rule_a)[0], theirs.probabilities(l, x[0], rule_b)
             assert torch.allclose(a, b, atol=1e-6, rtol=0), f"{gt} layer {l}: {(a - b).abs().max()}"
-            assert torch.equal(ours.keep(l, x)[0], theirs.keep(l, x[0])), f"{gt} layer {l}: flags differ"
+            assert torch.equal(ours.keep(l, x, rule=rule_a)[0], theirs.keep(l, x[0], rule_b)), f"{gt} layer {l}: flags differ"
 
 
 # ---- AgatePress ------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 # The gate export read by another program: tools/kvgate_reference.py (plain PyTorch on top of
 # tools/llama_reference.py) recomputes, from the export folder and the base model alone, the
 # keep flags per (layer, KV head, prompt token) that `agate generate --gates` uses, for both
-# gate types (attention; mlp with a recent window); and python/agate_gates' AgatePress (kvpress)
+# gate types (attention; mlp with a recent window; attention gates reading the rule feature); and python/agate_gates' AgatePress (kvpress)
 # reads the same exports and flags what `agate generate --policy gate-post` flags (when kvpress
 # is there). Needs the venv from scripts/setup.sh (torch 2.11).
 set -uo pipefail
@@ -88,6 +88,9 @@ PY
 
 same attention gate-attn
 same mlp gate-mlp gate.recent_window=4
+# Rule-feature gates (the attention each key receives, from the base layer's q and k), with a
+# larger learning rate so the 30 steps move the rule weights away from their zero start.
+same attention gate-rule gate.rule_feature=attention train.context_min=0.5 train.context_max=0.9 optim.lr=5e-2
 
 "$AGATE" init-model --config "$tmp/base/config.json" --out "$tmp/rand" >/dev/null 2>&1
 "$PY" tools/kvgate_reference.py --model "$tmp/rand" --gates "$tmp/gate-attn-export" --tokens 1,5,9 >"$tmp/o" 2>&1; rc=$?
