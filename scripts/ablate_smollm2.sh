@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 19's training ablation on SmolLM2-135M: every variant of recipes/smollm2/ablations.txt
-# (recipes/smollm2/gates.yaml + one changed factor) is trained on the same data for the same
+# (recipes/smollm2/gates.yaml + the file's `@base` overrides + one changed factor) is trained on the same data for the same
 # steps, exported, and evaluated on the held-out tasks of scripts/curves_smollm2.sh; the
 # training-free baselines are evaluated once on the same samples. Writes
 #   OUT/ablation.md, OUT/ablation.json   every variant x deployment x task x budget, with the
@@ -38,8 +38,10 @@ log() { echo "[ablate $(date +%H:%M:%S)] $*"; }
 # name -> overrides, in file order; ONLY filters.
 names=()
 declare -A overrides=()
+base_overrides=""
 while read -r name rest; do
   [[ -z $name || $name == \#* ]] && continue
+  if [[ $name == @base ]]; then base_overrides=$rest; continue; fi
   [[ -n ${overrides[$name]+x} ]] && die "variant '$name' appears twice in $VARIANTS" "names must be unique"
   if [[ -n ${ONLY:-} && " $ONLY " != *" $name "* ]]; then continue; fi
   names+=("$name") overrides[$name]=$rest
@@ -73,7 +75,7 @@ train_one() {  # name steps dir log_every
   # shellcheck disable=SC2046  # the overrides are words by design
   "$AGATE" train recipes/smollm2/gates.yaml run.dir="$dir" run.name="$name" run.threads="$THREADS" \
     run.device="$DEVICE" train.steps="$steps" train.global_batch="$BATCH" train.micro_batch="$BATCH" \
-    train.log_every="$every" checkpoint.every_steps=0 eval.every=0 ${COMMON:-} $(expand "${overrides[$name]}" "$steps") \
+    train.log_every="$every" checkpoint.every_steps=0 eval.every=0 $base_overrides ${COMMON:-} $(expand "${overrides[$name]}" "$steps") \
     >"$dir.log" 2>&1 || { echo "ablate: training $name failed; the end of $dir.log:" >&2; tail -5 "$dir.log" >&2; return 1; }
 }
 

@@ -15,6 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $# == 2 ]] || { echo "usage: scripts/smollm2_eval_data.sh DIR SAMPLES" >&2; exit 2; }
 DIR=$1 N=$2
+[[ $N =~ ^[1-9][0-9]*$ ]] || { echo "error: SAMPLES must be a positive integer, got '$N' (hint: SAMPLES=16)" >&2; exit 2; }
 AGATE=${AGATE:-build/agate}
 MODEL=models/smollm2-135m-instruct
 HELD=data/corpus/smollm2-heldout
@@ -26,7 +27,7 @@ fi
 if [[ ! -f $DIR/passkey.jsonl ]]; then
   { python3 tools/make_passkey.py --out - --n $(( (N + 1) / 2 )) --seed 11 --split val --filler data/corpus/raw/austen.txt \
       --min-words 250 --max-words 350 --answer key
-    python3 tools/make_passkey.py --out - --n $(( N / 2 )) --seed 12 --split val --filler data/corpus/raw/austen.txt \
+    (( N / 2 == 0 )) || python3 tools/make_passkey.py --out - --n $(( N / 2 )) --seed 12 --split val --filler data/corpus/raw/austen.txt \
       --min-words 550 --max-words 650 --answer key; } >"$DIR/passkey.jsonl.tmp"
   mv "$DIR/passkey.jsonl.tmp" "$DIR/passkey.jsonl"
 fi

@@ -96,7 +96,7 @@ def main():
                     if f.endswith(".json") and f[:-5] not in tasks)
     records, lines = [], []
     lines.append(f"# Gate training ablation on SmolLM2-135M ({args.steps} steps per variant)\n")
-    lines.append("Each variant: recipes/smollm2/gates.yaml + its overrides (recipes/smollm2/ablations.txt), same data, "
+    lines.append("Each variant: recipes/smollm2/gates.yaml + the `@base` and its own overrides (recipes/smollm2/ablations.txt), same data, "
                  "steps and batch. Cells: the metric, then its difference to the best training-free policy at that "
                  "budget [paired bootstrap 95% interval], * when the interval excludes 0 (points for accuracies; for "
                  "perplexity lower is better).\n")
