@@ -4,8 +4,8 @@
 # torch) and BUNDLE (the bundle folder); sets AGATE (the bundled binary) and AGATE_SPM_SHIM.
 [[ -x $BUNDLE/bin/agate ]] || { echo "[gpu] error: no $BUNDLE/bin/agate: run scripts/gpu_bundle.sh on the build machine and carry $BUNDLE/" >&2; exit 2; }
 need=$(cat "$BUNDLE/GLIBC" 2>/dev/null || echo 0)
-have=$(ldd --version 2>/dev/null | head -1 | awk '{print $NF}')
-if [[ $(printf '%s\n%s\n' "$need" "$have" | sort -V | head -1) != "$need" ]]; then
+have=$(ldd --version 2>/dev/null | sed -n 1p | awk '{print $NF}')
+if [[ $(printf '%s\n%s\n' "$need" "$have" | sort -V | sed -n 1p) != "$need" ]]; then
   echo "[gpu] error: the bundle needs glibc >= $need, this machine has $have: build here instead (see README, GPU)" >&2; exit 2
 fi
 torch_lib=$("$PY" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))') || {

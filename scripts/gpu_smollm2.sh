@@ -53,8 +53,10 @@ case ${1:-} in
     [[ -f $STAGE/blocks.bin.00 && -f $STAGE/bundle.tar.xz ]] || die "$STAGE has no part 1" "run 'stage 1' in the call before, on the same warm machine"
     [[ -d gpu-xfer/2/pack ]] || die "no gpu-xfer/2" "carry gpu-xfer/2 in this call"
     tar -xJf "$STAGE/bundle.tar.xz"
-    cp "$STAGE/blocks.bin.00" gpu-xfer/2/pack/
-    "$PY" tools/models/quant_pack.py unpack --pack gpu-xfer/2/pack --out models/smollm2-135m-instruct
+    # Reassembled in STAGE, so gpu-xfer/2 stays as packed (a trial run on the build machine
+    # would otherwise leave part 1 in it and push the next call over the 64 MiB limit).
+    rm -rf "$STAGE/pack" && cp -r gpu-xfer/2/pack "$STAGE/pack" && cp "$STAGE/blocks.bin.00" "$STAGE/pack/"
+    "$PY" tools/models/quant_pack.py unpack --pack "$STAGE/pack" --out models/smollm2-135m-instruct
     tar -xJf gpu-xfer/2/data.tar.xz
     BUNDLE=gpu-bundle
     source scripts/gpu_env.sh
