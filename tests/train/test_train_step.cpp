@@ -142,7 +142,8 @@ TEST(TrainStep, ContextSplitLossCountsOnlyTheContinuation) {
 // step throws, and so does any tensor created on the CPU that meets the model's (a 0-dim CPU
 // scalar aside, which CUDA accepts too). So a step that completes on meta is free of host
 // reads and device mixing, on every path it took: forward, gates (STE and soft), LoRA,
-// recomputation, distillation, sparsity, clipping, the masked AdamW update.
+// recomputation, distillation, sparsity, clipping, the masked AdamW update, the context split
+// with rule-feature gates and with the reconstruction objective.
 TEST(TrainStepDevice, RunsOnTheMetaDeviceWithoutHostReadsOrDeviceMixing) {
   for (const char* estimator : {"ste", "soft"}) {
     for (bool recompute : {false, true}) {
@@ -163,6 +164,20 @@ TEST(TrainStepDevice, RunsOnTheMetaDeviceWithoutHostReadsOrDeviceMixing) {
       StepWindow w(c10::Device(c10::kMeta));
       ASSERT_NO_THROW(w.add(s));
     }
+  }
+  // The context/continuation split with rule-feature gates (the attention each key receives,
+  // computed in the step) and with the reconstruction objective: the same contract.
+  for (const auto& [rule, objective] : {std::pair{RuleFeature::Attention, Objective::Lm},
+                                        std::pair{RuleFeature::None, Objective::Reconstruction}}) {
+    SCOPED_TRACE(rule == RuleFeature::Attention ? "rule feature + split" : "reconstruction + split");
+    StepRig rig(c10::Device(c10::kMeta), "ste", false, rule, objective);
+    StepStats s;
+    try {
+      s = rig.step->run(rig.tokens, rig.mask, 1e-3, 0.1, 0.5, rig.mask, 9);
+    } catch (const std::exception& e) {
+      FAIL() << "the step read a device value on the host or mixed devices: " << e.what();
+    }
+    EXPECT_TRUE(s.loss.is_meta() && s.keep.is_meta());
   }
 }
 
