@@ -177,8 +177,12 @@ int bench_train(const Args& args, int threads) {
   // output made to require grad so backward runs through every layer as it must for gates.
   const at::Tensor inputs = tokens.slice(1, 0, seq).to(device), targets = tokens.slice(1, 1).to(device);
   const at::Tensor w = mask.slice(1, 1).to(device);
+  ForwardOptions frozen;
+  frozen.head = false;  // the same fused head + loss as the trainer's step
   auto frozen_step = [&] {
-    lm_loss(model.run_embeds(model.embed(inputs).requires_grad_(true)).logits, targets, w).backward();
+    lm_loss_from_hidden(model.run_embeds(model.embed(inputs).requires_grad_(true), frozen).hidden, model.lm_head(),
+                        targets, w)
+        .backward();
   };
   auto gated_step = [&] { train_step.run(tokens, mask, 1e-4, 1.0, 0.5); };
   // Interleave the two so machine noise hits both alike.

@@ -25,6 +25,10 @@
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/native/CPUBlas.h>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -48,6 +52,7 @@ struct Problem {
   const int64_t* kp;
   const float* keep;  // [B, Hkv, Tk] or nullptr
   int64_t sw, rw, du;  // sliding window, recent window, dense_until
+  bool kcontig;        // kp is consecutive: mask_row's fast path
 };
 
 Problem problem_of(const FlashArgs& a) {
@@ -68,6 +73,25 @@ Problem problem_of(const FlashArgs& a) {
 // Entries n..padded are zero so vector loops may run over whole vectors.
 void mask_row(const Problem& p, int64_t qpos, const int64_t* kp, const float* keep, int64_t n, int64_t padded,
               float* m, float* f) {
+  if (p.kcontig) {
+    // Consecutive key positions (kp[j] = kp[0] + j, as in training and prefill): the row is
+    // four ranges, hidden [0, a_lo), flagged [a_lo, w_lo), always [w_lo, a_hi), hidden after.
+    const int64_t self = qpos - kp[0];  // the key at distance 0
+    const int64_t a_hi = std::clamp<int64_t>(self + 1, 0, n);
+    const int64_t a_lo = p.sw > 0 ? std::clamp<int64_t>(self - p.sw + 1, 0, n) : 0;
+    const int64_t w_lo = qpos < p.du ? a_lo : std::clamp<int64_t>(p.rw > 0 ? self - p.rw + 1 : self, a_lo, a_hi);
+    std::fill(m, m + a_lo, 0.0f);
+    std::fill(f, f + padded, 0.0f);
+    if (keep != nullptr) {
+      std::copy(keep + a_lo, keep + w_lo, m + a_lo);
+      std::fill(f + a_lo, f + w_lo, 1.0f);
+    } else {
+      std::fill(m + a_lo, m + w_lo, 1.0f);
+    }
+    std::fill(m + w_lo, m + a_hi, 1.0f);
+    std::fill(m + a_hi, m + padded, 0.0f);
+    return;
+  }
   for (int64_t j = 0; j < n; ++j) {
     const int64_t d = qpos - kp[j];
     const bool allowed = d >= 0 && (p.sw <= 0 || d < p.sw);
@@ -78,6 +102,13 @@ void mask_row(const Problem& p, int64_t qpos, const int64_t* kp, const float* ke
   }
   std::fill(m + n, m + padded, 0.0f);
   std::fill(f + n, f + padded, 0.0f);
+}
+
+// Whether the positions are consecutive (x[j] = x[0] + j).
+bool consecutive(const int64_t* x, int64_t n) {
+  for (int64_t j = 1; j < n; ++j)
+    if (x[j] != x[0] + j) return false;
+  return true;
 }
 
 int64_t round_up(int64_t n, int64_t to) { return (n + to - 1) / to * to; }
@@ -92,6 +123,40 @@ bool tile_visible(const Problem& p, int64_t qmin, int64_t qmax, int64_t kmin, in
 std::pair<int64_t, int64_t> range_of(const int64_t* x, int64_t n) {
   const auto [lo, hi] = std::minmax_element(x, x + n);
   return {*lo, *hi};
+}
+
+// dst[j * R + r] = src[r * lds + j] for r < R, j < n: in 8 x 8 blocks (registers on AVX2), so
+// both sides touch whole cache lines (an element-wise loop spent most of the backward here).
+void transpose_into(const float* src, int64_t lds, int64_t R, int64_t n, float* dst) {
+  constexpr int64_t b = 8;
+  for (int64_t r0 = 0; r0 < R; r0 += b) {
+    for (int64_t j0 = 0; j0 < n; j0 += b) {
+      const int64_t r1 = std::min(R, r0 + b), j1 = std::min(n, j0 + b);
+#if defined(__AVX2__)
+      if (r1 - r0 == b && j1 - j0 == b) {
+        __m256 x[8], y[8];
+        for (int k = 0; k < 8; ++k) x[k] = _mm256_loadu_ps(src + (r0 + k) * lds + j0);
+        for (int k = 0; k < 8; k += 2) {
+          y[k] = _mm256_unpacklo_ps(x[k], x[k + 1]);
+          y[k + 1] = _mm256_unpackhi_ps(x[k], x[k + 1]);
+        }
+        for (int k = 0; k < 8; k += 4) {
+          x[k] = _mm256_shuffle_ps(y[k], y[k + 2], 0x44);
+          x[k + 1] = _mm256_shuffle_ps(y[k], y[k + 2], 0xEE);
+          x[k + 2] = _mm256_shuffle_ps(y[k + 1], y[k + 3], 0x44);
+          x[k + 3] = _mm256_shuffle_ps(y[k + 1], y[k + 3], 0xEE);
+        }
+        for (int k = 0; k < 4; ++k) {
+          _mm256_storeu_ps(dst + (j0 + k) * R + r0, _mm256_permute2f128_ps(x[k], x[k + 4], 0x20));
+          _mm256_storeu_ps(dst + (j0 + k + 4) * R + r0, _mm256_permute2f128_ps(x[k], x[k + 4], 0x31));
+        }
+        continue;
+      }
+#endif
+      for (int64_t j = j0; j < j1; ++j)
+        for (int64_t r = r0; r < r1; ++r) dst[j * R + r] = src[r * lds + j];
+    }
+  }
 }
 
 float hmax(Vec v) {
@@ -192,6 +257,7 @@ FlashForward flash_forward_cpu(const FlashArgs& a) {
   const at::Tensor qp = a.q_pos.to(at::kLong).contiguous(), kp = a.k_pos.to(at::kLong).contiguous();
   const at::Tensor keep = a.keep.defined() ? f32(a.keep) : at::Tensor();
   p.qp = qp.data_ptr<int64_t>(), p.kp = kp.data_ptr<int64_t>();
+  p.kcontig = consecutive(p.kp, p.Tk);
   p.keep = keep.defined() ? keep.data_ptr<float>() : nullptr;
   at::Tensor out = at::empty({p.B, p.H, p.Tq, p.hd}, qs.options());
   at::Tensor m = at::empty({p.B, p.H, p.Tq}, qs.options()), z = at::empty({p.B, p.H, p.Tq}, qs.options());
@@ -277,12 +343,8 @@ void backward_chunk(const Problem& p, const BackwardInputs& in, int64_t b, int64
         }
       }
       // P^T and dS^T: [n, R] row-major.
-      for (int64_t r = 0; r < R; ++r) {
-        for (int64_t j = 0; j < n; ++j) {
-          w.pt[j * R + r] = w.s[r * kBk + j];
-          w.dst[j * R + r] = w.da[r * kBk + j];
-        }
-      }
+      transpose_into(w.s.data(), kBk, R, n, w.pt.data());
+      transpose_into(w.da.data(), kBk, R, n, w.dst.data());
       at::native::cpublas::brgemm(n, hd, R, R, hd, hd, true, w.pt.data(), w.dout.data(), in.dv + (bgk + j0) * hd,
                                   false);
       at::native::cpublas::brgemm(n, hd, R, R, hd, hd, true, w.dst.data(), w.q.data(), in.dk + (bgk + j0) * hd,
@@ -314,6 +376,7 @@ FlashGrads flash_backward_cpu(const FlashArgs& a, const FlashForward& f, const a
   const at::Tensor qp = a.q_pos.to(at::kLong).contiguous(), kp = a.k_pos.to(at::kLong).contiguous();
   const at::Tensor keep = a.keep.defined() ? f32(a.keep) : at::Tensor();
   p.qp = qp.data_ptr<int64_t>(), p.kp = kp.data_ptr<int64_t>();
+  p.kcontig = consecutive(p.kp, p.Tk);
   p.keep = keep.defined() ? keep.data_ptr<float>() : nullptr;
   // Key chunks per (b, KV head): enough tasks for every thread, whole tiles each.
   const int64_t tiles = (p.Tk + kBk - 1) / kBk;

@@ -18,9 +18,11 @@ StepForward TrainForward::operator()(const ForwardCall& call) {
   opts.token_weight = call.real;
   opts.dense_until = opts.visibility ? call.context : 0;
   opts.reconstruct = call.reconstruct && opts.visibility;
+  opts.head = call.logits;
   ModelOutput o = model_.run(call.inputs, opts);
   StepForward out;
   out.logits = o.logits;
+  if (!call.logits) out.hidden = o.hidden, out.head = model_.lm_head();
   if (opts.visibility) {
     out.keep = o.keep_means();
     out.kept = o.flag_means(call.real).mean();

@@ -100,11 +100,16 @@ StepStats TrainStep::run(const at::Tensor& tokens_host, const at::Tensor& mask_h
     const double count = w_host.slice(0, m0, m1).sum().item<double>();  // host
     const at::Tensor real_in = real.defined() ? real.slice(0, m0, m1).slice(1, 0, T) : at::Tensor();
     const bool recon = o_.objective == Objective::Reconstruction;
-    StepForward fw = forward_({inputs, real_in, Pass::train, o_.recompute, context, recon});
+    // Logits are only materialised when distillation needs them; else the LM loss is fused with
+    // the head (reconstruction needs neither).
+    const bool need_logits = o_.distill > 0 && o_.gates;
+    StepForward fw = forward_({inputs, real_in, Pass::train, o_.recompute, context, recon, need_logits});
     const at::Tensor &logits = fw.logits, &keep = fw.keep;
     if (recon && !fw.recon.defined()) throw_internal("the reconstruction objective's forward recorded no layer error");
     // The main term: the LM loss over the targets, or the mean per-layer reconstruction error.
-    at::Tensor lm = recon ? fw.recon.mean() : lm_loss(logits, targets, w);
+    at::Tensor lm = recon              ? fw.recon.mean()
+                    : logits.defined() ? lm_loss(logits, targets, w)
+                                       : lm_loss_from_hidden(fw.hidden, fw.head, targets, w);
     // Per-rank terms are scaled so that the SUM of the ranks' gradients is the global one.
     const double share = static_cast<double>(m1 - m0) / static_cast<double>(o_.global_batch);
     // [] float64: this micro-batch's share of the global targets (of the sequences, for reconstruction)

@@ -267,6 +267,37 @@ TEST(Losses, SparsityFormsAndLambdaWarmup) {
   EXPECT_NEAR(lm_loss(logits, targets, w).item<double>(), lm_loss(logits2, targets, w).item<double>(), 1e-6);
 }
 
+// The fused LM loss (LM head + cross-entropy one chunk of rows at a time, gradient made in
+// the forward) equals the unfused one, value and gradients w.r.t. hidden and head, for chunks
+// that do not divide the rows, weight-0 rows, an upstream scale, and in bfloat16 (float32 and
+// bfloat16 run the CPU row kernel; float64 the ATen path that CUDA takes).
+TEST(Losses, FusedHeadLossEqualsTheUnfusedLoss) {
+  for (const auto dtype : {at::kFloat, at::kBFloat16, at::kDouble}) {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
+    const int64_t B = 2, T = 7, D = 16, V = 37;
+    const at::Tensor h0 = at::randn({B, T, D}, gen).to(dtype), w0 = (at::randn({V, D}, gen) * 0.5).to(dtype);
+    const at::Tensor targets = at::randint(0, V, {B, T}, gen, at::kLong);
+    at::Tensor weights = at::ones({B, T});
+    weights[0][2] = 0, weights[1][6] = 0;
+    for (const int64_t chunk : {int64_t{1} << 21, 3 * V, V}) {  // one chunk, 3 rows, 1 row
+      at::Tensor h1 = h0.clone().requires_grad_(true), w1 = w0.clone().requires_grad_(true);
+      at::Tensor h2 = h0.clone().requires_grad_(true), w2 = w0.clone().requires_grad_(true);
+      at::Tensor ref = lm_loss(at::linear(h1, w1), targets, weights);
+      at::Tensor fused = lm_loss_from_hidden(h2, w2, targets, weights, chunk);
+      (ref * 2.5).backward();
+      (fused * 2.5).backward();
+      const double tol = dtype == at::kBFloat16 ? 2e-2 : 1e-5;
+      EXPECT_NEAR(fused.item<double>(), ref.item<double>(), 1e-5) << chunk;
+      EXPECT_TRUE(at::allclose(h2.grad().to(at::kFloat), h1.grad().to(at::kFloat), tol, tol)) << chunk;
+      EXPECT_TRUE(at::allclose(w2.grad().to(at::kFloat), w1.grad().to(at::kFloat), tol, tol)) << chunk;
+    }
+    // Only what requires grad gets one (the frozen head of gate training).
+    at::Tensor h3 = h0.clone().requires_grad_(true);
+    lm_loss_from_hidden(h3, w0, targets, weights).backward();
+    EXPECT_TRUE(h3.grad().defined());
+  }
+}
+
 // A hidden key that would dominate attention (score far above every visible key) must not
 // blow the STE gradient up: it is bounded as if the key were as strong as the strongest
 // visible one (a real run went NaN before this cap).

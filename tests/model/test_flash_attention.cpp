@@ -18,12 +18,15 @@ struct Case {
   bool ste, soft, keep;  // keep=false: no key_keep (plain attention)
   at::ScalarType dtype;
   int64_t dense = 0;  // dense_until: queries at positions below it ignore the flags
+  int64_t pos_base = 0, pos_step = 1;  // key j at position pos_base + j * pos_step (step 1: the
+                                       // kernels' consecutive fast path; else the general one)
 };
 
 std::string describe(const Case& c) {
   return "B" + std::to_string(c.B) + " Hkv" + std::to_string(c.Hkv) + " G" + std::to_string(c.G) + " Tq" +
          std::to_string(c.Tq) + " Tk" + std::to_string(c.Tk) + " hd" + std::to_string(c.hd) + " win" +
          std::to_string(c.window) + " recent" + std::to_string(c.recent) + " sinks" + std::to_string(c.sinks) + " dense" + std::to_string(c.dense) +
+         " pos" + std::to_string(c.pos_base) + "+" + std::to_string(c.pos_step) + "j" +
          (c.keep ? (c.soft ? " soft" : " ste") : " nokeep") + (c.dtype == at::kFloat ? " fp32" : " bf16");
 }
 
@@ -41,12 +44,13 @@ Result run(const Case& c, AttentionKernel kernel, uint64_t seed) {
   at::Tensor gout = at::randn({c.B, H, c.Tq, c.hd});
   at::Tensor q = q0.to(c.dtype).requires_grad_(true), k = k0.to(c.dtype).requires_grad_(true),
              v = v0.to(c.dtype).requires_grad_(true), p = p0.clone().requires_grad_(true);
-  const at::Tensor k_pos = at::arange(0, c.Tk, at::kLong), q_pos = at::arange(c.Tk - c.Tq, c.Tk, at::kLong);
+  const at::Tensor k_pos = at::arange(0, c.Tk, at::kLong) * c.pos_step + c.pos_base;
+  const at::Tensor q_pos = k_pos.slice(0, c.Tk - c.Tq);
   at::Tensor keep;
   if (c.keep) {
     keep = c.soft ? p : (p.detach() > 0.5).to(at::kFloat) + p - p.detach();
     if (c.sinks > 0) {  // sinks arrive as flags forced to 1 (as Gates builds them)
-      at::Tensor sink = (k_pos < c.sinks).view({1, c.Tk, 1});
+      at::Tensor sink = (at::arange(0, c.Tk, at::kLong) < c.sinks).view({1, c.Tk, 1});
       keep = at::where(sink, at::ones({}, keep.options()), keep);
     }
   }
@@ -80,12 +84,14 @@ TEST(FlashAttention, EqualsTheReferenceInValueAndEveryGradient) {
   uint64_t seed = 1;
   for (auto dtype : {at::kFloat, at::kBFloat16}) {
     for (int64_t G : {1, 2, 4, 8}) {
-      for (int variant = 0; variant < 5; ++variant) {
+      for (int variant = 0; variant < 7; ++variant) {
         Case c{1, 2, G, 37, 37, 16, 0, 0, 0, true, false, true, dtype};
         if (variant == 1) c.window = 13, c.recent = 4;           // sliding + recent windows
         if (variant == 2) c.Tq = 19, c.Tk = 150, c.sinks = 3;    // a query block behind a cache
         if (variant == 3) c.soft = true, c.ste = false;          // soft probabilities
         if (variant == 4) c.dense = 20, c.recent = 3;            // a context/continuation split
+        if (variant == 5) c.pos_step = 3, c.window = 40, c.recent = 7, c.dense = 30;  // gapped positions
+        if (variant == 6) c.pos_base = 9, c.window = 13, c.recent = 4, c.dense = 20;  // not from 0
         check(c, seed++);
       }
     }

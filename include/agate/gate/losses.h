@@ -15,6 +15,15 @@ namespace agate {
 at::Tensor lm_loss(const at::Tensor& logits, const at::Tensor& targets, const at::Tensor& weights,
                    double* count = nullptr);
 
+// The same loss from the final (normed) hidden states and the LM head, fused: the logits
+// hidden @ head^T are made one chunk of about `chunk_elements` logits at a time, reduced to the
+// loss and differentiated in the forward, so no [N, V] tensor is kept (the gradient w.r.t.
+// hidden, [N, D], is; w.r.t. head only when it requires grad). Equals
+// lm_loss(at::linear(hidden, head), targets, weights) up to summation order, gradients included.
+// hidden: [B, T, D] (or [N, D]); head: [V, D] in hidden's dtype; targets, weights: B*T elements.
+at::Tensor lm_loss_from_hidden(const at::Tensor& hidden, const at::Tensor& head, const at::Tensor& targets,
+                               const at::Tensor& weights, int64_t chunk_elements = int64_t{1} << 21);
+
 // The sparsity regulariser's forms (recipe key loss.sparsity), on the per-layer keep ratios:
 //   l2_target: mean_l (keep_l - target)^2
 //   hinge:     mean_l max(0, keep_l - target)^2   (only keeping more than the target costs)

@@ -99,6 +99,8 @@ struct ForwardOptions {
                              // continues the residual stream with the full one, so every
                              // layer sees the base model's own inputs and no gradient crosses
                              // layers. Not with a cache or recomputation.
+  bool head = true;  // false: no LM head; ModelOutput::hidden holds the final normed hidden state
+                     // instead of logits (for a loss fused with the head, lm_loss_from_hidden)
 };
 
 // What one decoder layer's visibility decided (all undefined without a visibility).
@@ -119,7 +121,8 @@ struct LayerStats {
 at::Tensor decided_weight(const at::Tensor& token_weight, int64_t decided_end, int64_t B, int64_t T, c10::Device device);
 
 struct ModelOutput {
-  at::Tensor logits;               // [B, T, V] in the model's dtype
+  at::Tensor logits;               // [B, T, V] in the model's dtype (undefined without ForwardOptions::head)
+  at::Tensor hidden;               // [B, T, D] the final normed hidden state (only without ForwardOptions::head)
   std::vector<LayerStats> layers;  // one per decoder layer
   // [L] keep_mean per layer (differentiable) / [L, Hkv] flag_mean per layer and KV head;
   // undefined without a visibility.
@@ -179,6 +182,7 @@ class LlamaModel {
   // Positions start, ..., start + T - 1 with their RoPE tables, on the model's device.
   Positions positions(int64_t start, int64_t T) const;
   at::Tensor head(const at::Tensor& h) const;  // final norm + LM head: [B, T, D] -> [B, T, V]
+  const at::Tensor& lm_head() const { return lm_head_; }  // [V, D]
   // x: [B, T, D] -> RMSNorm(x) * weight, normalised in float32 as HF does.
   at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight) const;
   const LayerWeights& layer(int64_t i) const { return layers_[static_cast<size_t>(i)]; }

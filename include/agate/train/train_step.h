@@ -54,7 +54,9 @@ enum class Pass {
 
 // What the step needs from one forward of a micro-batch.
 struct StepForward {
-  at::Tensor logits;  // [b, T, V]
+  at::Tensor logits;  // [b, T, V]; or, when the call allowed it (ForwardCall::logits false), undefined and:
+  at::Tensor hidden;  // [b, T, D] the final normed hidden state and
+  at::Tensor head;    // [V, D] the LM head, for the loss fused with the head (lm_loss_from_hidden)
   at::Tensor keep;    // [L] per-layer keep surrogate (differentiable); undefined without gates
   at::Tensor kept;    // [] mean hard keep flag of this forward's real tokens; undefined without gates
   at::Tensor recon;   // [L] per-layer reconstruction errors (differentiable); only when asked for
@@ -69,6 +71,7 @@ struct ForwardCall {
   int64_t context = 0;    // a context/continuation split: queries before it attend fully
                           // (ForwardOptions::dense_until); 0 = none
   bool reconstruct = false;  // per-layer reconstruction (ForwardOptions::reconstruct)
+  bool logits = true;        // false: hidden + head may be returned instead of logits
 };
 
 class TrainStep {
