@@ -8,6 +8,7 @@
 
 #include "agate/data/loader.h"
 #include "agate/gate/gates.h"
+#include "agate/gate/losses.h"
 #include "agate/train/run_checks.h"
 #include "agate/train/trainable.h"
 #include "agate/util/device.h"
@@ -45,7 +46,7 @@ TrainPlan plan_run(const RunConfig& rc, const ModelConfig& c, const PlanCounts& 
   p.weights_mb = p.parameters * wb / 1e6;
   p.optimizer_mb = p.trainable * 4.0 * 3 / 1e6;  // grad + Adam m, v (float32)
   // Saved activations per micro-batch: per layer and token, ~ (6D + 3I + 2(H + 2Hkv)hd)
-  // values in the compute dtype; logits 3 x V float32. Attention runs on the blocked kernels
+  // values in the compute dtype. Attention runs on the blocked kernels
   // (flash_attention.h: CPU, and CUDA in CUDA builds), which keep no T x T map: per query row
   // they save the row max and sum (2 H float32 per token), and their backward holds, for
   // one layer at a time, float32 copies of q, k, v and dO, dq partials and dk, dv (below).
@@ -62,7 +63,15 @@ TrainPlan plan_run(const RunConfig& rc, const ModelConfig& c, const PlanCounts& 
   }
   const double layers = rc.train.recompute ? (c.num_hidden_layers * B * T * D * wb + per_layer)
                                                      : c.num_hidden_layers * per_layer;
-  p.activations_mb = (layers + transient + B * T * c.vocab_size * 4 * 3) / 1e6;
+  // The LM loss: with distillation, whole logits (3 x V float32 per token: student, teacher,
+  // log-probabilities); else fused with the head (lm_loss_from_hidden): one chunk of logits and
+  // their gradient in the compute dtype plus float32 log-probabilities, and the saved gradient
+  // w.r.t. the hidden state.
+  const double V = static_cast<double>(c.vocab_size);
+  const double loss = gates && rc.loss.distill > 0
+                          ? B * T * V * 4 * 3
+                          : std::min(B * T * V, static_cast<double>(kLossChunkElements)) * (2 * wb + 4) + B * T * D * wb;
+  p.activations_mb = (layers + transient + loss) / 1e6;
   GateConfig g = rc.gate;
   if (!gates) g.type = GateType::None;
   p.flops_per_token = train_flops_per_token(c, g, seq_len);

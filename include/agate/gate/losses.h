@@ -21,8 +21,9 @@ at::Tensor lm_loss(const at::Tensor& logits, const at::Tensor& targets, const at
 // hidden, [N, D], is; w.r.t. head only when it requires grad). Equals
 // lm_loss(at::linear(hidden, head), targets, weights) up to summation order, gradients included.
 // hidden: [B, T, D] (or [N, D]); head: [V, D] in hidden's dtype; targets, weights: B*T elements.
+inline constexpr int64_t kLossChunkElements = int64_t{1} << 21;
 at::Tensor lm_loss_from_hidden(const at::Tensor& hidden, const at::Tensor& head, const at::Tensor& targets,
-                               const at::Tensor& weights, int64_t chunk_elements = int64_t{1} << 21);
+                               const at::Tensor& weights, int64_t chunk_elements = kLossChunkElements);
 
 // The sparsity regulariser's forms (recipe key loss.sparsity), on the per-layer keep ratios:
 //   l2_target: mean_l (keep_l - target)^2
