@@ -5,6 +5,8 @@
 // attention kernel.
 #include "cross_entropy_cpu.h"
 
+#include "../util/cpu_vec.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -24,7 +26,7 @@ constexpr int64_t kW = Vec::size();
 // One row: buf <- float(x); returns logsumexp; leaves exp(x - max) in buf and their sum in *sum.
 template <typename T>
 float row_logsumexp(const T* x, int64_t V, float* buf, float* sum) {
-  for (int64_t j = 0; j < V; ++j) buf[j] = static_cast<float>(x[j]);
+  to_float(x, buf, V);
   int64_t j = 0;
   Vec vmax(-std::numeric_limits<float>::infinity());
   for (; j + kW <= V; j += kW) vmax = at::vec::maximum(vmax, Vec::loadu(buf + j));
@@ -66,7 +68,7 @@ void rows(const at::Tensor& logits, const at::Tensor& targets, const at::Tensor&
       for (; j + kW <= V; j += kW) (Vec::loadu(buf.data() + j) * vscale).store(buf.data() + j);
       for (; j < V; ++j) buf[j] *= scale;
       buf[t[r]] -= c[r];
-      at::vec::convert(buf.data(), g + r * V, V);
+      from_float(buf.data(), g + r * V, V);
     }
   });
 }

@@ -10,6 +10,8 @@
 
 #include "agate/model/attention.h"
 #include "agate/model/kv_cache.h"
+#include "agate/model/rms_norm.h"
+#include "agate/model/swiglu.h"
 #include "agate/util/error.h"
 #include "agate/util/fs.h"
 #include "recompute.h"
@@ -175,9 +177,7 @@ void LlamaModel::set_requires_grad(bool on) {
 }
 
 at::Tensor LlamaModel::rms_norm(const at::Tensor& x, const at::Tensor& weight) const {
-  at::Tensor xf = x.to(at::kFloat);
-  at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
-  return weight * (xf * at::rsqrt(var + config_.rms_norm_eps)).to(x.scalar_type());
+  return agate::rms_norm(x, weight, config_.rms_norm_eps);
 }
 
 at::Tensor LlamaModel::embed(const at::Tensor& tokens) const {
@@ -283,7 +283,7 @@ at::Tensor LlamaModel::layer_forward(int64_t i, const at::Tensor& h, const Posit
   at::Tensor out = h + proj(attn, L.o_proj, L.o_bias, Projection::O);
 
   at::Tensor y = rms_norm(out, L.post_norm);
-  at::Tensor mlp = proj(at::silu(proj(y, L.gate_proj, {}, Projection::Gate)) * proj(y, L.up_proj, {}, Projection::Up),
+  at::Tensor mlp = proj(swiglu(proj(y, L.gate_proj, {}, Projection::Gate), proj(y, L.up_proj, {}, Projection::Up)),
                         L.down_proj, {}, Projection::Down);
   return out + mlp;
 }

@@ -15,6 +15,8 @@
 #include "agate/model/config.h"
 #include "agate/model/kv_cache.h"
 #include "agate/model/llama.h"
+#include "agate/model/rms_norm.h"
+#include "agate/model/swiglu.h"
 #include "agate/util/error.h"
 #include "agate/util/fs.h"
 
@@ -77,6 +79,54 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, ReferenceLogits,
                                            "llama3_rope_f32", "llama_attnbias_mqa_f32", "qwen2_bias_f32",
                                            "mistral_headdim_window_f32", "llama_gqa_bf16", "qwen2_bias_bf16",
                                            "llama_sharded_f32"));
+
+// The fused CPU RMSNorm equals HF's formula (rms_norm_reference): the value (bit for bit up to
+// one rounding of the row's scale), and the input gradient; widths with a vector tail.
+TEST(RmsNorm, FusedKernelEqualsTheReferenceFormulaAndItsGradient) {
+  for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+    for (const int64_t D : {64, 37}) {
+      auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
+      const at::Tensor x0 = (at::randn({3, 5, D}, gen) * 3).to(dtype), w = (at::rand({D}, gen) + 0.5).to(dtype);
+      const at::Tensor gout = at::randn({3, 5, D}, gen).to(dtype);
+      at::Tensor x1 = x0.clone().requires_grad_(true), x2 = x0.clone().requires_grad_(true);
+      const at::Tensor want = rms_norm_reference(x1, w, 1e-5), got = rms_norm(x2, w, 1e-5);
+      want.backward(gout);
+      got.backward(gout);
+      const double tol = dtype == at::kFloat ? 1e-5 : 1e-2;
+      EXPECT_TRUE(at::allclose(got.to(at::kFloat), want.to(at::kFloat), tol, tol)) << D;
+      EXPECT_TRUE(at::allclose(x2.grad().to(at::kFloat), x1.grad().to(at::kFloat), tol, tol)) << D;
+      c10::NoGradGuard no_grad;  // the inference path: the kernel without autograd
+      EXPECT_TRUE(at::allclose(rms_norm(x0, w, 1e-5).to(at::kFloat), want.to(at::kFloat), tol, tol)) << D;
+    }
+  }
+  // A weight that trains (pretraining) takes the formula, so it gets its gradient.
+  at::Tensor w = at::ones({8}).requires_grad_(true);
+  rms_norm(at::randn({2, 8}), w, 1e-5).sum().backward();
+  EXPECT_TRUE(w.grad().defined());
+}
+
+// The fused CPU SwiGLU equals the ATen formula silu(gate) * up, value and both gradients, over
+// sizes with block and vector tails.
+TEST(Swiglu, FusedKernelEqualsTheFormulaAndItsGradients) {
+  for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+    for (const int64_t n : {int64_t{7}, int64_t{2048 + 37}}) {
+      auto gen = at::make_generator<at::CPUGeneratorImpl>(6);
+      const at::Tensor g0 = (at::randn({2, n}, gen) * 4).to(dtype), u0 = at::randn({2, n}, gen).to(dtype);
+      const at::Tensor dy = at::randn({2, n}, gen).to(dtype);
+      at::Tensor g1 = g0.clone().requires_grad_(true), u1 = u0.clone().requires_grad_(true);
+      at::Tensor g2 = g0.clone().requires_grad_(true), u2 = u0.clone().requires_grad_(true);
+      const at::Tensor want = at::silu(g1) * u1, got = swiglu(g2, u2);
+      want.backward(dy);
+      got.backward(dy);
+      const double tol = dtype == at::kFloat ? 1e-5 : 1e-2;
+      EXPECT_TRUE(at::allclose(got.to(at::kFloat), want.to(at::kFloat), tol, tol)) << n;
+      EXPECT_TRUE(at::allclose(g2.grad().to(at::kFloat), g1.grad().to(at::kFloat), tol, tol)) << n;
+      EXPECT_TRUE(at::allclose(u2.grad().to(at::kFloat), u1.grad().to(at::kFloat), tol, tol)) << n;
+      c10::NoGradGuard no_grad;
+      EXPECT_TRUE(at::allclose(swiglu(g0, u0).to(at::kFloat), want.to(at::kFloat), tol, tol)) << n;
+    }
+  }
+}
 
 TEST(Model, ShardedAndSingleFileCheckpointsLoadTheSame) {
   LlamaModel a = LlamaModel::load(fixture("llama_gqa_untied_f32"), at::kFloat);
