@@ -11,7 +11,6 @@
 #include "agate/model/attention.h"
 #include "agate/model/kv_cache.h"
 #include "agate/model/rms_norm.h"
-#include "agate/model/swiglu.h"
 #include "agate/util/error.h"
 #include "agate/util/fs.h"
 #include "recompute.h"
@@ -283,7 +282,7 @@ at::Tensor LlamaModel::layer_forward(int64_t i, const at::Tensor& h, const Posit
   at::Tensor out = h + proj(attn, L.o_proj, L.o_bias, Projection::O);
 
   at::Tensor y = rms_norm(out, L.post_norm);
-  at::Tensor mlp = proj(swiglu(proj(y, L.gate_proj, {}, Projection::Gate), proj(y, L.up_proj, {}, Projection::Up)),
+  at::Tensor mlp = proj(at::silu(proj(y, L.gate_proj, {}, Projection::Gate)) * proj(y, L.up_proj, {}, Projection::Up),
                         L.down_proj, {}, Projection::Down);
   return out + mlp;
 }

@@ -16,7 +16,6 @@
 #include "agate/model/kv_cache.h"
 #include "agate/model/llama.h"
 #include "agate/model/rms_norm.h"
-#include "agate/model/swiglu.h"
 #include "agate/util/error.h"
 #include "agate/util/fs.h"
 
@@ -103,29 +102,6 @@ TEST(RmsNorm, FusedKernelEqualsTheReferenceFormulaAndItsGradient) {
   at::Tensor w = at::ones({8}).requires_grad_(true);
   rms_norm(at::randn({2, 8}), w, 1e-5).sum().backward();
   EXPECT_TRUE(w.grad().defined());
-}
-
-// The fused CPU SwiGLU equals the ATen formula silu(gate) * up, value and both gradients, over
-// sizes with block and vector tails.
-TEST(Swiglu, FusedKernelEqualsTheFormulaAndItsGradients) {
-  for (const auto dtype : {at::kFloat, at::kBFloat16}) {
-    for (const int64_t n : {int64_t{7}, int64_t{2048 + 37}}) {
-      auto gen = at::make_generator<at::CPUGeneratorImpl>(6);
-      const at::Tensor g0 = (at::randn({2, n}, gen) * 4).to(dtype), u0 = at::randn({2, n}, gen).to(dtype);
-      const at::Tensor dy = at::randn({2, n}, gen).to(dtype);
-      at::Tensor g1 = g0.clone().requires_grad_(true), u1 = u0.clone().requires_grad_(true);
-      at::Tensor g2 = g0.clone().requires_grad_(true), u2 = u0.clone().requires_grad_(true);
-      const at::Tensor want = at::silu(g1) * u1, got = swiglu(g2, u2);
-      want.backward(dy);
-      got.backward(dy);
-      const double tol = dtype == at::kFloat ? 1e-5 : 1e-2;
-      EXPECT_TRUE(at::allclose(got.to(at::kFloat), want.to(at::kFloat), tol, tol)) << n;
-      EXPECT_TRUE(at::allclose(g2.grad().to(at::kFloat), g1.grad().to(at::kFloat), tol, tol)) << n;
-      EXPECT_TRUE(at::allclose(u2.grad().to(at::kFloat), u1.grad().to(at::kFloat), tol, tol)) << n;
-      c10::NoGradGuard no_grad;
-      EXPECT_TRUE(at::allclose(swiglu(g0, u0).to(at::kFloat), want.to(at::kFloat), tol, tol)) << n;
-    }
-  }
 }
 
 TEST(Model, ShardedAndSingleFileCheckpointsLoadTheSame) {
