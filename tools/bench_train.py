@@ -93,7 +93,8 @@ def main():
     ap.add_argument("--gate-heads", type=int, default=2)
     ap.add_argument("--gate-head-dim", type=int, default=16)
     ap.add_argument("--compile", action="store_true",
-                    help="torch.compile (inductor) the forward + loss; backward and AdamW stay eager")
+                    help="torch.compile (inductor) the forward + loss (AOTAutograd compiles its backward too); "
+                         "AdamW stays eager")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     dtype = ref.DTYPES[a.dtype]
