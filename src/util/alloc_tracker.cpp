@@ -4,6 +4,8 @@
 #include <c10/core/CPUAllocator.h>
 
 #include <atomic>
+#include <mutex>
+#include <unordered_map>
 
 #include "agate/util/error.h"
 
@@ -21,14 +23,30 @@ void raise_peak(int64_t now) {
   }
 }
 
-// The context of a counted DataPtr: the original allocation (its deleter frees it) and its size.
+// A counted allocation: the original one (its deleter frees it) and its size, found by its data
+// pointer. The DataPtr's context is the data pointer itself, as c10::Allocator::raw_allocate
+// requires (oneDNN's matmul allocates its scratch that way; with any other context it fails
+// and falls back to a slower kernel).
 struct Counted {
   c10::DataPtr inner;
   int64_t bytes;
 };
 
-void counted_delete(void* ctx) {
-  auto* c = static_cast<Counted*>(ctx);
+std::mutex g_mu;
+std::unordered_map<void*, Counted*>& live() {
+  static auto* m = new std::unordered_map<void*, Counted*>();  // never destroyed: late frees
+  return *m;
+}
+
+void counted_delete(void* data) {
+  Counted* c = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(g_mu);
+    auto it = live().find(data);
+    if (it == live().end()) return;
+    c = it->second;
+    live().erase(it);
+  }
   g_current.fetch_sub(c->bytes, std::memory_order_relaxed);
   delete c;  // runs the original deleter
 }
@@ -39,12 +57,18 @@ class CountingAllocator final : public c10::Allocator {
     c10::Allocator* inner = inner_.load(std::memory_order_acquire);
     c10::DataPtr p = inner->allocate(n);
     void* data = p.get();
+    if (data == nullptr) return p;  // an empty allocation: nothing to count, no key to file it under
     const c10::Device device = p.device();
     auto* ctx = new Counted{std::move(p), static_cast<int64_t>(n)};
+    {
+      std::lock_guard<std::mutex> lock(g_mu);
+      live()[data] = ctx;
+    }
     g_count.fetch_add(1, std::memory_order_relaxed);
     raise_peak(g_current.fetch_add(ctx->bytes, std::memory_order_relaxed) + ctx->bytes);
-    return {data, ctx, &counted_delete, device};
+    return {data, data, &counted_delete, device};
   }
+  c10::DeleterFnPtr raw_deleter() const override { return &counted_delete; }
   void copy_data(void* dest, const void* src, std::size_t count) const override {
     inner_.load(std::memory_order_acquire)->copy_data(dest, src, count);
   }

@@ -43,6 +43,24 @@ TEST(AllocTracker, PeakCurrentAndRestore) {
   EXPECT_FALSE(AllocTracker::active());
 }
 
+// Raw allocations (c10::Allocator::raw_allocate, which oneDNN's matmul uses for its buffers)
+// work under the tracker and are counted; a bfloat16 batched matmul through oneDNN runs without
+// falling back (it used to print a failed-assertion warning and take a slower kernel).
+TEST(AllocTracker, RawAllocationsWorkAndAreCounted) {
+  AllocTracker tracker;
+  const int64_t base = AllocTracker::current_bytes();
+  c10::Allocator* a = c10::GetCPUAllocator();
+  void* p = a->raw_allocate(kMiB);
+  ASSERT_NE(p, nullptr);
+  static_cast<char*>(p)[kMiB - 1] = 1;
+  EXPECT_EQ(AllocTracker::current_bytes() - base, kMiB);
+  a->raw_deallocate(p);
+  EXPECT_EQ(AllocTracker::current_bytes(), base);
+  const at::Tensor x = at::randn({4, 64, 32}).to(at::kBFloat16);
+  const at::Tensor y = at::matmul(x, x.transpose(1, 2));
+  EXPECT_TRUE(at::allclose(y.to(at::kFloat), at::matmul(x.to(at::kFloat), x.to(at::kFloat).transpose(1, 2)), 0.05, 0.5));
+}
+
 TEST(AllocTracker, FreesAfterTheScopeAndNestedScopes) {
   c10::Allocator* before = c10::GetCPUAllocator();
   at::Tensor kept;

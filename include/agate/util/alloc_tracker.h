@@ -11,9 +11,9 @@ namespace agate {
 // original and its DataPtr wrapped, so the original's deleter still frees it and the free is
 // counted, also when it happens after the scope has ended (the wrapper is never destroyed).
 //
-// What is counted: tensor storage (requested bytes) allocated through the wrapper and not yet
-// freed. Not counted: memory that bypasses LibTorch's allocator (BLAS/oneDNN scratch, std
-// containers, the OpenMP runtime), tensors allocated before the scope (their frees are not
+// What is counted: tensor storage (requested bytes) and raw buffers (c10::Allocator::raw_allocate,
+// e.g. oneDNN's matmul scratch) allocated through the wrapper and not yet freed. Not counted:
+// memory that bypasses LibTorch's allocator (BLAS's own scratch, std containers, the OpenMP runtime), tensors allocated before the scope (their frees are not
 // subtracted either), CUDA memory.
 //
 // The counters are process-wide atomics (safe with intra-op threads and concurrent frees).
