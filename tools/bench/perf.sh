@@ -42,8 +42,13 @@ for spec in "9m:$work/m9:256:8:$(params "$work/m9")" "100m:$work/m100:256:4:$(pa
     "$(echo "$am / $pm" | bc -l)" "$(echo "$am / $cm" | bc -l)" "$(echo "100 * $gm / $peak" | bc -l)" "$om"
 done
 echo
-loader=$("$AGATE" bench loader --data "${DATA:-data/corpus/tokens/train}" --seq 128 --batch 16 --batches 2000 2>/dev/null | field tokens_per_s || echo nan)
-printf 'loader: %.0f M tokens/s (seq 128, batch 16)\n' "$(echo "$loader / 1000000" | bc -l 2>/dev/null || echo 0)"
+data=${DATA:-data/corpus/tokens/train}
+if [[ -f "$data/manifest.json" ]]; then
+  loader=$("$AGATE" bench loader --data "$data" --seq 128 --batch 16 --batches 2000 2>/dev/null | field tokens_per_s)
+  printf 'loader: %.0f M tokens/s (seq 128, batch 16, %s)\n' "$(echo "$loader / 1000000" | bc -l)" "$data"
+else
+  echo "loader: skipped (no token dataset at $data; set DATA=DIR)"
+fi
 echo "decode over the ragged cache (9M model, context 1024, 32 new tokens):"
 "$AGATE" bench decode --model "$work/m9" --dtype "$DTYPE" --contexts 1024 --keeps 1.0,0.5,0.25 --new 32 --threads "$THREADS" |
   python3 -c '
