@@ -8,7 +8,6 @@
 #include <torch/autograd.h>
 
 #include <algorithm>
-#include <cstdlib>
 
 #include "agate/gate/losses.h"
 #include "agate/util/error.h"
@@ -84,7 +83,6 @@ at::Tensor lm_loss_from_hidden(const at::Tensor& hidden, const at::Tensor& head,
   const at::Tensor h = hidden.reshape({-1, D});
   const int64_t N = h.size(0);
   if (targets.numel() != N || weights.numel() != N) throw_internal("lm_loss_from_hidden: one target and weight per row");
-  if (const char* e = std::getenv("AGATE_CE_CHUNK")) chunk_elements = std::atoll(e);  // TEMP
   const int64_t rows = std::max<int64_t>(1, chunk_elements / std::max<int64_t>(V, 1));
   return LinearCrossEntropyFn::apply(h, head, targets.reshape({-1}), weights.reshape({-1}), rows)[0];
 }
