@@ -41,7 +41,7 @@ class LinearCrossEntropyFn : public torch::autograd::Function<LinearCrossEntropy
       const at::Tensor logits = at::mm(h, head.t());                      // [n, V] in the model's dtype
       at::Tensor g;  // d loss / d logits = (softmax - onehot) * coef, in the logits' dtype
       if (logits.is_cpu() && (logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kBFloat16)) {
-        if (want_dh || want_dw) g = at::empty_like(logits);
+        if (want_dh || want_dw) g = logits;  // in place: the logits are not needed after their row's pass
         loss += (kernels::cross_entropy_rows(logits, t, c, g) * c.squeeze(1)).sum();
       } else {
         // Log-probabilities in float32, as the unfused path computes them from the same logits.
