@@ -248,6 +248,7 @@ int bench_decode(const Args& args, int threads) {
         ForwardOptions pre;
         pre.cache = &cache;
         pre.visibility = &flags;
+        pre.last_only = true;
         model.forward(prompt, pre);
         bytes = cache.bytes();
         full = T * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 2 * (dtype == "bfloat16" ? 2 : 4);
@@ -275,6 +276,7 @@ int bench_decode(const Args& args, int threads) {
       ForwardOptions o;
       o.cache = &cache;
       o.visibility = with_gates ? gates.get() : nullptr;
+      o.last_only = true;
       model.forward(prompt, o);
     };
     std::vector<double> with, without;

@@ -200,6 +200,7 @@ Report evaluate(const LlamaModel& model, const Task& task, const EvalOptions& o)
   auto plain_prefill = [&](const Sample& s) {
     ForwardOptions fo;
     fo.adapter = o.adapter;
+    fo.last_only = true;  // as the policies' prefills
     const double t0 = now_seconds();
     model.forward(at::tensor(s.context, at::kLong).unsqueeze(0), fo);
     return now_seconds() - t0;

@@ -89,6 +89,7 @@ Compressed compress_forward(const LlamaModel& model, ProjectionAdapter* adapter,
   fo.cache = c.cache.get();
   fo.visibility = visibility;
   fo.adapter = adapter;
+  fo.last_only = true;
   const double t0 = now_seconds();
   const ModelOutput out = model.run(context_tensor(context), fo);
   c.last_logits = out.logits[0][-1].to(at::kFloat);
@@ -407,6 +408,7 @@ at::Tensor record_prefill(const LlamaModel& model, ProjectionAdapter* adapter, c
   fo.cache = &cache;
   fo.adapter = adapter;
   fo.visibility = observer;
+  fo.last_only = true;
   return model.forward(context_tensor(context), fo)[0][-1].to(at::kFloat);
 }
 

@@ -73,7 +73,9 @@ GenerateResult generate(const LlamaModel& model, const evict::Policy& policy, co
     last = model.forward(at::full({1, 1}, next, at::kLong), decode)[0][-1].to(at::kCPU, at::kFloat);
   }
   const double dt = now_seconds() - t1;
-  res.decode_tokens_per_s = res.tokens.empty() ? 0 : static_cast<double>(res.tokens.size()) / std::max(dt, 1e-9);
+  // The first new token comes from the prefill's logits: the decode made tokens - 1 forwards.
+  const int64_t forwards = std::max<int64_t>(0, static_cast<int64_t>(res.tokens.size()) - 1);
+  res.decode_tokens_per_s = forwards == 0 ? 0 : static_cast<double>(forwards) / std::max(dt, 1e-9);
   res.kv_entries = cache.total_entries();
   res.kv_entries_full = cache.length() * c.num_hidden_layers * c.num_key_value_heads;
   const int64_t per_entry = c.head_dim * 2 * (model.dtype() == at::kBFloat16 ? 2 : 4);

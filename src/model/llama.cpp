@@ -314,7 +314,7 @@ ModelOutput LlamaModel::run_embeds(const at::Tensor& embeds, const ForwardOption
     h = options.recompute ? LayerRecompute::run(*this, i, h, pos, options, &s) : layer_forward(i, h, pos, options, &s);
   }
   if (options.cache) options.cache->advance(T);
-  if (options.head) out.logits = head(h);
+  if (options.head) out.logits = head(options.last_only ? h.slice(1, T - 1) : h);
   else out.hidden = rms_norm(h, final_norm_);
   return out;
 }

@@ -131,6 +131,24 @@ TEST(Model, IsCausal) {
   }
 }
 
+// Prefills ask for the last position's logits only (ForwardOptions::last_only): the same row as
+// the full forward's, with a cache too (generate, eval and the policies prefill this way).
+TEST(Model, LastOnlyLogitsAreTheFullForwardsLastRow) {
+  c10::NoGradGuard no_grad;
+  LlamaModel m = LlamaModel::init_random(tiny_config(4, 2), 11, at::kFloat);
+  at::Tensor tokens = random_tokens(2, 12, 61, 5);
+  at::Tensor full = m.forward(tokens);  // [2, 12, V]
+  ForwardOptions last;
+  last.last_only = true;
+  at::Tensor out = m.forward(tokens, last);
+  ASSERT_EQ(out.sizes(), (std::vector<int64_t>{2, 1, full.size(2)}));
+  EXPECT_TRUE(at::allclose(out.select(1, 0), full.select(1, 11), 1e-5, 1e-6));
+  DenseKVCache cache(m.config().num_hidden_layers);
+  last.cache = &cache;
+  EXPECT_TRUE(at::allclose(m.forward(tokens.slice(0, 0, 1), last)[0][0], full[0][11], 1e-5, 1e-6));
+  EXPECT_EQ(cache.length(), 12);
+}
+
 TEST(Model, SaveThenLoadIsBitIdentical) {
   TempDir dir;
   for (auto dtype : {at::kFloat, at::kBFloat16}) {

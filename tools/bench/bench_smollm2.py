@@ -6,9 +6,11 @@
 
 Rounds are interleaved (agate, transformers, agate, ...) and the medians reported. agate's
 numbers are the ones `agate generate` prints (prefill of the prompt, then greedy decode over its
-ragged KV cache, full-cache policy); transformers' are `model(prompt)` timed for the prefill and
+ragged KV cache, full-cache policy); transformers' are `model(prompt, logits_to_keep=1)` timed
+for the prefill (the prefill `generate` runs: the last position's logits only, as agate's) and
 `model.generate(max_new_tokens=N)` minus that prefill for the decode (DynamicCache, greedy,
-eager and SDPA attention both measured).
+eager and SDPA attention both measured). Decode tokens/s on both sides count the N - 1 forwards
+after the prefill (the first new token comes from the prefill's logits).
 """
 import argparse
 import os
@@ -54,7 +56,7 @@ def main():
             for impl, model in models.items():
                 with torch.no_grad():
                     t0 = time.perf_counter()
-                    model(prompt)
+                    model(prompt, logits_to_keep=1)
                     pre = time.perf_counter() - t0
                     t0 = time.perf_counter()
                     model.generate(prompt, max_new_tokens=a.new, min_new_tokens=a.new, do_sample=False, pad_token_id=2)

@@ -33,7 +33,8 @@ struct GenerateResult {
   int64_t prompt_tokens = 0;
   int64_t kv_entries = 0, kv_entries_full = 0;  // stored vs a full cache, after generation
   int64_t kv_bytes = 0, kv_bytes_full = 0;
-  double prefill_tokens_per_s = 0, decode_tokens_per_s = 0;  // prefill: the policy's prefill + selection
+  double prefill_tokens_per_s = 0, decode_tokens_per_s = 0;  // prefill: the policy's prefill + selection;
+                                                             // decode: the tokens - 1 forwards after it
   // kept[layer][kv_head][prompt position]: what the policy kept of the prompt (what
   // --show-evictions draws and --flags-out writes).
   std::vector<std::vector<std::vector<bool>>> kept;

@@ -101,6 +101,9 @@ struct ForwardOptions {
                              // layers. Not with a cache or recomputation.
   bool head = true;  // false: no LM head; ModelOutput::hidden holds the final normed hidden state
                      // instead of logits (for a loss fused with the head, lm_loss_from_hidden)
+  bool last_only = false;  // with head: logits for the last position only, [B, 1, V] (a prefill
+                           // needs no more; at SmolLM2's 49k vocabulary the other rows' head is
+                           // a fifth of a 2k-token prefill's FLOPs)
 };
 
 // What one decoder layer's visibility decided (all undefined without a visibility).
@@ -121,7 +124,8 @@ struct LayerStats {
 at::Tensor decided_weight(const at::Tensor& token_weight, int64_t decided_end, int64_t B, int64_t T, c10::Device device);
 
 struct ModelOutput {
-  at::Tensor logits;               // [B, T, V] in the model's dtype (undefined without ForwardOptions::head)
+  at::Tensor logits;               // [B, T, V] in the model's dtype ([B, 1, V] with ForwardOptions::last_only;
+                                   // undefined without ForwardOptions::head)
   at::Tensor hidden;               // [B, T, D] the final normed hidden state (only without ForwardOptions::head)
   std::vector<LayerStats> layers;  // one per decoder layer
   // [L] keep_mean per layer (differentiable) / [L, Hkv] flag_mean per layer and KV head;
