@@ -11,6 +11,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 namespace agate::kernels {
@@ -29,12 +30,20 @@ float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
+// v <- float(T(v)) in place, through tmp; nothing to do when T is float32.
+template <typename T>
+void round_through(float* v, T* tmp, int64_t n) {
+  if constexpr (!std::is_same_v<T, float>) {
+    from_float(v, tmp, n);
+    to_float(tmp, v, n);
+  }
+}
+
 // y = T(T(x * r) * w) over a row, in float32 buffers (T's roundings applied in place).
 template <typename T>
 void scale_row(const float* x, float r, const float* w, int64_t D, float* y, T* tmp) {
   for (int64_t j = 0; j < D; ++j) y[j] = x[j] * r;
-  from_float(y, tmp, D);  // T(x * r)
-  to_float(tmp, y, D);
+  round_through(y, tmp, D);  // T(x * r)
   for (int64_t j = 0; j < D; ++j) y[j] *= w[j];
 }
 
@@ -64,8 +73,7 @@ void backward_rows(const T* g, const T* x, const T* w, const float* r, int64_t N
       const float ri = r[i];
       to_float(g + i * D, gy.data(), D);
       for (int64_t j = 0; j < D; ++j) gy[j] *= wf[j];
-      from_float(gy.data(), tmp.data(), D);  // T(g * w), as the formula's product in T
-      to_float(tmp.data(), gy.data(), D);
+      round_through(gy.data(), tmp.data(), D);  // T(g * w), as the formula's product in T
       to_float(x + i * D, xh.data(), D);
       for (int64_t j = 0; j < D; ++j) xh[j] *= ri;
       const float mean = dot(gy.data(), xh.data(), D) / static_cast<float>(D);
