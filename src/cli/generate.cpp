@@ -77,7 +77,7 @@ int cmd_generate(const Argv& argv) {
   std::vector<Option> options = {
       {"model", "DIR", "Hugging Face model folder", ""},
       {"gates", "DIR", "gate export (agate export) for this model", ""},
-      {"prompt", "TEXT", "the prompt", ""},
+      {"prompt", "TEXT", "the prompt (after the ids its tokenizer puts first, e.g. BOS: tokenizer encode --special)", ""},
       {"prompt-file", "FILE", "read the prompt from a file", ""},
       {"tokens", "LIST", "the prompt as comma-separated token ids (no tokenizer needed)", ""},
       {"tokenizer", "FILE", "tokenizer.json or SentencePiece model (default: DIR/tokenizer.json when supported, else DIR/tokenizer.model)", ""},
@@ -128,8 +128,7 @@ int cmd_generate(const Argv& argv) {
     for (long long t : parse_int_list(args.get("tokens"), "--tokens")) prompt.push_back(t);  // the model checks the range
     if (prompt.empty()) throw_usage("--tokens needs at least one id", "e.g. --tokens 1,2,3");
   } else {
-    if (tok->bos_id() >= 0) prompt.push_back(tok->bos_id());
-    for (int32_t id : tok->encode(text)) prompt.push_back(id);
+    for (int32_t id : encode_prompt(*tok, text)) prompt.push_back(id);
   }
   GenerateOptions o;
   o.max_new = args.get_int("max-new");

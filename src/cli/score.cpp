@@ -54,10 +54,10 @@ int cmd_score(const Argv& argv) {
                                  device_option()});
   Args args("score", "--model DIR (--tokens 1,2,3 | --text TEXT [--tokenizer FILE]) [--context N --policy NAME [--keep R | --budget N]]",
             "Runs the model over the tokens and prints, as JSON, log p(token[t+1] | token[..t]) for each t\n"
-            "and their sum. --text is encoded with --tokenizer, BOS first\n"
-            "when the tokenizer has one. With --context N the first N tokens are compressed by an\n"
-            "eviction policy (as generate and eval do) and only the tokens after them are scored,\n"
-            "teacher-forced over the compressed cache: logprobs[i] = log p(token[N+i] | ...).",
+            "and their sum. --text is encoded with --tokenizer after the ids that tokenizer puts first\n"
+            "(BOS where transformers' tokenizer(text) adds one: agate tokenizer encode --special).\n"
+            "With --context N the first N tokens are compressed by an eviction policy (as generate and\n"
+            "eval do) and only the tokens after them are scored, teacher-forced over the compressed cache: logprobs[i] = log p(token[N+i] | ...).",
             options);
   if (!args.parse(argv)) return 0;
   args.expect_positionals(0);
@@ -74,8 +74,7 @@ int cmd_score(const Argv& argv) {
     const std::string tok_path = args.get_or("tokenizer", default_tokenizer_path(args.get("model")));
     auto tok = Tokenizer::load(tok_path);
     check_tokenizer_fits(*tok, tok_path, model.config().vocab_size);
-    if (tok->bos_id() >= 0) tokens.push_back(tok->bos_id());
-    for (int32_t id : tok->encode(args.get("text"))) tokens.push_back(id);
+    for (int32_t id : encode_prompt(*tok, args.get("text"))) tokens.push_back(id);
   } else {
     for (long long t : parse_int_list(args.get("tokens"), "--tokens")) tokens.push_back(t);
   }

@@ -68,6 +68,13 @@ int encode(const Args& args) {
   std::vector<std::vector<int32_t>> ids(texts.size());
   const double t1 = now_seconds();
   for (size_t i = 0; i < texts.size(); ++i) ids[i] = tok->encode(texts[i]);
+  if (args.flag("special")) {
+    const Tokenizer::Specials sp = tok->specials();
+    for (auto& v : ids) {
+      v.insert(v.begin(), sp.prefix.begin(), sp.prefix.end());
+      v.insert(v.end(), sp.suffix.begin(), sp.suffix.end());
+    }
+  }
   const double encode_s = now_seconds() - t1;
   if (args.flag("stats")) {
     size_t bytes = 0, tokens = 0;
@@ -126,10 +133,12 @@ int cmd_tokenizer(const Argv& argv) {
             "train  --input FILE [--input FILE ...] --vocab N --out tok.model\n"
             "       Trains a SentencePiece tokenizer (BPE with byte fallback by default, so any text\n"
             "       round-trips; unk=0, bos=1, eos=2). Several inputs: repeat --input or separate with commas.\n"
-            "encode --tokenizer FILE (--text TEXT | --file F | --jsonl F) [--stats]\n"
+            "encode --tokenizer FILE (--text TEXT | --file F | --jsonl F) [--special] [--stats]\n"
             "       Prints the token ids as a JSON list (no BOS/EOS added; for a tokenizer.json exactly\n"
-            "       tokenizers' encode(text, add_special_tokens=False).ids). --jsonl: one JSON string per\n"
-            "       line in, one list per line out. --stats: print sizes and timings instead.\n"
+            "       tokenizers' encode(text, add_special_tokens=False).ids). --special: with the ids the\n"
+            "       tokenizer adds around a text (transformers' tokenizer(text); a tokenizer.json's\n"
+            "       post_processor, a SentencePiece model's BOS). --jsonl: one JSON string per line in,\n"
+            "       one list per line out. --stats: print sizes and timings instead.\n"
             "decode --tokenizer FILE (--ids 1,2,3 | --ids '[1,2,3]' | --jsonl F)\n"
             "       Prints the text; --jsonl: one JSON list per line in, one JSON string per line out.\n"
             "FILE is a tokenizer.json (byte-level BPE) or a SentencePiece .model.",
@@ -144,6 +153,7 @@ int cmd_tokenizer(const Argv& argv) {
              {"text", "TEXT", "encode: the text", ""},
              {"file", "F", "encode: a file holding the text (all of it, as one string)", ""},
              {"jsonl", "F", "encode/decode: a JSON-lines file, one input per line", ""},
+             {"special", "", "encode: add the special ids the tokenizer puts around a text (BOS, ...)", ""},
              {"stats", "", "encode: print bytes, tokens, load and encode seconds as JSON", ""},
              {"ids", "LIST", "decode: token ids", ""}});
   if (!args.parse(argv)) return 0;

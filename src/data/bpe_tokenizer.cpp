@@ -16,6 +16,7 @@
 #include "agate/util/fs.h"
 #include "bpe/model.h"
 #include "bpe/pipeline.h"
+#include "bpe/post_processor.h"
 #include "bpe/unicode.h"
 
 namespace fs = std::filesystem;
@@ -136,11 +137,20 @@ class BpeTokenizer : public Tokenizer {
         normalizer_(j.contains("normalizer") ? j["normalizer"] : json(), path),
         pre_(j.contains("pre_tokenizer") ? j["pre_tokenizer"] : json(), path),
         model_(j["model"], path),
-        decoder_(j.contains("decoder") ? j["decoder"] : json(), path) {
+        decoder_(j.contains("decoder") ? j["decoder"] : json(), path),
+        post_(j.contains("post_processor") ? j["post_processor"] : json(), path) {
     read_added_tokens(j);
     int32_t max_id = model_.max_id();
     for (const auto& [id, t] : added_by_id_) max_id = std::max(max_id, id);
     vocab_ = max_id + 1;
+    for (const auto* ids : {&post_.prefix, &post_.suffix}) {
+      for (int32_t id : *ids) {
+        if (id >= vocab_) {
+          throw_input(path, "post_processor adds token id " + std::to_string(id) + ", outside the vocabulary (0.." +
+                                std::to_string(vocab_ - 1) + ")", "the file must be a Hugging Face tokenizers tokenizer.json");
+        }
+      }
+    }
     read_special_ids();
     hash_ = crc32_file(path);
   }
@@ -197,6 +207,7 @@ class BpeTokenizer : public Tokenizer {
   int64_t vocab_size() const override { return vocab_; }
   int32_t bos_id() const override { return bos_; }
   int32_t eos_id() const override { return eos_; }
+  Specials specials() const override { return {post_.prefix, post_.suffix}; }
   uint64_t hash() const override { return hash_; }
 
  private:
@@ -314,6 +325,7 @@ class BpeTokenizer : public Tokenizer {
   PreTokenizer pre_;
   BpeModel model_;
   Decoder decoder_;
+  bpe::PostProcessor post_;
   std::unordered_map<std::string, int32_t> added_ids_;
   std::unordered_map<int32_t, AddedToken> added_by_id_;
   TokenTrie raw_trie_, normalized_trie_;
@@ -365,6 +377,7 @@ std::string bpe_tokenizer_problem(const std::string& path) {
     Normalizer n(j.contains("normalizer") ? j["normalizer"] : json(), path);
     PreTokenizer p(j.contains("pre_tokenizer") ? j["pre_tokenizer"] : json(), path);
     Decoder d(j.contains("decoder") ? j["decoder"] : json(), path);
+    bpe::PostProcessor pp(j.contains("post_processor") ? j["post_processor"] : json(), path);
   } catch (const Error& e) {
     return e.message();
   } catch (const json::exception& e) {

@@ -127,6 +127,7 @@ class SentencePieceTokenizer : public Tokenizer {
   int64_t vocab_size() const override { return vocab_; }
   int32_t bos_id() const override { return bos_; }
   int32_t eos_id() const override { return eos_; }
+  Specials specials() const override { return bos_ >= 0 ? Specials{{bos_}, {}} : Specials{}; }
   uint64_t hash() const override { return hash_; }
 
  private:
@@ -144,6 +145,13 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& path) {
   }
   if (fs::path(path).extension() == ".json") return load_bpe_tokenizer(path);
   return std::make_unique<SentencePieceTokenizer>(path);
+}
+
+std::vector<int32_t> encode_prompt(const Tokenizer& tok, const std::string& text) {
+  std::vector<int32_t> ids = tok.specials().prefix;
+  const std::vector<int32_t> body = tok.encode(text);
+  ids.insert(ids.end(), body.begin(), body.end());
+  return ids;
 }
 
 std::string default_tokenizer_path(const std::string& model_dir) {

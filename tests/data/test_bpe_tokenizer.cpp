@@ -185,6 +185,66 @@ TEST(BpeTokenizer, SpecialIdsHashAndThreads) {
   EXPECT_NE(error_of([&] { Tokenizer::load(path); }).find("bos_token '<nope>' is not in the vocabulary"), std::string::npos);
 }
 
+// What a prompt starts with follows the file's post_processor, as transformers' tokenizer(text)
+// does, not the bos_token that tokenizer_config.json names (the original SmolLM2 files name
+// <|im_start|> there and add nothing). The match with tokenizers' encode(text,
+// add_special_tokens=True) on every processor type is tokenizer_oracle.py's.
+TEST(BpeTokenizer, PromptSpecialsFollowThePostProcessor) {
+  TempDir dir;
+  write_bytes(dir.file("tokenizer_config.json"), R"({"bos_token": "<sep>", "eos_token": "<|endoftext|>"})");
+  json j = tiny_tokenizer();
+  auto load = [&](const json& post) {
+    j["post_processor"] = post;
+    return Tokenizer::load(write_tokenizer(dir, j));
+  };
+  const json bytelevel = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}};
+  for (const json& none : {json(), bytelevel, json{{"type", "Sequence"}, {"processors", {bytelevel}}}}) {
+    auto tok = load(none);
+    EXPECT_EQ(tok->bos_id(), 266);
+    EXPECT_TRUE(tok->specials().prefix.empty()) << none.dump();
+    EXPECT_EQ(encode_prompt(*tok, "hello"), tok->encode("hello"));
+  }
+  const json special = {{"<sep>", {{"id", "<sep>"}, {"ids", {266}}, {"tokens", {"<sep>"}}}},
+                        {"<|endoftext|>", {{"id", "<|endoftext|>"}, {"ids", {265}}, {"tokens", {"<|endoftext|>"}}}}};
+  const json templ = {{"type", "TemplateProcessing"},
+                      {"single", {{{"SpecialToken", {{"id", "<sep>"}, {"type_id", 0}}}},
+                                  {{"Sequence", {{"id", "A"}, {"type_id", 0}}}},
+                                  {{"SpecialToken", {{"id", "<|endoftext|>"}, {"type_id", 0}}}}}},
+                      {"pair", json::array()},
+                      {"special_tokens", special}};
+  for (const json& post : {templ, json{{"type", "Sequence"}, {"processors", {bytelevel, templ}}}}) {
+    auto tok = load(post);
+    EXPECT_EQ(tok->specials().prefix, std::vector<int32_t>{266}) << post.dump();
+    EXPECT_EQ(tok->specials().suffix, std::vector<int32_t>{265});
+    std::vector<int32_t> want{266};
+    for (int32_t id : tok->encode("hello")) want.push_back(id);
+    EXPECT_EQ(encode_prompt(*tok, "hello"), want);  // the suffix is not a prompt's
+  }
+  auto roberta = load({{"type", "RobertaProcessing"}, {"cls", {"<sep>", 266}}, {"sep", {"<|endoftext|>", 265}}});
+  EXPECT_EQ(roberta->specials().prefix, std::vector<int32_t>{266});
+  EXPECT_EQ(roberta->specials().suffix, std::vector<int32_t>{265});
+
+  // Refused when read, naming the file and the fault.
+  json missing = templ;
+  missing["special_tokens"].erase("<sep>");
+  json outside = templ;
+  outside["special_tokens"]["<sep>"]["ids"] = {99999};
+  json no_a = templ;
+  no_a["single"].erase(1);
+  const std::vector<std::pair<json, std::string>> bad = {
+      {missing, "special token '<sep>' but its \"special_tokens\" do not list its ids"},
+      {outside, "post_processor adds token id 99999, outside the vocabulary"},
+      {no_a, "has no $A sequence"},
+      {{{"type", "Sequence"}, {"processors", {templ, templ}}}, "more than one processor that adds tokens is not supported"},
+      {{{"type", "Mystery"}}, "post_processor type 'Mystery' is not supported"},
+      {{{"type", "BertProcessing"}, {"cls", "[CLS]"}}, "BertProcessing post_processor needs \"cls\": [token, id]"}};
+  for (const auto& [post, want] : bad) {
+    const std::string e = error_of([&] { load(post); });
+    EXPECT_NE(e.find(want), std::string::npos) << "got: " << e;
+    EXPECT_NE(e.find("tokenizer.json"), std::string::npos) << e;
+  }
+}
+
 TEST(BpeTokenizer, DefaultPathPrefersASupportedTokenizerJson) {
   TempDir dir;
   EXPECT_EQ(default_tokenizer_path(dir.path()), dir.file("tokenizer.model"));  // neither: the SentencePiece name

@@ -94,6 +94,8 @@ TEST(Tokenizer, RoundTripsAnyTextThroughByteFallback) {
   EXPECT_EQ(tok.vocab_size(), 400);
   EXPECT_EQ(tok.bos_id(), 1);
   EXPECT_EQ(tok.eos_id(), 2);
+  EXPECT_EQ(tok.specials().prefix, std::vector<int32_t>{1});  // a prompt starts with BOS (the Llama convention)
+  EXPECT_TRUE(tok.specials().suffix.empty());
   for (std::string s : {"The quick brown fox.", "naïve café — 東京 ✓", "  spaces\tand\nnewlines "}) {
     auto ids = tok.encode(s);
     EXPECT_FALSE(ids.empty());

@@ -29,6 +29,7 @@ struct ByteTok : Tokenizer {
   int64_t vocab_size() const override { return 256; }
   int32_t bos_id() const override { return -1; }
   int32_t eos_id() const override { return -1; }
+  Specials specials() const override { return {}; }
   uint64_t hash() const override { return 0; }
 };
 

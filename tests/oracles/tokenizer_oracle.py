@@ -6,7 +6,9 @@ For each tokenizer.json below, every string of a varied corpus is encoded by aga
 identical. The ids are then decoded by both (tokenizers: skip_special_tokens=False); the texts
 must be identical, and equal to the (normalized) input wherever the tokenizer round-trips. Finally
 `agate tokenize` turns the corpus into shards with one of them: the manifest must carry the
-file's CRC-32, its vocabulary size, its EOS id and the token count tokenizers implies.
+file's CRC-32, its vocabulary size, its EOS id and the token count tokenizers implies. The ids a
+prompt starts with (`encode --special`) must equal tokenizers' encode(text, add_special_tokens=True)
+for every post-processor type, and transformers' tokenizer(text) on the SmolLM2 folder.
 
 Tokenizers:
   smollm2  models/smollm2-135m-instruct/tokenizer.json (GPT-2 ByteLevel regex, ByteFallback/Fuse/
@@ -32,7 +34,7 @@ import zlib
 SKIP = 77
 
 try:
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 except ImportError as e:  # the project venv has it (scripts/setup.sh)
     print(f"skip: the Python package 'tokenizers' is not importable ({e}); run scripts/setup.sh")
     sys.exit(SKIP)
@@ -204,12 +206,12 @@ def build_digits(texts, path):
 
 # ------------------------------------------------------------------------------------------------
 
-def run_agate(agate, action, tok_path, lines, tmp):
+def run_agate(agate, action, tok_path, lines, tmp, extra=()):
     inp = os.path.join(tmp, f"{action}.jsonl")
     with open(inp, "w", encoding="utf-8") as f:
         for x in lines:
             f.write(json.dumps(x, ensure_ascii=False) + "\n")
-    r = subprocess.run([agate, "tokenizer", action, "--tokenizer", tok_path, "--jsonl", inp], capture_output=True)
+    r = subprocess.run([agate, "tokenizer", action, "--tokenizer", tok_path, "--jsonl", inp, *extra], capture_output=True)
     if r.returncode != 0:
         raise RuntimeError(f"agate tokenizer {action} failed ({r.returncode}): {r.stderr.decode(errors='replace').strip()}")
     out = [json.loads(line) for line in r.stdout.decode("utf-8").split("\n") if line]  # not splitlines: U+2028
@@ -243,6 +245,76 @@ def check(name, tok_path, agate, texts, tmp, round_trip=lambda s: s):
     print(f"{'ok  ' if ok else 'FAIL'} {name}: {len(texts)} strings, {sum(len(w) for w in want)} tokens: "
           f"{len(texts) - len(bad)} encodings identical, {len(texts) - len(bad_dec)} decodings identical, "
           f"{trips} of {sum(e is not None for e in expect)} round trips checked exact")
+    return ok
+
+
+def check_specials(name, tok_path, agate, texts, tmp):
+    """`encode --special` (what prompts start with) against tokenizers' encode(text, add_special_tokens=True)
+    for every post-processor type: none, ByteLevel, TemplateProcessing (BOS first, EOS last), Bert,
+    Roberta and Sequence([ByteLevel, TemplateProcessing]) as Llama 3 ships it."""
+    base = json.load(open(tok_path, encoding="utf-8"))
+    bos, eos = "<|begin_of_text|>", "<|end_of_text|>"
+    hf0 = Tokenizer.from_file(tok_path)
+    ids = {t: hf0.token_to_id(t) for t in (bos, eos)}
+    template = processors.TemplateProcessing(single=f"{bos} $A {eos}", pair=f"{bos} $A {bos} $B",
+                                             special_tokens=[(t, i) for t, i in ids.items()])
+    byte = processors.ByteLevel(trim_offsets=False)
+    variants = {
+        "none": None,
+        "ByteLevel": byte,
+        "TemplateProcessing": template,
+        "BertProcessing": processors.BertProcessing(sep=(eos, ids[eos]), cls=(bos, ids[bos])),
+        "RobertaProcessing": processors.RobertaProcessing(sep=(eos, ids[eos]), cls=(bos, ids[bos])),
+        "Sequence": processors.Sequence([byte, template]),
+    }
+    ok = True
+    for kind, proc in variants.items():
+        j = dict(base)
+        j["post_processor"] = None if proc is None else json.loads(proc.__getstate__())
+        path = os.path.join(tmp, f"specials-{kind}.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(j, f, ensure_ascii=False)
+        hf = Tokenizer.from_file(path)
+        want = [hf.encode(t, add_special_tokens=True).ids for t in texts]
+        got = run_agate(agate, "encode", path, texts, tmp, ["--special"])
+        bad = [i for i, (w, g) in enumerate(zip(want, got)) if w != g]
+        for i in bad[:3]:
+            print(f"  {name} {kind}: tokenizers {want[i][:4]}...{want[i][-3:]} agate {got[i][:4]}...{got[i][-3:]}")
+        ok &= not bad
+        print(f"{'ok  ' if not bad else 'FAIL'} {name} specials, post_processor {kind}: {len(texts) - len(bad)} of {len(texts)} identical")
+    return ok
+
+
+def check_transformers_prompt(model_dir, agate, texts, tmp):
+    """transformers' AutoTokenizer(text).input_ids against `encode --special` on the SmolLM2 folder, and on a
+    copy whose post_processor is ByteLevel (as the original hub files have it): no BOS there, although its
+    tokenizer_config.json names bos_token <|im_start|>."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as e:
+        print(f"skip transformers prompt check: transformers is not importable ({e})")
+        return True
+    plain = os.path.join(tmp, "smollm2-bytelevel")
+    os.makedirs(plain, exist_ok=True)
+    j = json.load(open(os.path.join(model_dir, "tokenizer.json"), encoding="utf-8"))
+    j["post_processor"] = json.loads(processors.ByteLevel(trim_offsets=False).__getstate__())
+    with open(os.path.join(plain, "tokenizer.json"), "w", encoding="utf-8") as f:
+        json.dump(j, f, ensure_ascii=False)
+    with open(os.path.join(model_dir, "tokenizer_config.json"), "rb") as f:
+        cfg = f.read()
+    with open(os.path.join(plain, "tokenizer_config.json"), "wb") as f:
+        f.write(cfg)
+    ok = True
+    for name, d in [("smollm2", model_dir), ("smollm2 ByteLevel", plain)]:
+        tok = AutoTokenizer.from_pretrained(d)
+        want = [tok(t)["input_ids"] for t in texts]
+        got = run_agate(agate, "encode", os.path.join(d, "tokenizer.json"), texts, tmp, ["--special"])
+        bad = [i for i, (w, g) in enumerate(zip(want, got)) if w != g]
+        for i in bad[:3]:
+            print(f"  {name}: transformers {want[i][:4]} agate {got[i][:4]}")
+        ok &= not bad
+        print(f"{'ok  ' if not bad else 'FAIL'} {name}: prompt ids as transformers' tokenizer(text): "
+              f"{len(texts) - len(bad)} of {len(texts)} identical (first ids {want[0][:2]})")
     return ok
 
 
@@ -291,9 +363,11 @@ def main():
         if os.path.exists(smol):
             # Its decoder turns the ▁ of its ▁<PRE>-style FIM tokens into spaces: no round trip there.
             ok &= check("smollm2", smol, agate, texts, tmp, lambda s: None if "▁<" in s else s)
+            ok &= check_transformers_prompt(os.path.dirname(smol), agate, texts[:40], tmp)
         else:
             print(f"skip smollm2: {smol} is absent (scripts/get_model.sh smollm2 fetches it)")
         ok &= check("llama3", built["llama3"], agate, texts, tmp)
+        ok &= check_specials("llama3", built["llama3"], agate, texts[:60], tmp)
         # The normalized added token "Cafe\u0301!" matches "Café!" and decodes to its own content.
         nfc = lambda s: unicodedata.normalize("NFC", s)  # noqa: E731
         ok &= check("qwen2", built["qwen2"], agate, texts, tmp, lambda s: None if "Café!" in nfc(s) else nfc(s))

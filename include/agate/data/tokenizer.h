@@ -22,6 +22,14 @@ class Tokenizer {
   virtual int64_t vocab_size() const = 0;
   virtual int32_t bos_id() const = 0;  // -1 when the tokenizer has none
   virtual int32_t eos_id() const = 0;
+  // The special ids that transformers' tokenizer(text) puts around one text (add_special_tokens=
+  // True). tokenizer.json: what its post_processor adds (BOS when a TemplateProcessing puts it
+  // first; nothing for ByteLevel or none, even when tokenizer_config.json names a bos_token), as
+  // transformers 5 reads it. SentencePiece: BOS when the model has one (the Llama convention).
+  struct Specials {
+    std::vector<int32_t> prefix, suffix;
+  };
+  virtual Specials specials() const = 0;
   // Fingerprint stored in every shard so data cannot feed a model with another vocabulary:
   // CRC-32 of the tokenizer file's bytes.
   virtual uint64_t hash() const = 0;
@@ -32,6 +40,10 @@ class Tokenizer {
   // tokenizer_config.json beside it; without one, no BOS and EOS = <|endoftext|> when present.
   static std::unique_ptr<Tokenizer> load(const std::string& path);
 };
+
+// A prompt's ids (generate --prompt, score --text): specials().prefix, then encode(text). The
+// suffix (an EOS some templates append) is left off: the model continues after a prompt.
+std::vector<int32_t> encode_prompt(const Tokenizer& tok, const std::string& text);
 
 // The tokenizer of a model folder: DIR/tokenizer.json when it exists and agate reads its kind,
 // else DIR/tokenizer.model (or DIR/tokenizer.json when neither is usable, so that loading it
