@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 #include <iostream>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -104,6 +105,9 @@ int main(int argc, char** argv) {
       }
       std::cerr << "error: internal (torch) in 'agate " << name << "': " << what
                 << " (hint: an input agate did not check, or a bug: please report the command)\n";
+      return 1;
+    } catch (const std::bad_alloc&) {
+      std::cerr << "error: 'agate " << name << "' ran out of memory (hint: a smaller model, batch, sequence or budget, or more memory)\n";
       return 1;
     } catch (const std::exception& e) {
       std::cerr << "error: 'agate " << name << "': " << one_line(e.what())

@@ -2,6 +2,9 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <limits>
+#include <type_traits>
+#include <utility>
 #include <nlohmann/json.hpp>
 
 #include "agate/util/checksum.h"
@@ -26,9 +29,26 @@ uint32_t parse_hex32(const json& v, const std::string& where) {
   }
 }
 
+// An integer key must hold a value T can represent (nlohmann's get<T> would wrap it silently).
+template <typename T>
+bool fits(const json& v) {
+  if (!v.is_number_integer()) return false;
+  if (v.is_number_unsigned()) return v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<T>::max());
+  const int64_t x = v.get<int64_t>();
+  return x >= static_cast<int64_t>(std::numeric_limits<T>::min()) &&
+         (x < 0 || static_cast<uint64_t>(x) <= static_cast<uint64_t>(std::numeric_limits<T>::max()));
+}
+
 template <typename T>
 T field(const json& j, const char* key, const std::string& where) {
-  if (!j.contains(key)) throw_input(where, std::string("missing key \"") + key + "\"", "was manifest.json written by agate tokenize?");
+  if (!j.is_object() || !j.contains(key)) throw_input(where, std::string("missing key \"") + key + "\"", "was manifest.json written by agate tokenize?");
+  if constexpr (std::is_integral_v<T>) {
+    if (!fits<T>(j.at(key))) {
+      throw_input(where, std::string("key \"") + key + "\" is not an integer in [" + std::to_string(std::numeric_limits<T>::min()) +
+                             ", " + std::to_string(std::numeric_limits<T>::max()) + "]: " + j.at(key).dump(),
+                  "was manifest.json written by agate tokenize?");
+    }
+  }
   try {
     return j.at(key).get<T>();
   } catch (const json::exception&) {
@@ -59,6 +79,14 @@ DatasetManifest read_manifest(const std::string& dir) {
   m.space.vocab_size = field<uint32_t>(j, "vocab_size", path);
   m.space.eos_id = field<int32_t>(j, "eos_id", path);
   m.space.bos_id = field<int32_t>(j, "bos_id", path);
+  for (const auto& [name, id] : {std::pair<const char*, int32_t>{"eos_id", m.space.eos_id}, {"bos_id", m.space.bos_id}}) {
+    if (id < -1 || id >= static_cast<int64_t>(m.space.vocab_size)) {
+      throw_input(path, std::string(name) + " " + std::to_string(id) + " is outside the vocabulary (-1 for none, or 0.." +
+                            std::to_string(static_cast<int64_t>(m.space.vocab_size) - 1) + ")",
+                  "the manifest is damaged: re-tokenize the data with agate tokenize");
+    }
+  }
+  if (!j.contains("tokenizer_hash")) throw_input(path, "missing key \"tokenizer_hash\"", "was manifest.json written by agate tokenize?");
   m.space.tokenizer_hash = parse_hex32(j.at("tokenizer_hash"), path);
   m.num_tokens = field<uint64_t>(j, "num_tokens", path);
   m.num_documents = field<uint64_t>(j, "num_documents", path);
@@ -69,6 +97,7 @@ DatasetManifest read_manifest(const std::string& dir) {
     info.file = field<std::string>(s, "file", path);
     info.num_tokens = field<uint64_t>(s, "num_tokens", path);
     info.num_documents = field<uint64_t>(s, "num_documents", path);
+    if (!s.contains("checksum")) throw_input(path, "a shard lacks its \"checksum\"", "was manifest.json written by agate tokenize?");
     info.checksum = parse_hex32(s.at("checksum"), path);
     info.bytes = field<uint64_t>(s, "bytes", path);
     if (info.file.empty() || info.file.find('/') != std::string::npos) throw_input(path, "shard name '" + info.file + "' is not a file name");

@@ -219,6 +219,9 @@ SftTemplate SftTemplate::named(const std::string& name) {
   } catch (const json::exception& e) {
     throw_input(name, std::string("is not valid JSON: ") + e.what());
   }
+  if (!j.is_object()) {
+    throw_input(name, "an SFT template must be a JSON object", "e.g. {\"user\": \"User: {content}\\n\", \"assistant_prefix\": \"Assistant: \"}");
+  }
   for (auto it = j.begin(); it != j.end(); ++it) {
     if (it.key() == "eos") {
       if (!it.value().is_boolean()) throw_input(name, "template key \"eos\" must be true or false");

@@ -130,11 +130,13 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
                   "agate reads F64, F32, F16, BF16, I64, I32, I16, I8, U8 and BOOL");
     }
     if (!v["shape"].is_array()) throw_input(where, "shape is not an array");
+    // numel * element size stays below 2^62 bytes, so the byte count below cannot wrap around.
+    const uint64_t max_numel = (uint64_t(1) << 62) / d->size;
     uint64_t numel = 1;
     for (const auto& s : v["shape"]) {
       if (!s.is_number_integer() || s.get<int64_t>() < 0) throw_input(where, "shape holds a non-integer or negative size");
       const auto dim = static_cast<uint64_t>(s.get<int64_t>());
-      if (dim != 0 && numel > (uint64_t(1) << 62) / dim) throw_input(where, "shape is absurdly large");
+      if (dim != 0 && numel > max_numel / dim) throw_input(where, "shape " + v["shape"].dump() + " is absurdly large", "the file is corrupt");
       numel *= dim;
       e.shape.push_back(s.get<int64_t>());
     }

@@ -1,6 +1,8 @@
 #include "agate/model/config.h"
 
 #include <cmath>
+#include <tuple>
+#include <utility>
 #include <nlohmann/json.hpp>
 
 #include "agate/util/error.h"
@@ -143,6 +145,20 @@ ModelConfig parse_model_config(const std::string& text, const std::string& src) 
                       {"num_attention_heads", c.num_attention_heads},
                       {"num_key_value_heads", c.num_key_value_heads}}) {
     if (v <= 0) throw_input(src, std::string("\"") + k + "\" must be positive, found " + std::to_string(v));
+  }
+  // Far above any released model (Llama 3.1 405B: hidden 16,384, 126 layers; Gemma 3: 262,144
+  // tokens), low enough that no size or parameter count below overflows int64.
+  for (auto [k, v, most] : {std::tuple<const char*, int64_t, int64_t>{"vocab_size", c.vocab_size, int64_t(1) << 24},
+                            {"hidden_size", c.hidden_size, int64_t(1) << 17},
+                            {"intermediate_size", c.intermediate_size, int64_t(1) << 20},
+                            {"num_hidden_layers", c.num_hidden_layers, int64_t(1) << 12},
+                            {"num_attention_heads", c.num_attention_heads, int64_t(1) << 12},
+                            {"head_dim", c.head_dim, int64_t(1) << 12},
+                            {"max_position_embeddings", c.max_position_embeddings, int64_t(1) << 27}}) {
+    if (v > most) {
+      throw_input(src, std::string("\"") + k + "\" is " + std::to_string(v) + ", above agate's limit of " + std::to_string(most),
+                  "is this config.json damaged?");
+    }
   }
   if (c.num_attention_heads % c.num_key_value_heads != 0) {
     throw_input(src, "num_attention_heads (" + std::to_string(c.num_attention_heads) +

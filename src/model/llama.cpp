@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 
+#include <cmath>
 #include <filesystem>
 #include <map>
 
@@ -144,7 +145,16 @@ LlamaModel LlamaModel::load(const std::string& dir, c10::ScalarType dtype, c10::
                   "is config.json the one that belongs to these weights?");
     }
   }
-  return LlamaModel(config, tensors, dtype, dir, device);
+  LlamaModel model(config, tensors, dtype, dir, device);
+  // Damaged weights would otherwise give NaN log-probabilities and exit 0. One pass over each
+  // tensor on its device; a double sum cannot overflow for finite float32/bfloat16 values, and
+  // NaN or infinity anywhere makes it non-finite.
+  for (const auto& [name, t] : model.params_) {
+    if (!std::isfinite(t.sum(at::kDouble).item<double>())) {
+      throw_input(dir, "weight '" + name + "' holds NaN or infinite values", "the weights are damaged: download or convert them again");
+    }
+  }
+  return model;
 }
 
 LlamaModel LlamaModel::init_random(const ModelConfig& config, uint64_t seed, c10::ScalarType dtype,

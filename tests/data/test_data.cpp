@@ -6,7 +6,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "../test_util.h"
@@ -168,6 +170,28 @@ TEST(Dataset, ManifestAndShardsAreCrossChecked) {
   other.tokenizer_hash = 0x1234;
   EXPECT_NE(error_of([&] { Dataset::open(d.file("ds"), other); }).find("was tokenized with tokenizer 0x00abcdef but this run uses 0x00001234"),
             std::string::npos);
+  // A damaged manifest: ids outside the vocabulary, counts that do not fit their type, a missing
+  // key; each refused naming the file (nothing passes `data check` to fail at step 1).
+  const std::string manifest = d.file("ds/manifest.json");
+  const std::string good = read_file(manifest);
+  const std::vector<std::pair<std::function<void(nlohmann::json&)>, std::string>> damage = {
+      {[](nlohmann::json& j) { j["eos_id"] = 100000; }, "eos_id 100000 is outside the vocabulary"},
+      {[](nlohmann::json& j) { j["bos_id"] = 2147483647; }, "bos_id 2147483647 is outside the vocabulary"},
+      {[](nlohmann::json& j) { j["bos_id"] = -2; }, "bos_id -2 is outside the vocabulary"},
+      {[](nlohmann::json& j) { j["num_loss_tokens"] = -97271; }, "key \"num_loss_tokens\" is not an integer in [0, "},
+      {[](nlohmann::json& j) { j["vocab_size"] = 4294967296LL; }, "key \"vocab_size\" is not an integer in [0, 4294967295]"},
+      {[](nlohmann::json& j) { j.erase("tokenizer_hash"); }, "missing key \"tokenizer_hash\""},
+      {[](nlohmann::json& j) { j["shards"][0].erase("checksum"); }, "a shard lacks its \"checksum\""}};
+  for (const auto& [edit, want] : damage) {
+    nlohmann::json j = nlohmann::json::parse(good);
+    edit(j);
+    test::write_bytes(manifest, j.dump());
+    const std::string e = error_of([&] { Dataset::open(d.file("ds")); });
+    EXPECT_NE(e.find(want), std::string::npos) << "got: " << e;
+    EXPECT_NE(e.find("manifest.json"), std::string::npos) << e;
+  }
+  test::write_bytes(manifest, good);
+  EXPECT_NO_THROW(Dataset::open(d.file("ds")));
   // A missing shard.
   fs::remove(d.file("ds/shard_00001.bin"));
   EXPECT_NE(error_of([&] { Dataset::open(d.file("ds")); }).find("lists shard 'shard_00001.bin', which does not exist"),
@@ -329,6 +353,11 @@ TEST(Tokenize, TemplateWithoutEosScoresTheReplyAlone) {
   EXPECT_EQ(with_eos.target.back(), tok.eos_id());
   test::write_bytes(d.file("bad.json"), "{\"eos\": \"no\"}");
   EXPECT_NE(error_of([&] { SftTemplate::named(d.file("bad.json")); }).find("\"eos\" must be true or false"), std::string::npos);
+  for (const char* not_object : {"[1]", "5", "\"x\"", "null"}) {
+    test::write_bytes(d.file("bad.json"), not_object);
+    EXPECT_NE(error_of([&] { SftTemplate::named(d.file("bad.json")); }).find("an SFT template must be a JSON object"), std::string::npos)
+        << not_object;
+  }
 }
 
 TEST(Tokenize, SftMasksCoverExactlyTheResponse) {

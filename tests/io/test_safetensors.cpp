@@ -96,6 +96,8 @@ TEST(Safetensors, MalformedFilesAreRefusedWithFileAndReason) {
       {"length mismatch", make_file(f32_header("a", "[3]", 0, 16), data), "does not match shape"},
       {"unknown dtype", make_file(f32_header("a", "[4]", 0, 16, "F7"), data), "unsupported dtype 'F7'"},
       {"negative shape", make_file(f32_header("a", "[-4]", 0, 16), data), "negative"},
+      // 2^62 float32 elements are 2^64 bytes: a byte count that wraps to 0 must not pass as [0, 0].
+      {"shape whose bytes overflow", make_file(f32_header("a", "[4611686018427387904]", 0, 0), data), "is absurdly large"},
       {"missing field", make_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[4]}}", data), "needs dtype, shape and data_offsets"},
       {"overlap",
        make_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"

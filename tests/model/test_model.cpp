@@ -5,7 +5,9 @@
 #include <c10/core/GradMode.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "../test_util.h"
@@ -206,6 +208,25 @@ TEST(Model, WeightsWithANonFloatingDtypeAreRefusedNamingTheTensor) {
   EXPECT_NE(m.find("hint:"), std::string::npos) << m;
 }
 
+// Damaged weights (NaN or infinity) used to give NaN log-probabilities and exit 0.
+TEST(Model, WeightsHoldingNanOrInfinityAreRefusedNamingTheTensor) {
+  c10::NoGradGuard no_grad;
+  test::TempDir dir;
+  for (const float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    const std::string out = dir.file(std::isnan(bad) ? "nan" : "inf");
+    LlamaModel m = LlamaModel::init_random(tiny_config(4, 2), 3, at::kFloat);
+    for (const auto& [name, t] : m.parameters()) {
+      if (name == "model.layers.1.mlp.up_proj.weight") t.view(-1)[7] = bad;  // shares the model's storage
+    }
+    m.save(out);
+    for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+      const std::string e = error_of([&] { LlamaModel::load(out, dtype); });
+      EXPECT_NE(e.find("weight 'model.layers.1.mlp.up_proj.weight' holds NaN or infinite values"), std::string::npos) << e;
+      EXPECT_NE(e.find("hint:"), std::string::npos) << e;
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The hooks later issues build on.
 TEST(Attention, AllKeptFlagsEqualTheBaseModel) {
@@ -318,6 +339,10 @@ TEST(ModelErrors, BadConfigsAreRefusedNamingTheKey) {
   EXPECT_NE(with([](auto& j) { j["max_position_embeddings"] = -4; }).find("max_position_embeddings must be positive, found -4"),
             std::string::npos);
   EXPECT_NE(with([](auto& j) { j["max_position_embeddings"] = -4; }).find("hint:"), std::string::npos);
+  // Sizes far beyond any model: refused before anything is allocated or multiplied.
+  EXPECT_NE(with([](auto& j) { j["num_hidden_layers"] = 4294967295LL; }).find("\"num_hidden_layers\" is 4294967295, above agate's limit of 4096"),
+            std::string::npos);
+  EXPECT_NE(with([](auto& j) { j["hidden_size"] = 1099511627776LL; }).find("above agate's limit"), std::string::npos);
   EXPECT_NE(error_of([] { parse_model_config("{not json", "cfg.json"); }).find("cfg.json: is not valid JSON"),
             std::string::npos);
   // Every message starts with the file name.
