@@ -95,6 +95,9 @@ def main():
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile (inductor) the forward + loss (AOTAutograd compiles its backward too); "
                          "AdamW stays eager")
+    ap.add_argument("--compile-mode", default="default", choices=["default", "max-autotune", "max-autotune-no-cudagraphs"],
+                    help="torch.compile mode; max-autotune also benchmarks inductor's C++ GEMM templates against "
+                         "the library GEMMs (minutes of compilation on 2 cores)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     dtype = ref.DTYPES[a.dtype]
@@ -137,7 +140,7 @@ def main():
         loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
         return loss + ((torch.stack(keeps) - 0.5) ** 2).mean()
 
-    f = torch.compile(forward_loss) if a.compile else forward_loss
+    f = torch.compile(forward_loss, mode=a.compile_mode) if a.compile else forward_loss
 
     def step():
         loss = f()
@@ -155,7 +158,8 @@ def main():
         step()
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
-    print(json.dumps({"impl": "pytorch-compile" if a.compile else "pytorch-eager", "mode": "train", "warmup_s": warmup_s, "dtype": a.dtype, "threads": a.threads, "seq": a.seq,
+    print(json.dumps({"impl": "pytorch-compile" if a.compile else "pytorch-eager", "mode": "train", "warmup_s": warmup_s,
+                      "compile_mode": a.compile_mode if a.compile else None, "dtype": a.dtype, "threads": a.threads, "seq": a.seq,
                       "batch": a.batch, "iters": a.iters, "gate_step_s": med,
                       "gate_tokens_per_s": a.seq * a.batch / med, "times": times,
                       "torch": torch.__version__}))

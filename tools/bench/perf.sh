@@ -7,6 +7,7 @@
 # medians of ROUNDS interleaved runs.
 #
 #   tools/bench/perf.sh [DTYPE] [ROUNDS]        (DTYPE: bfloat16 or float32; default bfloat16, 3)
+#   COMPILE_MODE=max-autotune tools/bench/perf.sh ...   (the compiled peer's torch.compile mode; default "default")
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DTYPE=${1:-bfloat16}
@@ -14,6 +15,7 @@ ROUNDS=${2:-3}
 AGATE=${AGATE:-build/agate}
 THREADS=${THREADS:-$(nproc)}
 PY=${AGATE_PYTHON:-.venv/bin/python}
+COMPILE_MODE=${COMPILE_MODE:-default}
 "$PY" -c "import torch" 2>/dev/null || { echo "no torch in $PY: run scripts/setup.sh" >&2; exit 1; }
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 "$AGATE" init-model --config tools/bench/model_100m.json --out "$work/m100" --dtype "$DTYPE" >/dev/null
@@ -23,7 +25,7 @@ med() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+
 
 peak=$("$AGATE" bench matmul --dtype "$DTYPE" --threads "$THREADS" --iters 3 | field peak_gflops)
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); dtype $DTYPE; $THREADS threads;" \
-  "OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}; torch $("$PY" -c 'import torch; print(torch.__version__)')"
+  "torch.compile mode $COMPILE_MODE; OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}; torch $("$PY" -c 'import torch; print(torch.__version__)')"
 printf 'matmul peak (%s, best of 256..2048 square GEMMs): %.1f GFLOP/s\n\n' "$DTYPE" "$peak"
 echo "| model | params | seq x batch | agate tok/s | PyTorch eager tok/s | PyTorch compile tok/s | agate / eager | agate / compile | MFU | gate overhead |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
@@ -35,7 +37,7 @@ for spec in "9m:$work/m9:256:8:$(params "$work/m9")" "100m:$work/m100:256:4:$(pa
     j=$("$AGATE" bench train --model "$dir" --dtype "$DTYPE" --seq "$seq" --batch "$batch" --iters 3 --threads "$THREADS" --device cpu)
     a+=("$(echo "$j" | field gate_tokens_per_s)"); o+=("$(echo "$j" | field overhead)"); g+=("$(echo "$j" | field model_gflops_per_s)")
     p+=("$("$PY" tools/bench_train.py --model "$dir" --dtype "$DTYPE" --seq "$seq" --batch "$batch" --iters 3 --threads "$THREADS" | field gate_tokens_per_s)")
-    c+=("$("$PY" tools/bench_train.py --compile --model "$dir" --dtype "$DTYPE" --seq "$seq" --batch "$batch" --iters 3 --threads "$THREADS" 2>/dev/null | field gate_tokens_per_s || echo nan)")
+    c+=("$("$PY" tools/bench_train.py --compile --compile-mode "$COMPILE_MODE" --model "$dir" --dtype "$DTYPE" --seq "$seq" --batch "$batch" --iters 3 --threads "$THREADS" 2>/dev/null | field gate_tokens_per_s || echo nan)")
   done
   am=$(med "${a[@]}"); pm=$(med "${p[@]}"); cm=$(med "${c[@]}"); om=$(med "${o[@]}"); gm=$(med "${g[@]}")
   printf '| %s | %s | %s x %s | %.0f | %.0f | %.0f | %.2fx | %.2fx | %.1f%% | %.2fx |\n' "$name" "$params" "$seq" "$batch" "$am" "$pm" "$cm" \
