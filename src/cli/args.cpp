@@ -1,6 +1,8 @@
 #include "args.h"
 
+#include <cmath>
 #include <cstdlib>
+#include <filesystem>
 
 #include "agate/util/device.h"
 
@@ -106,8 +108,11 @@ std::vector<std::string> Args::get_list(const std::string& name) const {
   for (const auto& v : get_all(name)) {
     std::stringstream ss(v);
     std::string item;
-    while (std::getline(ss, item, ','))
-      if (!item.empty()) out.push_back(item);
+    while (std::getline(ss, item, ',')) {
+      if (item.empty()) throw_usage("--" + name + " holds an empty item: '" + v + "'", "separate the values with single commas, e.g. a,b");
+      out.push_back(item);
+    }
+    if (v.empty() || v.back() == ',') throw_usage("--" + name + " holds an empty item: '" + v + "'", "separate the values with single commas, e.g. a,b");
   }
   return out;
 }
@@ -128,21 +133,69 @@ long long Args::get_int(const std::string& name) const {
   throw_usage("--" + name + " expects an integer, got '" + v + "'");
 }
 
+namespace {
+// "e.g. --iters 5" from an option's default; "" when it has none.
+std::string example_of(const Option* o) {
+  return o && !o->default_value.empty() ? "e.g. --" + o->name + " " + o->default_value : "";
+}
+}  // namespace
+
+long long Args::get_int(const std::string& name, long long lo, long long hi) const {
+  const long long x = get_int(name);
+  if (x < lo || x > hi) {
+    throw_usage("--" + name + " must be between " + std::to_string(lo) + " and " + std::to_string(hi) + ", got " + get(name),
+                example_of(find(name)));
+  }
+  return x;
+}
+
 double Args::get_double(const std::string& name) const {
   const std::string v = get(name);
   try {
     size_t used = 0;
     double x = std::stod(v, &used);
-    if (used == v.size()) return x;
+    if (used == v.size() && std::isfinite(x)) return x;
   } catch (const std::exception&) {
   }
-  throw_usage("--" + name + " expects a number, got '" + v + "'");
+  throw_usage("--" + name + " expects a finite number, got '" + v + "'", example_of(find(name)));
+}
+
+double Args::get_double(const std::string& name, double lo, double hi) const {
+  const double x = get_double(name);
+  if (x < lo || x > hi) {
+    std::ostringstream m;
+    m << "--" << name << " must be between " << lo << " and " << hi << ", got " << get(name);
+    throw_usage(m.str(), example_of(find(name)));
+  }
+  return x;
+}
+
+void Args::refuse_output_over_inputs(const std::string& output, const std::vector<std::string>& inputs) const {
+  if (!has(output)) return;
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path out = fs::weakly_canonical(get(output), ec);
+  if (ec) return;  // writing reports what is wrong with the path
+  for (const std::string& in_name : inputs) {
+    if (!has(in_name)) continue;
+    const fs::path in = fs::weakly_canonical(get(in_name), ec);
+    if (ec) continue;
+    const bool same = out == in;
+    const auto rel = out.lexically_relative(in);
+    const bool inside = fs::is_directory(in) && !rel.empty() && *rel.begin() != ".." && fs::exists(out);
+    if (same || inside) {
+      throw_usage("--" + output + " " + get(output) + " would overwrite " + (same ? "the input" : "a file in the input") +
+                      " --" + in_name + " " + get(in_name),
+                  "write the output outside the inputs");
+    }
+  }
 }
 
 std::vector<long long> parse_int_list(const std::string& text, const std::string& what) {
   std::vector<long long> out;
   std::stringstream ss(text);
   std::string item;
+  if (!text.empty() && text.back() == ',') throw_usage(what + " must be comma-separated integers, got '" + text + "'", "e.g. 1,2,3");
   while (std::getline(ss, item, ',')) {
     try {
       size_t used = 0;

@@ -33,7 +33,17 @@ class Args {
   // get_all, with each value also split on commas ("--input a,b --input c" -> a, b, c).
   std::vector<std::string> get_list(const std::string& name) const;
   long long get_int(const std::string& name) const;
+  // Refuses (usage error naming the option) a value outside [lo, hi].
+  long long get_int(const std::string& name, long long lo, long long hi) const;
+  // A finite number (NaN and infinity are refused).
   double get_double(const std::string& name) const;
+  double get_double(const std::string& name, double lo, double hi) const;
+  // --threads: 0 (all cores) or a count; the cap on what a machine allows is configure_threads'.
+  int threads() const { return static_cast<int>(get_int("threads", 0, 1 << 20)); }
+  // Refuses an output path (the value of `output`) that is one of the inputs (the values of
+  // `inputs` that were given) or an existing file inside an input folder: a results file must
+  // not replace a manifest, a config or a prompt.
+  void refuse_output_over_inputs(const std::string& output, const std::vector<std::string>& inputs) const;
   bool flag(const std::string& name) const { return has(name); }
   const std::vector<std::string>& positionals() const { return positionals_; }
   // Throws a usage error unless exactly `n` positional arguments were given.

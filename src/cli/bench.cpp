@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <tuple>
 #include <nlohmann/json.hpp>
 
 #include "agate/data/dataset.h"
@@ -225,6 +226,29 @@ class RandomKeep : public KeyVisibility {
   at::Tensor table_;
 };
 
+// Every size and count a benchmark reads, checked once before any work: positive (or >= 0
+// where 0 means none) and far below what overflows a tensor's byte count.
+void check_bench_sizes(const Args& args) {
+  const std::tuple<const char*, long long, long long> sizes[] = {
+      {"seq", 1, 1 << 20},     {"batch", 1, 1 << 16},       {"iters", 1, 1 << 20},  {"batches", 1, 1 << 30},
+      {"new", 1, 1 << 20},     {"gate-heads", 1, 1 << 10},  {"gate-head-dim", 2, 1 << 12}, {"heads", 1, 1 << 12},
+      {"kv-heads", 1, 1 << 12}, {"head-dim", 1, 1 << 12},   {"window", 0, 1 << 30}, {"recent", 0, 1 << 30}};
+  for (const auto& [name, lo, hi] : sizes) args.get_int(name, lo, hi);
+  args.get_double("keep", 0, 1);
+  for (long long T : parse_int_list(args.get("contexts"), "--contexts")) {
+    if (T < 1 || T > (1 << 20)) throw_usage("--contexts must hold lengths between 1 and 1048576, got " + std::to_string(T));
+  }
+  for (const auto& k : args.get_list("keeps")) {
+    char* end = nullptr;
+    const double v = std::strtod(k.c_str(), &end);
+    if (*end != '\0' || !(v > 0 && v <= 1)) throw_usage("--keeps must hold ratios in (0, 1], got '" + k + "'", "e.g. --keeps 1.0,0.5,0.25");
+  }
+  if (args.has("profile")) {
+    const std::filesystem::path dir = std::filesystem::absolute(args.get("profile")).parent_path();
+    if (!std::filesystem::is_directory(dir)) throw_usage("--profile " + args.get("profile") + ": the folder " + dir.string() + " does not exist");
+  }
+}
+
 // Decode tokens/s and KV bytes over the ragged cache at several keep ratios and context
 // lengths; and the gates' prefill overhead (fresh attention gates vs no gates).
 int bench_decode(const Args& args, int threads) {
@@ -235,7 +259,7 @@ int bench_decode(const Args& args, int threads) {
   const ModelConfig& c = model.config();
   const long long n_new = args.get_int("new");
   std::vector<double> keeps;
-  for (const auto& k : args.get_list("keeps")) keeps.push_back(std::stod(k));
+  for (const auto& k : args.get_list("keeps")) keeps.push_back(std::stod(k));  // checked by check_bench_sizes
   auto gen = at::make_generator<at::CPUGeneratorImpl>(0);
   for (long long T : parse_int_list(args.get("contexts"), "--contexts")) {
     at::Tensor prompt = at::randint(0, c.vocab_size, {1, T}, gen, at::kLong).to(device);
@@ -431,7 +455,8 @@ int cmd_bench(const Argv& argv) {
              device_option()});
   if (!args.parse(argv)) return 0;
   args.expect_positionals(1, "the benchmark name (forward, load, loader, train, decode, matmul or attention)");
-  const int threads = configure_threads(static_cast<int>(args.get_int("threads")));
+  const int threads = configure_threads(args.threads());
+  check_bench_sizes(args);
   const std::string what = args.positionals()[0];
   if (what == "forward") return bench_forward(args, threads);
   if (what == "load") return bench_load(args, threads);

@@ -31,7 +31,7 @@ int data_check(const std::string& dir) {
 int data_show(const Args& args, const std::string& dir) {
   Dataset d = Dataset::open(dir);
   LoaderOptions o;
-  o.seq_len = args.get_int("seq-len");
+  o.seq_len = args.get_int("seq-len", 1, int64_t(1) << 27);
   o.global_batch = 1;
   o.sft_mode = kSftModes.parse(args.get("sft-mode"), "--sft-mode");
   o.prefetch = 0;

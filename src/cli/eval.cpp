@@ -51,8 +51,9 @@ int cmd_eval(const Argv& argv) {
             options);
   if (!args.parse(argv)) return 0;
   args.expect_positionals(0);
-  configure_threads(static_cast<int>(args.get_int("threads")));
+  configure_threads(args.threads());
   const std::string model_dir = args.get("model"), task_name = args.get("task");
+  for (const char* out : {"json", "plot"}) args.refuse_output_over_inputs(out, {"model", "gates", "data", "file", "tokenizer", "template"});
   if (task_name != "ppl" && task_name != "choice" && task_name != "passkey") {
     throw_usage("unknown task '" + task_name + "' (use ppl, choice or passkey)");
   }
@@ -80,11 +81,12 @@ int cmd_eval(const Argv& argv) {
   if (args.has("gates")) exported = load_export(args.get("gates"), model, model_dir);
   o.gates = exported.gates.get();
   o.adapter = exported.lora.get();
-  const int64_t samples = args.get_int("samples");
+  const int64_t samples = args.get_int("samples", 0, int64_t(1) << 40);
   eval::Task task;
   if (task_name == "ppl") {
     check_dataset_tokenizer(read_manifest(args.get("data")), args.get("data"), model_dir, "--data");
-    task = eval::perplexity_task(args.get("data"), args.get_int("context"), args.get_int("continuation"), samples);
+    task = eval::perplexity_task(args.get("data"), args.get_int("context", 1, int64_t(1) << 27),
+                                 args.get_int("continuation", 1, int64_t(1) << 27), samples);
   } else {
     const std::string tok_path = args.get_or("tokenizer", default_tokenizer_path(model_dir));
     auto tok = Tokenizer::load(tok_path);

@@ -26,12 +26,12 @@ int cmd_export(const Argv& argv) {
              device_option()});
   if (!args.parse(argv)) return 0;
   args.expect_positionals(1, "the run folder RUN_DIR");
-  configure_threads(static_cast<int>(args.get_int("threads")));
+  configure_threads(args.threads());
   ExportOptions o;
   o.run_dir = args.positionals()[0];
   o.step = args.has("step") ? args.get_int("step") : -1;
   o.out = args.get("out");
-  o.batches = args.get_int("batches");
+  o.batches = args.get_int("batches", 1, 1 << 20);
   o.device = args.get("device");
   o.model = args.get_or("model", "");
   o.force = args.flag("force");

@@ -103,7 +103,7 @@ int cmd_generate(const Argv& argv) {
             options);
   if (!args.parse(argv)) return 0;
   args.expect_positionals(0);
-  configure_threads(static_cast<int>(args.get_int("threads")));
+  configure_threads(args.threads());
   if (args.has("prompt") + args.has("prompt-file") + args.has("tokens") != 1) {
     throw_usage("pass exactly one of --prompt, --prompt-file and --tokens (" + args.usage() + ")");
   }
@@ -120,12 +120,20 @@ int cmd_generate(const Argv& argv) {
   }
   LlamaModel model = LlamaModel::load(model_dir, parse_compute_dtype(args.get("dtype")), device_from(args));
   if (tok) check_tokenizer_fits(*tok, tok_path, model.config().vocab_size);
+  args.refuse_output_over_inputs("flags-out", {"model", "gates", "tokenizer", "prompt-file"});
   LoadedExport exported;  // gates and LoRA together: an export is used whole
   if (args.has("gates")) exported = load_export(args.get("gates"), model, model_dir);
   Gates* gates = exported.gates.get();
   std::vector<int64_t> prompt;
   if (ids_given) {
-    for (long long t : parse_int_list(args.get("tokens"), "--tokens")) prompt.push_back(t);  // the model checks the range
+    const int64_t V = model.config().vocab_size;
+    for (long long t : parse_int_list(args.get("tokens"), "--tokens")) {
+      if (t < 0 || t >= V) {
+        throw_usage("--tokens holds " + std::to_string(t) + ", outside the model's vocabulary [0, " + std::to_string(V) + ")",
+                    "ids come from the model's tokenizer (agate tokenizer encode)");
+      }
+      prompt.push_back(t);
+    }
     if (prompt.empty()) throw_usage("--tokens needs at least one id", "e.g. --tokens 1,2,3");
   } else {
     for (int32_t id : encode_prompt(*tok, text)) prompt.push_back(id);

@@ -1,5 +1,7 @@
 #include "policy_args.h"
 
+#include <cstdio>
+
 #include "agate/eval/eval.h"
 #include "agate/model/config.h"
 #include "agate/util/error.h"
@@ -69,7 +71,12 @@ PolicySpec parse_policy_spec(const Args& args, const std::string& fallback, bool
   }
   if (s.has_budget) {
     s.tokens = args.has("budget");
-    s.value = eval::parse_budget(args.get(s.tokens ? "budget" : "keep"), s.tokens).value;
+    const eval::Budget b = eval::parse_budget(args.get(s.tokens ? "budget" : "keep"), s.tokens);
+    if (b.kind == eval::Budget::MatchGate) {
+      throw_usage(std::string("--") + (s.tokens ? "budget" : "keep") + " gate (the gates' own budget) is eval's",
+                  "give a number here, e.g. --keep 0.5 or --budget 64");
+    }
+    s.value = b.value;
   }
   return s;
 }
@@ -84,7 +91,9 @@ PolicyChoice make_policy_choice(const PolicySpec& spec, Gates* gates, const Mode
   }
   if (decode_gating) throw_usage("--gate-decode gates decoded tokens with the gates' own flags", "use it with --policy gate or gate-post");
   if (spec.tokens && spec.value > static_cast<double>(context_tokens)) {
-    throw_usage("--budget " + std::to_string(static_cast<int64_t>(spec.value)) + " exceeds the context (" +
+    char budget[32];
+    std::snprintf(budget, sizeof(budget), "%.0f", spec.value);  // may be beyond int64
+    throw_usage("--budget " + std::string(budget) + " exceeds the context (" +
                     std::to_string(context_tokens) + " tokens)",
                 "use a smaller --budget, or --keep R");
   }

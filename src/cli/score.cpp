@@ -61,7 +61,7 @@ int cmd_score(const Argv& argv) {
             options);
   if (!args.parse(argv)) return 0;
   args.expect_positionals(0);
-  configure_threads(static_cast<int>(args.get_int("threads")));
+  configure_threads(args.threads());
   const bool compress = args.has("context");
   if (!compress && (args.has("policy") || args.has("keep") || args.has("budget") || args.has("gates"))) {
     throw_usage("--policy, --keep, --budget and --gates apply to a compressed context", "add --context N (the tokens to compress)");
@@ -77,6 +77,11 @@ int cmd_score(const Argv& argv) {
     for (int32_t id : encode_prompt(*tok, args.get("text"))) tokens.push_back(id);
   } else {
     for (long long t : parse_int_list(args.get("tokens"), "--tokens")) tokens.push_back(t);
+  }
+  if (static_cast<int64_t>(tokens.size()) > model.config().max_position_embeddings) {
+    throw_usage("the text is " + std::to_string(tokens.size()) + " tokens, more than the model's max_position_embeddings (" +
+                    std::to_string(model.config().max_position_embeddings) + ")",
+                "score a shorter text");
   }
   if (compress) {
     const int64_t context = args.get_int("context"), n = static_cast<int64_t>(tokens.size());

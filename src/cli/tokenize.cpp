@@ -57,7 +57,7 @@ int cmd_tokenize(const Argv& argv) {
   o.shard_tokens = static_cast<uint64_t>(shard_tokens);
   o.sft_template = SftTemplate::named(args.get("template"));
   o.max_len = args.get_int("max-len");
-  o.threads = static_cast<int>(args.get_int("threads"));
+  o.threads = static_cast<int>(args.get_int("threads", 1, 1 << 20));
   check_thread_count(o.threads, "--threads");  // before any work
   auto tok = Tokenizer::load(args.get("tokenizer"));
   TokenizeSummary s = tokenize_corpus(*tok, o);

@@ -20,11 +20,12 @@ int train(const Args& args) {
   TokenizerTrainOptions o;
   o.inputs = args.get_list("input");
   o.out = args.get("out");
-  o.vocab_size = args.get_int("vocab");
+  o.vocab_size = args.get_int("vocab", 16, 1 << 24);
   o.model_type = args.get("model-type");
   o.byte_fallback = !args.flag("no-byte-fallback");
-  o.max_sentences = args.get_int("max-sentences");
-  o.threads = static_cast<int>(args.get_int("threads"));
+  o.max_sentences = args.get_int("max-sentences", 1, int64_t(1) << 40);
+  o.threads = static_cast<int>(args.get_int("threads", 1, 1 << 20));
+  args.refuse_output_over_inputs("out", {"input"});
   const double t0 = now_seconds();
   train_tokenizer(o);
   auto tok = Tokenizer::load(o.out);
@@ -113,7 +114,10 @@ int decode(const Args& args) {
         throw_usage("--ids is not a JSON list of integers", "e.g. --ids 1,2,3 or --ids '[1, 2, 3]'");
       }
     } else {
-      for (long long x : parse_int_list(text, "--ids")) ids.push_back(static_cast<int32_t>(x));
+      for (long long x : parse_int_list(text, "--ids")) {
+        if (x < 0 || x > INT32_MAX) throw_usage("--ids holds " + std::to_string(x) + ", not a token id", "token ids are small non-negative integers");
+        ids.push_back(static_cast<int32_t>(x));
+      }
     }
     std::cout << tok->decode(ids) << "\n";
     return 0;

@@ -246,7 +246,10 @@ TokenizeSummary tokenize_into(const Tokenizer& tok, const TokenizeOptions& o, co
 TokenizeSummary tokenize_corpus(const Tokenizer& tok, const TokenizeOptions& o) {
   if (o.inputs.empty()) throw_usage("tokenize needs at least one --input");
   if (o.kind != "cpt" && o.kind != "sft") throw_usage("--kind must be cpt or sft");
-  if (o.val_fraction < 0 || o.val_fraction >= 1) throw_usage("--val-fraction must be in [0, 1)");
+  if (o.format != "auto" && o.format != "text" && o.format != "jsonl") {
+    throw_usage("--format must be auto, text or jsonl, got '" + o.format + "'", "auto reads .jsonl/.json files as JSONL");
+  }
+  if (!(o.val_fraction >= 0 && o.val_fraction < 1)) throw_usage("--val-fraction must be in [0, 1)");  // NaN fails too
   if (o.shard_tokens < 1) throw_usage("--shard-tokens must be positive");
   for (const auto& in : o.inputs) {
     if (!fs::is_regular_file(in)) throw_input(in, "does not exist or is not a file", "check --input");

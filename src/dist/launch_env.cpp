@@ -29,6 +29,10 @@ int env_int(const char* name, int fallback) {
 
 LaunchEnv detect_launch_env() {
   LaunchEnv e;
+  if (!env("RANK") != !env("WORLD_SIZE")) {
+    throw_usage(std::string(env("RANK") ? "RANK" : "WORLD_SIZE") + " is set but " + (env("RANK") ? "WORLD_SIZE" : "RANK") + " is not",
+                "a torchrun-style launch sets both (and LOCAL_RANK, MASTER_ADDR, MASTER_PORT); unset it for one process");
+  }
   if (env("RANK") && env("WORLD_SIZE")) {
     e.launcher = env("TORCHELASTIC_RUN_ID") ? "torchrun" : env("AGATE_LAUNCHER") ? env("AGATE_LAUNCHER") : "torchrun";
     e.rank = env_int("RANK", 0);
@@ -58,8 +62,9 @@ LaunchEnv detect_launch_env() {
                 "check RANK/WORLD_SIZE (or the Slurm/MPI variables)");
   }
   if (e.local_world < 1 || e.local_rank < 0 || e.local_rank >= e.local_world) {
-    e.local_rank = 0;
-    e.local_world = 1;
+    throw_usage("launch environment (" + e.launcher + ") gives local rank " + std::to_string(e.local_rank) + " of " +
+                    std::to_string(e.local_world) + " on this node",
+                "check LOCAL_RANK/LOCAL_WORLD_SIZE (or SLURM_LOCALID/SLURM_NTASKS_PER_NODE, OMPI_COMM_WORLD_LOCAL_*)");
   }
   if (e.master_port <= 0 || e.master_port > 65535) throw_usage("MASTER_PORT must be a port number");
   return e;

@@ -10,12 +10,17 @@
 
 #include "agate/util/logging.h"
 
+#include <unistd.h>
+
 #include <cstdlib>
+#include <filesystem>
 #include <thread>
 #include <vector>
 
 #include "agate/dist/dist.h"
 #include "agate/util/error.h"
+
+namespace fs = std::filesystem;
 
 namespace agate {
 
@@ -37,9 +42,25 @@ class C10dGroup : public ProcessGroup {
  public:
   C10dGroup(const LaunchEnv& env, const DistOptions& o) : env_(env), timeout_(o.timeout), device_(o.device) {
     const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(o.timeout);
+    // Decided before joining: a rank that cannot take part says so at once, not after a timeout.
+    backend_ = kDistBackends.name(o.backend == DistBackend::Auto ? (o.device.is_cuda() ? DistBackend::Nccl : DistBackend::Gloo) : o.backend);
+    if (backend_ == "nccl" && !o.device.is_cuda()) {
+      throw_usage("dist.backend nccl needs CUDA tensors, but run.device is " + o.device.str(),
+                  "use dist.backend: gloo (or auto) on CPU, or run.device: cuda");
+    }
+    if (!o.file_store.empty()) {
+      // torch's FileStore retries a file it cannot open for its default 300 s, whatever the
+      // timeout: a folder that is not there or not writable is refused here.
+      const fs::path dir = fs::absolute(o.file_store).parent_path();
+      if (!fs::is_directory(dir) || access(dir.c_str(), W_OK | X_OK) != 0) {
+        throw_usage("dist.store_path " + o.file_store + ": its folder " + dir.string() + " does not exist or is not writable",
+                    "use a file in a shared folder every rank can write, e.g. under the run folder");
+      }
+    }
     try {
       if (!o.file_store.empty()) {
         store_ = c10::make_intrusive<c10d::FileStore>(o.file_store, env.world);
+        store_->setTimeout(ms);
       } else {
         c10d::TCPStoreOptions so;
         so.port = static_cast<uint16_t>(env.master_port);
@@ -50,11 +71,6 @@ class C10dGroup : public ProcessGroup {
         store_ = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
       }
       store_ = c10::make_intrusive<c10d::PrefixStore>("agate", store_);
-      backend_ = kDistBackends.name(o.backend == DistBackend::Auto ? (o.device.is_cuda() ? DistBackend::Nccl : DistBackend::Gloo) : o.backend);
-      if (backend_ == "nccl" && !o.device.is_cuda()) {
-        throw_usage("dist.backend nccl needs CUDA tensors, but run.device is " + o.device.str(),
-                    "use dist.backend: gloo (or auto) on CPU, or run.device: cuda");
-      }
       if (backend_ == "nccl") {
 #ifdef USE_C10D_NCCL
         // Blocking waits turn a collective timeout into an exception that run() reports with the
@@ -81,9 +97,12 @@ class C10dGroup : public ProcessGroup {
         pg_ = c10::make_intrusive<c10d::ProcessGroupGloo>(store_, env.rank, env.world, opts);
       }
     } catch (const c10::Error& e) {
+      const bool file = !o.file_store.empty();
       throw_runtime("rank " + std::to_string(env.rank) + ": cannot join the process group (" + env.launcher + ", " +
-                        env.master_addr + ":" + std::to_string(env.master_port) + "): " + e.what_without_backtrace(),
-                    "are all " + std::to_string(env.world) + " ranks started, with the same MASTER_ADDR/MASTER_PORT?");
+                        (file ? "file store " + o.file_store : env.master_addr + ":" + std::to_string(env.master_port)) +
+                        "): " + e.what_without_backtrace(),
+                    "are all " + std::to_string(env.world) + " ranks started, with the same " +
+                        (file ? std::string("dist.store_path?") : std::string("MASTER_ADDR/MASTER_PORT?")));
     }
   }
 

@@ -97,6 +97,22 @@ Report evaluate(const LlamaModel& model, const Task& task, const EvalOptions& o)
   const ModelConfig& mc = model.config();
   const int64_t L = mc.num_hidden_layers, Hkv = mc.num_key_value_heads;
   if (task.samples.empty()) throw_usage("the task has no samples");
+  for (size_t i = 0; i < task.samples.size(); ++i) {  // positions past the model's are not what it was trained on
+    const Sample& x = task.samples[i];
+    size_t longest = 0;
+    for (const auto& c : x.candidates) longest = std::max(longest, c.size());
+    const int64_t n = static_cast<int64_t>(x.context.size() + x.lead.size() + longest);
+    if (n > mc.max_position_embeddings) {
+      throw_usage("sample " + std::to_string(i) + " of " + task.name + " needs " + std::to_string(n) +
+                      " positions, more than the model's max_position_embeddings (" + std::to_string(mc.max_position_embeddings) + ")",
+                  "use a shorter --context/--continuation, or shorter samples");
+    }
+  }
+  for (size_t i = 0; i < o.policies.size(); ++i) {
+    if (std::find(o.policies.begin(), o.policies.begin() + static_cast<std::ptrdiff_t>(i), o.policies[i]) != o.policies.begin() + static_cast<std::ptrdiff_t>(i)) {
+      throw_usage("--policies lists " + o.policies[i] + " twice", "name each policy once");
+    }
+  }
   auto wants = [&](const char* name) { return std::find(o.policies.begin(), o.policies.end(), name) != o.policies.end(); };
   const bool want_gate = wants("gate"), want_post = wants("gate-post");
   bool match = false;

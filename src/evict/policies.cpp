@@ -443,7 +443,7 @@ const std::vector<std::string>& baseline_names() {
 void check_policy_options(const PolicyOptions& o) {
   if (o.window < 1 || o.sinks < 0 || o.beta < 1) throw_usage("need --window >= 1, --sinks >= 0, --beta >= 1");
   if (o.kernel < 1 || o.kernel % 2 == 0) throw_usage("--kernel must be odd and >= 1, got " + std::to_string(o.kernel));
-  if (o.alpha < 0 || o.alpha > 1) throw_usage("--alpha must be in [0, 1], got " + std::to_string(o.alpha));
+  if (!(o.alpha >= 0 && o.alpha <= 1)) throw_usage("--alpha must be in [0, 1], got " + std::to_string(o.alpha));
   if (o.kvpress && (o.pooling != Pooling::Avg || o.gqa != GqaReduce::Mean)) {
     throw_usage(std::string("--kvpress-compat: kvpress's SnapKV pools by avg and reduces GQA by mean (got pooling ") +
                     kPoolings.name(o.pooling) + ", gqa " + kGqaReduces.name(o.gqa) + ")",

@@ -4,6 +4,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
+#include <sstream>
 
 #include "agate/evict/policy.h"
 #include "agate/gate/gates.h"
@@ -36,7 +37,13 @@ GenerateResult generate(const LlamaModel& model, const evict::Policy& policy, co
                         const std::vector<int64_t>& prompt, const GenerateOptions& o) {
   if (prompt.empty()) throw_usage("generate needs a prompt of at least one token");
   if (o.max_new < 0) throw_usage("--max-new must be >= 0");
-  if (o.top_p <= 0 || o.top_p > 1) throw_usage("--top-p must be in (0, 1]");
+  if (!(o.top_p > 0 && o.top_p <= 1)) throw_usage("--top-p must be in (0, 1]");  // NaN fails too
+  // Below 1e-3 the scaled logits overflow the softmax; 0 is greedy.
+  if (!(o.temperature == 0 || (o.temperature >= 1e-3 && o.temperature <= 1e3))) {
+    std::ostringstream m;
+    m << "--temperature must be 0 (greedy) or in [0.001, 1000], got " << o.temperature;
+    throw_usage(m.str(), "0 picks the likeliest token; 0.7-1.0 samples");
+  }
   c10::InferenceMode guard;
   const ModelConfig& c = model.config();
   auto gen = at::make_generator<at::CPUGeneratorImpl>(o.seed);

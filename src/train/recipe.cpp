@@ -173,15 +173,19 @@ Recipe Recipe::parse(const std::string& yaml, const std::string& source, const s
   for (const auto& k : recipe_schema()) {
     const Value& v = r.values_.at(k.path);
     YAML::Node n = YAML::Load(v.text.empty() ? "\"\"" : v.text);
+    double number = 0;  // the value of an int or float key
     try {
-      if (k.type == "int") (void)n.as<int64_t>();
-      if (k.type == "float") (void)n.as<double>();
+      if (k.type == "int") number = static_cast<double>(n.as<int64_t>());
+      if (k.type == "float") number = n.as<double>();
       if (k.type == "bool") (void)n.as<bool>();
     } catch (const YAML::Exception&) {
       throw_input(v.origin, "key '" + k.path + "' expects " + (k.type == "int" ? "an integer" : k.type == "float" ? "a number" : "true or false") +
                                 ", found '" + v.text + "'", k.help);
     }
-    if (!k.range.empty() && !in_range(n.as<double>(), k.range)) {
+    if (k.type == "float" && !std::isfinite(number)) {
+      throw_input(v.origin, "key '" + k.path + "' is " + v.text + ", expected a finite number", k.help);
+    }
+    if (!k.range.empty() && !in_range(number, k.range)) {
       throw_input(v.origin, "key '" + k.path + "' is " + v.text + ", expected a value in " + k.range, k.help);
     }
     if (!k.choices.empty() && std::find(k.choices.begin(), k.choices.end(), v.text) == k.choices.end()) {

@@ -26,7 +26,7 @@ const std::vector<RecipeKey>& recipe_schema() {
       {"gate.estimator", "string", "ste", "ste: hard flags, straight-through gradient; soft: keep probabilities as a log-bias", kEstimators.list()},
       {"gate.sink_tokens", "int", "0", "the first N tokens are always kept", {}, false, "[0, )"},
       {"gate.recent_window", "int", "0", "an evicted token stays visible to the next N-1 queries", {}, false, "[0, )"},
-      {"gate.init_bias", "float", "3.0", "initial keep logit (sigmoid(3) = 0.95: every token starts kept)"},
+      {"gate.init_bias", "float", "3.0", "initial keep logit (sigmoid(3) = 0.95: every token starts kept)", {}, false, "[-30, 30]"},
       {"gate.rule_feature", "string", "none", "attention: the gate also reads the attention each key receives from the context's queries (H2O's statistic), weighted per layer and KV head; needs train.context_min > 0", kRuleFeatures.list()},
       // lora
       {"lora.rank", "int", "0", "LoRA rank (0 = no LoRA)", {}, false, "[0, 4096]"},

@@ -24,6 +24,10 @@ void check_recipe(const Recipe& r) {
   if (r.str("train.mode") == "gates" && r.str("gate.type") == "none" && r.integer("lora.rank") == 0) {
     r.fail("gate.type", "nothing to train: gate.type is none and lora.rank is 0", "enable gates or LoRA, or use train.mode: pretrain");
   }
+  if (r.integer("lora.rank") > 0 && r.list("lora.targets").empty()) {
+    r.fail("lora.targets", "lora.rank is " + r.str("lora.rank") + " but lora.targets is empty: no adapter would be made",
+           "name the projections, e.g. [q_proj, v_proj], or set lora.rank: 0");
+  }
   if (r.number("train.context_min") > r.number("train.context_max")) {
     r.fail("train.context_min", "train.context_min (" + r.str("train.context_min") + ") is above train.context_max (" +
                                     r.str("train.context_max") + ")", "the split's context share is drawn from [context_min, context_max]");
@@ -71,7 +75,12 @@ void check_recipe(const Recipe& r) {
   if (fs::exists(out) && !fs::is_directory(out)) r.fail("run.dir", "run.dir '" + out.string() + "' exists and is not a folder");
   fs::path probe = fs::absolute(out);
   while (!fs::exists(probe) && probe.has_parent_path() && probe != probe.parent_path()) probe = probe.parent_path();
-  if (::access(probe.c_str(), W_OK) != 0) {
+  // access() says yes to root everywhere (/proc included): a folder made and removed at once says
+  // whether the run could really write there.
+  std::string trial = (probe / ".agate-probe-XXXXXX").string();
+  const bool writable = ::access(probe.c_str(), W_OK) == 0 && ::mkdtemp(trial.data()) != nullptr;
+  if (writable) ::rmdir(trial.c_str());
+  if (!writable) {
     r.fail("run.dir", "cannot write into '" + probe.string() + "' (for run.dir '" + out.string() + "')", "choose a writable run.dir");
   }
 }

@@ -88,3 +88,15 @@ TEST(LaunchEnv, InconsistentValuesAreRefused) {
   ScopedEnv f({{"RANK", "x"}, {"WORLD_SIZE", "2"}});
   EXPECT_NE(test::error_of([] { detect_launch_env(); }).find("RANK='x' is not an integer"), std::string::npos);
 }
+
+// A local rank outside its node's count, or half of RANK/WORLD_SIZE, used to be ignored silently.
+TEST(LaunchEnv, InconsistentLocalRanksAndHalfLaunchesAreRefused) {
+  {
+    ScopedEnv e({{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", "5"}, {"LOCAL_WORLD_SIZE", "2"}});
+    EXPECT_NE(test::error_of([] { detect_launch_env(); }).find("local rank 5 of 2 on this node"), std::string::npos);
+  }
+  {
+    ScopedEnv e(std::map<std::string, std::string>{{"WORLD_SIZE", "2"}});
+    EXPECT_NE(test::error_of([] { detect_launch_env(); }).find("WORLD_SIZE is set but RANK is not"), std::string::npos);
+  }
+}

@@ -29,6 +29,19 @@ refused "--threads far above the cores" "is above" score --model "$tmp/m" --toke
 refused "tokenize --threads far above the cores" "--threads 100000 is above" tokenize --tokenizer x.model --input "$cfg" --out "$tmp/d" --threads 100000
 check "nothing was written by the refusals" "[[ ! -e $tmp/d ]]"
 
+# The second probe's findings (README, Reliability): numbers that wrapped or were NaN, budgets
+# that evicted everything, outputs that replaced inputs.
+refused "--threads past int wraps no more" "--threads must be between 0 and 1048576" score --model "$tmp/m" --tokens 1,2,3 --threads 4294967297
+refused "--temperature nan" "--temperature expects a finite number" generate --model "$tmp/m" --tokens 1,2 --max-new 2 --temperature nan
+refused "--temperature too small for the softmax" "--temperature must be 0 (greedy) or in" generate --model "$tmp/m" --tokens 1,2 --max-new 2 --temperature 1e-300
+refused "--keep gate outside eval" "--keep gate (the gates' own budget) is eval's" score --model "$tmp/m" --tokens 1,2,3,4,5,6 --context 3 --policy snapkv --keep gate
+refused "--tokens outside the vocabulary, as given" "--tokens holds 9223372036854775807" generate --model "$tmp/m" --tokens 9223372036854775807
+refused "bench --keeps that is not a ratio" "--keeps must hold ratios in (0, 1]" bench decode --model "$tmp/m" --keeps abc
+refused "an empty list item" "--policies holds an empty item" eval --model "$tmp/m" --task ppl --data "$tmp" --policies ,
+cp -r "$tmp/m" "$tmp/m2"
+refused "--flags-out over the model's config.json" "would overwrite a file in the input --model" generate --model "$tmp/m2" --tokens 1,2 --max-new 1 --flags-out "$tmp/m2/config.json"
+check "the model's config.json is intact" "cmp -s $tmp/m/config.json $tmp/m2/config.json"
+
 # generate streams: the prompt is on stdout before the first token is chosen, each new token
 # as it comes (a slow generation shows progress), and --max-new past the model's positions is
 # refused at once.
