@@ -195,8 +195,8 @@ class C10dGroup : public ProcessGroup {
 
 std::unique_ptr<ProcessGroup> ProcessGroup::create(const LaunchEnv& env, const DistOptions& o) {
   if (env.world == 1) return std::make_unique<SingleProcess>();
-  log::info("joining the process group: rank {} of {} ({}, store {}:{})", env.rank, env.world, env.launcher,
-               env.master_addr, env.master_port);
+  const std::string store = o.file_store.empty() ? env.master_addr + ":" + std::to_string(env.master_port) : "file " + o.file_store;
+  log::info("joining the process group: rank {} of {} ({}, store {})", env.rank, env.world, env.launcher, store);
   return std::make_unique<C10dGroup>(env, o);
 }
 
