@@ -106,13 +106,14 @@ std::vector<std::string> Args::get_all(const std::string& name) const {
 std::vector<std::string> Args::get_list(const std::string& name) const {
   std::vector<std::string> out;
   for (const auto& v : get_all(name)) {
+    auto empty_item = [&] { throw_usage("--" + name + " holds an empty item: '" + v + "'", "separate the values with single commas, e.g. a,b"); };
+    if (v.empty() || v.back() == ',') empty_item();
     std::stringstream ss(v);
     std::string item;
     while (std::getline(ss, item, ',')) {
-      if (item.empty()) throw_usage("--" + name + " holds an empty item: '" + v + "'", "separate the values with single commas, e.g. a,b");
+      if (item.empty()) empty_item();
       out.push_back(item);
     }
-    if (v.empty() || v.back() == ',') throw_usage("--" + name + " holds an empty item: '" + v + "'", "separate the values with single commas, e.g. a,b");
   }
   return out;
 }

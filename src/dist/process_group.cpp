@@ -1,5 +1,6 @@
 // The only translation unit that includes c10d (its headers are slow to compile).
 #include <ATen/ATen.h>
+#include <c10/util/Logging.h>
 #include <torch/csrc/distributed/c10d/FileStore.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -12,6 +13,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <thread>
@@ -57,6 +59,13 @@ class C10dGroup : public ProcessGroup {
                     "use a file in a shared folder every rank can write, e.g. under the run folder");
       }
     }
+    // torch logs each failed connection attempt of the join to stderr, with a C++ stack trace;
+    // the join's failure is reported below in one line. Fatal messages only, until the group stands.
+    struct QuietTorchLog {
+      int saved = FLAGS_caffe2_log_level;
+      QuietTorchLog() { FLAGS_caffe2_log_level = std::max(saved, 3); }
+      ~QuietTorchLog() { FLAGS_caffe2_log_level = saved; }
+    } quiet;
     try {
       if (!o.file_store.empty()) {
         store_ = c10::make_intrusive<c10d::FileStore>(o.file_store, env.world);

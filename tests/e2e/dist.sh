@@ -53,6 +53,15 @@ wait %1; rc0=$?; wait %2; rc1=$?
 check "ranks with different recipes are refused (exit 2)" \
   "[[ $rc0 == 2 && $rc1 == 2 ]] && grep -q 'ranks disagree on the resolved recipe' $tmp/differ0.log"
 
+# A rank alone (no rank 0 to join): one line on stderr within the timeout, torch's retry
+# warnings and stack traces silenced.
+port=$((29600 + RANDOM % 300))
+RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port timeout 120 "$AGATE" train $(args "$tmp/alone" dist.timeout_s=5) \
+  >/dev/null 2>"$tmp/alone.err"
+rc=$?
+check "a rank alone fails (exit 1) with one line naming the store" \
+  "[[ $rc == 1 && \$(wc -l <$tmp/alone.err) == 1 ]] && grep -q 'cannot join the process group (torchrun, 127.0.0.1:$port)' $tmp/alone.err" || cat "$tmp/alone.err"
+
 # A dead rank: the survivor stops within the timeout and names it.
 timeout 180 scripts/launch.sh 2 $(args "$tmp/dead" train.steps=400) >"$tmp/dead.log" 2>&1 &
 lpid=$!
