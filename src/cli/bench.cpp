@@ -226,6 +226,18 @@ class RandomKeep : public KeyVisibility {
   at::Tensor table_;
 };
 
+// --keeps: ratios in (0, 1].
+std::vector<double> keep_ratios(const Args& args) {
+  std::vector<double> keeps;
+  for (const auto& k : args.get_list("keeps")) {
+    char* end = nullptr;
+    const double v = std::strtod(k.c_str(), &end);
+    if (*end != '\0' || !(v > 0 && v <= 1)) throw_usage("--keeps must hold ratios in (0, 1], got '" + k + "'", "e.g. --keeps 1.0,0.5,0.25");
+    keeps.push_back(v);
+  }
+  return keeps;
+}
+
 // Every size and count a benchmark reads, checked once before any work: positive (or >= 0
 // where 0 means none) and far below what overflows a tensor's byte count.
 void check_bench_sizes(const Args& args) {
@@ -238,11 +250,7 @@ void check_bench_sizes(const Args& args) {
   for (long long T : parse_int_list(args.get("contexts"), "--contexts")) {
     if (T < 1 || T > (1 << 20)) throw_usage("--contexts must hold lengths between 1 and 1048576, got " + std::to_string(T));
   }
-  for (const auto& k : args.get_list("keeps")) {
-    char* end = nullptr;
-    const double v = std::strtod(k.c_str(), &end);
-    if (*end != '\0' || !(v > 0 && v <= 1)) throw_usage("--keeps must hold ratios in (0, 1], got '" + k + "'", "e.g. --keeps 1.0,0.5,0.25");
-  }
+  keep_ratios(args);
   if (args.has("profile")) {
     const std::filesystem::path dir = std::filesystem::absolute(args.get("profile")).parent_path();
     if (!std::filesystem::is_directory(dir)) throw_usage("--profile " + args.get("profile") + ": the folder " + dir.string() + " does not exist");
@@ -258,8 +266,7 @@ int bench_decode(const Args& args, int threads) {
   LlamaModel model = LlamaModel::load(args.get("model"), parse_compute_dtype(dtype), device);
   const ModelConfig& c = model.config();
   const long long n_new = args.get_int("new");
-  std::vector<double> keeps;
-  for (const auto& k : args.get_list("keeps")) keeps.push_back(std::stod(k));  // checked by check_bench_sizes
+  const std::vector<double> keeps = keep_ratios(args);
   auto gen = at::make_generator<at::CPUGeneratorImpl>(0);
   for (long long T : parse_int_list(args.get("contexts"), "--contexts")) {
     at::Tensor prompt = at::randint(0, c.vocab_size, {1, T}, gen, at::kLong).to(device);

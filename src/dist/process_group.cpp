@@ -11,8 +11,6 @@
 
 #include "agate/util/logging.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
@@ -21,6 +19,7 @@
 
 #include "agate/dist/dist.h"
 #include "agate/util/error.h"
+#include "agate/util/fs.h"
 
 namespace fs = std::filesystem;
 
@@ -54,7 +53,7 @@ class C10dGroup : public ProcessGroup {
       // torch's FileStore retries a file it cannot open for its default 300 s, whatever the
       // timeout: a folder that is not there or not writable is refused here.
       const fs::path dir = fs::absolute(o.file_store).parent_path();
-      if (!fs::is_directory(dir) || access(dir.c_str(), W_OK | X_OK) != 0) {
+      if (!fs::is_directory(dir) || !can_create_in(dir.string())) {
         throw_usage("dist.store_path " + o.file_store + ": its folder " + dir.string() + " does not exist or is not writable",
                     "use a file in a shared folder every rank can write, e.g. under the run folder");
       }

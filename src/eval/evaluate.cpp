@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <set>
 
 #include "agate/eval/eval.h"
 #include "agate/model/llama.h"
@@ -108,10 +109,9 @@ Report evaluate(const LlamaModel& model, const Task& task, const EvalOptions& o)
                   "use a shorter --context/--continuation, or shorter samples");
     }
   }
-  for (size_t i = 0; i < o.policies.size(); ++i) {
-    if (std::find(o.policies.begin(), o.policies.begin() + static_cast<std::ptrdiff_t>(i), o.policies[i]) != o.policies.begin() + static_cast<std::ptrdiff_t>(i)) {
-      throw_usage("--policies lists " + o.policies[i] + " twice", "name each policy once");
-    }
+  std::set<std::string> named;
+  for (const auto& p : o.policies) {
+    if (!named.insert(p).second) throw_usage("--policies lists " + p + " twice", "name each policy once");
   }
   auto wants = [&](const char* name) { return std::find(o.policies.begin(), o.policies.end(), name) != o.policies.end(); };
   const bool want_gate = wants("gate"), want_post = wants("gate-post");

@@ -1,7 +1,5 @@
 #include "agate/train/run_checks.h"
 
-#include <unistd.h>
-
 #include <filesystem>
 #include <system_error>
 
@@ -9,6 +7,7 @@
 #include "agate/model/inspect.h"
 #include "agate/train/checkpoint.h"
 #include "agate/util/error.h"
+#include "agate/util/fs.h"
 
 namespace fs = std::filesystem;
 
@@ -75,12 +74,7 @@ void check_recipe(const Recipe& r) {
   if (fs::exists(out) && !fs::is_directory(out)) r.fail("run.dir", "run.dir '" + out.string() + "' exists and is not a folder");
   fs::path probe = fs::absolute(out);
   while (!fs::exists(probe) && probe.has_parent_path() && probe != probe.parent_path()) probe = probe.parent_path();
-  // access() says yes to root everywhere (/proc included): a folder made and removed at once says
-  // whether the run could really write there.
-  std::string trial = (probe / ".agate-probe-XXXXXX").string();
-  const bool writable = ::access(probe.c_str(), W_OK) == 0 && ::mkdtemp(trial.data()) != nullptr;
-  if (writable) ::rmdir(trial.c_str());
-  if (!writable) {
+  if (!can_create_in(probe.string())) {
     r.fail("run.dir", "cannot write into '" + probe.string() + "' (for run.dir '" + out.string() + "')", "choose a writable run.dir");
   }
 }

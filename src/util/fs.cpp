@@ -92,6 +92,13 @@ void make_dirs(const std::string& path) {
   if (ec) throw_input(path, "cannot create folder: " + ec.message(), "check permissions");
 }
 
+bool can_create_in(const std::string& dir) {
+  std::string trial = (fs::path(dir) / ".agate-probe-XXXXXX").string();
+  if (::mkdtemp(trial.data()) == nullptr) return false;
+  ::rmdir(trial.c_str());
+  return true;
+}
+
 std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY);
   if (fd < 0) {

@@ -20,6 +20,10 @@ void write_file_atomic(const std::string& path, const std::string& text);
 // Creates `path` and its parents if needed; throws (Input) if it cannot or if it is a file.
 void make_dirs(const std::string& path);
 
+// Whether a file can be created in the folder `dir`: a folder is made there and removed at once
+// (access() says yes to root everywhere, /proc included).
+bool can_create_in(const std::string& dir);
+
 // A read-only memory map of a whole file. Shared so tensors viewing it can keep it alive.
 class MappedFile {
  public:
